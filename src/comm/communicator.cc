@@ -1,0 +1,206 @@
+#include "dagr/comm/communicator.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <mutex>
+#include <numeric>
+#include <vector>
+
+#include "backend.h"
+#include "dagr/error.h"
+#include "executor.h"
+#include "shm/shm_backend.h"
+
+namespace dagr {
+namespace detail {
+
+// Everything behind a Communicator handle.
+struct CommState {
+  std::unique_ptr<Backend> backend;
+  std::chrono::milliseconds timeout;
+  int splits = 0;
+  std::mutex failure_mutex;
+  std::string failure;  // set by the first failed call: the group is then unusable
+  // Three queues, each in issue order: collectives, sends, receives. Messages
+  // progress beside collectives and beside each other, so a send_async and a
+  // recv of a message larger than the channel cannot wait on one another.
+  // Declared last: joined first, while the rest still exists.
+  Executor collectives, sends, recvs;
+
+  Executor& queue_for(OpKind kind) {
+    return kind == OpKind::send ? sends : kind == OpKind::recv ? recvs : collectives;
+  }
+
+  // Runs one request: refuses after an earlier failure, records a new one.
+  void execute(const Request& r) {
+    {
+      std::lock_guard lock(failure_mutex);
+      DAGR_ENFORCE(failure.empty(), Error, "communicator unusable after an earlier failure: ", failure);
+    }
+    try {
+      backend->run(r);
+    } catch (const InputError&) {
+      throw;  // caught before anything was exchanged: the group is still in step
+    } catch (const std::exception& e) {
+      std::lock_guard lock(failure_mutex);
+      failure = e.what();
+      throw;
+    }
+  }
+};
+
+}  // namespace detail
+
+namespace {
+
+long parse_env_int(const char* name, long min, long max) {
+  const char* text = std::getenv(name);
+  DAGR_ENFORCE(text && *text, InputError, "environment variable ", name, " is not set");
+  char* end = nullptr;
+  const long v = std::strtol(text, &end, 10);
+  DAGR_ENFORCE(*end == '\0' && v >= min && v <= max, InputError, "environment variable ", name,
+               "='", text, "' is not a whole number in [", min, ", ", max, "]");
+  return v;
+}
+
+void check_job_id(const std::string& job) {
+  DAGR_ENFORCE(!job.empty() && job.size() <= 64 &&
+                   std::all_of(job.begin(), job.end(),
+                               [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; }),
+               InputError, "job id '", job, "' must be 1-64 letters, digits, '-' or '_'");
+}
+
+constexpr int kMaxRanks = 256;  // the shared-memory layout grows with size²
+
+}  // namespace
+
+Communicator::Communicator(std::shared_ptr<detail::CommState> state) : state_(std::move(state)) {}
+
+Communicator::Communicator() : state_(std::make_shared<detail::CommState>()) {
+  state_->backend = detail::ShmBackend::solo();
+  state_->timeout = std::chrono::minutes(5);
+}
+
+Communicator Communicator::join(const ShmJoin& how) {
+  check_job_id(how.job);
+  DAGR_ENFORCE(how.size >= 1 && how.size <= kMaxRanks, InputError, "world size ", how.size,
+               " is outside [1, ", kMaxRanks, "]");
+  auto state = std::make_shared<detail::CommState>();
+  state->timeout = how.timeout;
+  state->backend = detail::ShmBackend::join("/dagr-" + how.job, how.rank, how.size,
+                                            detail::Clock::now() + how.timeout);
+  return Communicator(std::move(state));
+}
+
+Communicator Communicator::from_env() {
+  if (!std::getenv("WORLD_SIZE")) return Communicator();
+  ShmJoin how;
+  how.size = static_cast<int>(parse_env_int("WORLD_SIZE", 1, kMaxRanks));
+  how.rank = static_cast<int>(parse_env_int("RANK", 0, how.size - 1));
+  if (std::getenv("DAGR_TIMEOUT_S"))
+    how.timeout = std::chrono::seconds(parse_env_int("DAGR_TIMEOUT_S", 1, 86400 * 7));
+  const char* job = std::getenv("DAGR_JOB_ID");
+  if (how.size == 1 && !job) return Communicator();
+  DAGR_ENFORCE(job, InputError,
+               "WORLD_SIZE is set but DAGR_JOB_ID is not: start the workers with `dagr launch`");
+  how.job = job;
+  return join(how);
+}
+
+int Communicator::rank() const { return state_->backend->rank(); }
+int Communicator::size() const { return state_->backend->size(); }
+std::chrono::milliseconds Communicator::timeout() const { return state_->timeout; }
+void Communicator::set_timeout(std::chrono::milliseconds timeout) { state_->timeout = timeout; }
+std::string Communicator::backend_name() const { return std::string(state_->backend->name()); }
+
+void Communicator::check_sizes(std::size_t expected, std::size_t got, const char* what) const {
+  DAGR_ENFORCE(expected == got, InputError, what, ": the buffer holds ", got,
+               " elements but this call needs ", expected);
+}
+
+std::size_t Communicator::block_of(std::size_t total, const char* what) const {
+  const auto n = static_cast<std::size_t>(size());
+  DAGR_ENFORCE(total % n == 0, InputError, what, " in place: ", total,
+               " elements do not split into ", n, " equal blocks");
+  return total / n;
+}
+
+namespace {
+detail::Request to_request(OpKind kind, const void* in, void* out, std::size_t count, DType dtype,
+                           ReduceOp op, int root, int tag, std::chrono::milliseconds timeout) {
+  detail::Request r;
+  r.kind = kind;
+  r.in = in;
+  r.out = out;
+  r.count = count;
+  r.dtype = dtype;
+  r.op = op;
+  r.root = root;
+  r.tag = tag;
+  r.timeout = timeout;
+  return r;
+}
+}  // namespace
+
+namespace {
+// Checks what can be checked locally, before anything is exchanged.
+detail::Request validated_request(const Communicator& comm, OpKind kind, const void* in, void* out,
+                                  std::size_t count, DType dtype, ReduceOp op, int root, int tag,
+                                  std::chrono::milliseconds timeout) {
+  if (kind == OpKind::reduce || kind == OpKind::broadcast)
+    DAGR_ENFORCE(root >= 0 && root < comm.size(), InputError, name(kind), ": root ", root,
+                 " is not a rank of this group of ", comm.size());
+  return to_request(kind, in, out, count, dtype, op, root, tag, timeout);
+}
+}  // namespace
+
+void Communicator::run(const Call& c) {
+  detail::Request r = validated_request(*this, c.kind, c.in, c.out, c.count, c.dtype, c.op,
+                                        c.root_or_peer, c.tag, c.options.timeout.value_or(state_->timeout));
+  state_->queue_for(r.kind).run_inline([&] {
+    r.deadline = detail::Clock::now() + r.timeout;
+    state_->execute(r);
+  });
+}
+
+Work Communicator::submit(const Call& c) {
+  detail::Request r = validated_request(*this, c.kind, c.in, c.out, c.count, c.dtype, c.op,
+                                        c.root_or_peer, c.tag, c.options.timeout.value_or(state_->timeout));
+  // A raw pointer: the executor lives inside the state and drains before it goes.
+  return state_->queue_for(r.kind).submit([state = state_.get(), r]() mutable {
+    r.deadline = detail::Clock::now() + r.timeout;
+    state->execute(r);
+  });
+}
+
+void Communicator::barrier(CallOptions o) { run(make(Kind::barrier, nullptr, nullptr, 0, DType::uint8, {}, 0, o)); }
+Work Communicator::barrier_async(CallOptions o) {
+  return submit(make(Kind::barrier, nullptr, nullptr, 0, DType::uint8, {}, 0, o));
+}
+
+std::optional<Communicator> Communicator::split(int color, int key) {
+  const std::array<std::int64_t, 2> mine{color, key};
+  std::vector<std::int64_t> all(2 * static_cast<std::size_t>(size()));
+  allgather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
+  const int split_number = ++state_->splits;
+  if (color < 0) return std::nullopt;
+
+  std::vector<int> members;
+  for (int p = 0; p < size(); ++p)
+    if (all[2 * p] == color) members.push_back(p);
+  std::stable_sort(members.begin(), members.end(),
+                   [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
+  const int new_rank = static_cast<int>(std::find(members.begin(), members.end(), rank()) - members.begin());
+
+  auto state = std::make_shared<detail::CommState>();
+  state->timeout = state_->timeout;
+  state_->collectives.run_inline([&] {
+    state->backend = state_->backend->make_group(members, new_rank,
+                                                 detail::concat(split_number, "c", color),
+                                                 detail::Clock::now() + state_->timeout);
+  });
+  return Communicator(std::move(state));
+}
+
+}  // namespace dagr

@@ -1,0 +1,119 @@
+#include "dagr/comm/dtype.h"
+
+#include <bit>
+#include <cstring>
+
+#include "dagr/comm/reduce_op.h"
+#include "dagr/error.h"
+
+namespace dagr {
+
+std::string_view name(DType t) {
+  switch (t) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::float16: return "float16";
+    case DType::bfloat16: return "bfloat16";
+    case DType::int32: return "int32";
+    case DType::int64: return "int64";
+    case DType::uint8: return "uint8";
+  }
+  return "?";
+}
+
+std::size_t element_size(DType t) {
+  switch (t) {
+    case DType::float64:
+    case DType::int64: return 8;
+    case DType::float32:
+    case DType::int32: return 4;
+    case DType::float16:
+    case DType::bfloat16: return 2;
+    case DType::uint8: return 1;
+  }
+  return 0;
+}
+
+DType parse_dtype(std::string_view text) {
+  struct Alias { std::string_view name; DType type; };
+  static constexpr Alias aliases[] = {
+      {"float32", DType::float32}, {"float", DType::float32},   {"f32", DType::float32},
+      {"float64", DType::float64}, {"double", DType::float64},  {"f64", DType::float64},
+      {"float16", DType::float16}, {"half", DType::float16},    {"f16", DType::float16},
+      {"bfloat16", DType::bfloat16}, {"bf16", DType::bfloat16}, {"int32", DType::int32},
+      {"int", DType::int32},       {"int64", DType::int64},     {"uint8", DType::uint8}};
+  for (const auto& a : aliases)
+    if (a.name == text) return a.type;
+  throw InputError(detail::concat("unknown dtype '", text,
+                                  "' (float32, float64, float16, bfloat16, int32, int64, uint8)"));
+}
+
+std::string_view name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return "sum";
+    case ReduceOp::avg: return "avg";
+    case ReduceOp::min: return "min";
+    case ReduceOp::max: return "max";
+    case ReduceOp::prod: return "prod";
+  }
+  return "?";
+}
+
+ReduceOp parse_reduce_op(std::string_view text) {
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::min, ReduceOp::max, ReduceOp::prod})
+    if (name(op) == text) return op;
+  throw InputError(detail::concat("unknown reduce op '", text, "' (sum, avg, min, max, prod)"));
+}
+
+// float -> binary16, rounding to nearest even; overflow to infinity, NaN kept quiet.
+Half::Half(float f) {
+  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t abs = x & 0x7fffffffu;
+  std::uint16_t h;
+  if (abs >= 0x7f800000u) {  // inf or NaN
+    h = static_cast<std::uint16_t>(abs > 0x7f800000u ? 0x7e00u : 0x7c00u);
+  } else if (abs >= 0x477ff000u) {  // rounds to a value >= 65520: overflow
+    h = 0x7c00u;
+  } else if (abs < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+    // Add 0.5 (as a float) so the FPU aligns and rounds the mantissa for us.
+    const float shifted = std::bit_cast<float>(abs) + 0.5f;
+    h = static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(shifted) - 0x3f000000u);
+  } else {
+    const std::uint32_t odd = (abs >> 13) & 1u;
+    h = static_cast<std::uint16_t>((abs + 0xc8000fffu + odd) >> 13);  // rebias and round
+  }
+  bits = static_cast<std::uint16_t>(h | sign);
+}
+
+Half::operator float() const {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+  const std::uint32_t exp = (bits >> 10) & 0x1fu;
+  const std::uint32_t man = bits & 0x3ffu;
+  std::uint32_t x;
+  if (exp == 0x1f) {
+    x = 0x7f800000u | (man << 13);
+  } else if (exp == 0) {  // zero or subnormal: man * 2^-24
+    const float v = static_cast<float>(man) * 5.9604644775390625e-8f;
+    x = std::bit_cast<std::uint32_t>(v);
+  } else {
+    x = ((exp + 112) << 23) | (man << 13);
+  }
+  return std::bit_cast<float>(x | sign);
+}
+
+BFloat16::BFloat16(float f) {
+  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a (quiet) NaN
+    bits = static_cast<std::uint16_t>((x >> 16) | 0x40u);
+    return;
+  }
+  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);  // nearest even
+  bits = static_cast<std::uint16_t>((x + rounding) >> 16);
+}
+
+BFloat16::operator float() const {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+}
+
+}  // namespace dagr

@@ -1,0 +1,123 @@
+// What lies where in a group's shared-memory segment.
+//
+//   SegmentHeader                      magic, geometry, attach count, futex word
+//   RankControl[size]                  per rank: pipeline counters, liveness
+//   slot[size][2]                      per rank, per parity of the call number:
+//                                      the call's fingerprint + small payload
+//   staging[size][buffers]             per rank: segment buffers of the large path
+//   channel[size][size]                per ordered pair: ring buffer for send/recv
+//
+// Every field one rank writes and others poll sits on its own cache line.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "request.h"
+#include "shm/settings.h"
+
+namespace dagr::detail {
+
+constexpr std::size_t kCacheLine = 64;
+
+struct alignas(kCacheLine) PaddedCounter {
+  std::atomic<std::uint64_t> value;
+};
+
+enum class RankState : std::int32_t { absent = 0, attached = 1, left = 2, dead = 3 };
+
+struct RankControl {
+  // Monotonic counts of pipeline segments, over the life of the group.
+  PaddedCounter posted;    // this rank's input of segment g is in its staging buffer
+  PaddedCounter reduced;   // this rank's reduced piece of segment g is in its staging buffer
+  PaddedCounter consumed;  // this rank no longer reads anyone's staging for segment g
+  // Held (robust, process-shared) while the rank is attached: the kernel marks
+  // it owner-dead when the holder dies, which is how peers learn of a crash.
+  alignas(kCacheLine) pthread_mutex_t alive;
+  std::atomic<RankState> state;
+  std::int32_t pid;
+};
+
+// Line 0 of a slot: published last (seq), read first. A payload of up to
+// kSlotInline bytes shares the line, so a tiny collective moves one line.
+struct SlotHeader {
+  std::atomic<std::uint64_t> seq;  // the call number whose fingerprint (and payload) this holds
+  Fingerprint fingerprint;
+};
+constexpr std::size_t kSlotPayloadOffset = 32;
+static_assert(sizeof(SlotHeader) <= kSlotPayloadOffset);
+
+struct alignas(kCacheLine) ChannelControl {
+  PaddedCounter head;                // bytes written by the sender, ever
+  PaddedCounter tail;                // bytes read by the receiver, ever
+  alignas(kCacheLine) std::atomic<std::uint32_t> broken;  // receiver saw a mismatch
+};
+
+struct MessageHeader {  // precedes every send/recv message in its channel
+  Fingerprint fingerprint;
+  std::int64_t tag;
+};
+
+constexpr std::uint64_t kSegmentReady = 0x64616772'00000001ull;  // "dagr" v1
+
+struct SegmentHeader {
+  std::atomic<std::uint64_t> magic;  // kSegmentReady once rank 0 initialised everything
+  std::int32_t size;
+  ShmGeometry geometry;
+  std::atomic<std::uint32_t> attached;
+  alignas(kCacheLine) std::atomic<std::uint32_t> event;     // futex word: bumped to wake sleepers
+  alignas(kCacheLine) std::atomic<std::uint32_t> sleepers;  // ranks asleep on `event`
+};
+
+// Byte offsets of each region, from the group size and geometry alone.
+struct Layout {
+  int size;
+  ShmGeometry geometry;
+  std::size_t control, slots, slot_bytes, staging, channels, channel_stride, total;
+
+  Layout(int size, const ShmGeometry& g);
+};
+
+// Typed views of one mapped segment.
+class SegmentView {
+ public:
+  SegmentView(std::byte* base, const Layout& layout) : base_(base), layout_(layout) {}
+
+  SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
+  RankControl& control(int rank) const {
+    return reinterpret_cast<RankControl*>(base_ + layout_.control)[rank];
+  }
+  SlotHeader& slot(int rank, std::uint64_t seq) const {
+    return *reinterpret_cast<SlotHeader*>(slot_base(rank, seq));
+  }
+  std::byte* payload(int rank, std::uint64_t seq) const {
+    return slot_base(rank, seq) + kSlotPayloadOffset;
+  }
+  std::byte* staging(int rank, std::uint64_t global_segment) const {
+    const std::size_t b = global_segment % layout_.geometry.buffers;
+    return base_ + layout_.staging +
+           (static_cast<std::size_t>(rank) * layout_.geometry.buffers + b) *
+               layout_.geometry.segment_bytes;
+  }
+  ChannelControl& channel(int from, int to) const {
+    return *reinterpret_cast<ChannelControl*>(channel_base(from, to));
+  }
+  std::byte* ring(int from, int to) const { return channel_base(from, to) + sizeof(ChannelControl); }
+  const Layout& layout() const { return layout_; }
+
+ private:
+  std::byte* slot_base(int rank, std::uint64_t seq) const {
+    return base_ + layout_.slots + (static_cast<std::size_t>(rank) * 2 + (seq & 1)) * layout_.slot_bytes;
+  }
+  std::byte* channel_base(int from, int to) const {
+    return base_ + layout_.channels +
+           (static_cast<std::size_t>(from) * layout_.size + to) * layout_.channel_stride;
+  }
+  std::byte* base_;
+  Layout layout_;
+};
+
+}  // namespace dagr::detail

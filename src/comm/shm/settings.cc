@@ -1,0 +1,51 @@
+#include "shm/settings.h"
+
+#include <sched.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "dagr/error.h"
+
+namespace dagr::detail {
+namespace {
+
+std::uint32_t read_setting(const char* name, std::uint32_t fallback, std::uint32_t min,
+                           std::uint32_t max) {
+  const char* text = std::getenv(name);
+  if (!text || !*text) return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(text, &end, 10);
+  DAGR_ENFORCE(*end == '\0' && v >= min && v <= max, InputError, "environment variable ", name,
+               "='", text, "' is not a whole number in [", min, ", ", max, "]");
+  return static_cast<std::uint32_t>(v);
+}
+
+int cores_available() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return CPU_COUNT(&set);
+}
+
+}  // namespace
+
+ShmGeometry geometry_from_env() {
+  return ShmGeometry{
+      .small_max_bytes = read_setting("DAGR_SHM_SMALL_MAX", 8u << 10, 0, 1u << 20),
+      .segment_bytes = read_setting("DAGR_SHM_SEGMENT", 256u << 10, 4u << 10, 64u << 20),
+      .buffers = read_setting("DAGR_SHM_BUFFERS", 4, 2, 64),
+      .channel_bytes = read_setting("DAGR_SHM_CHANNEL", 256u << 10, 4u << 10, 64u << 20),
+  };
+}
+
+// With more ranks than cores a spinning rank holds the core its peer needs:
+// then spin only briefly and hand the core over with sched_yield early.
+WaitPolicy wait_policy_from_env(int local_ranks) {
+  const bool oversubscribed = local_ranks > cores_available();
+  return WaitPolicy{
+      .spin_us = read_setting("DAGR_SPIN_US", oversubscribed ? 2 : 100, 0, 10'000'000),
+      .yield_us = read_setting("DAGR_YIELD_US", 5'000, 0, 10'000'000),
+  };
+}
+
+}  // namespace dagr::detail

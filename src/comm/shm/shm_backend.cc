@@ -1,0 +1,210 @@
+#include "shm/shm_backend.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "dagr/error.h"
+#include "reduce_kernels.h"
+
+namespace dagr::detail {
+namespace {
+
+void init_robust_mutex(pthread_mutex_t* m) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(m, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+// Rank 0 fills in what zeroed memory does not already say, then marks the segment ready.
+void initialise(std::byte* base, const Layout& layout) {
+  auto* header = reinterpret_cast<SegmentHeader*>(base);
+  header->size = layout.size;
+  header->geometry = layout.geometry;
+  SegmentView view(base, layout);
+  for (int r = 0; r < layout.size; ++r) init_robust_mutex(&view.control(r).alive);
+  header->magic.store(kSegmentReady, std::memory_order_release);
+}
+
+// The geometry a joining rank must use: rank 0's, read from the segment.
+Layout layout_of(const Segment& segment, const std::string& name, int expected_size,
+                 Clock::time_point deadline) {
+  auto* header = reinterpret_cast<SegmentHeader*>(segment.data());
+  while (header->magic.load(std::memory_order_acquire) != kSegmentReady) {
+    DAGR_ENFORCE(Clock::now() < deadline, TimeoutError, "timed out waiting for rank 0 to set up /dev/shm", name);
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  DAGR_ENFORCE(header->size == expected_size, MismatchError, "group /dev/shm", name,
+               ": rank 0 created it for ", header->size, " ranks but this rank was told ",
+               expected_size);
+  Layout layout(expected_size, header->geometry);
+  DAGR_ENFORCE(layout.total <= segment.size(), Error, "shared memory /dev/shm", name,
+               " is smaller than its layout needs");
+  return layout;
+}
+
+}  // namespace
+
+ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, int rank)
+    : segment_(std::move(segment)),
+      view_(segment_.data(), layout),
+      name_(std::move(name)),
+      rank_(rank),
+      size_(layout.size),
+      waiter_(view_, rank, wait_policy_from_env(layout.size)),
+      sources_(static_cast<std::size_t>(layout.size)) {}
+
+std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, int size,
+                                             Clock::time_point deadline) {
+  DAGR_ENFORCE(size >= 1 && rank >= 0 && rank < size, InputError, "rank ", rank,
+               " is not in a group of size ", size);
+  std::unique_ptr<ShmBackend> self;
+  if (rank == 0) {
+    const Layout layout(size, geometry_from_env());
+    Segment segment = Segment::create(name, layout.total);
+    initialise(segment.data(), layout);
+    self.reset(new ShmBackend(std::move(segment), layout, name, rank));
+  } else {
+    Segment segment = Segment::open(name, deadline);
+    const Layout layout = layout_of(segment, name, size, deadline);
+    self.reset(new ShmBackend(std::move(segment), layout, name, rank));
+  }
+  self->attach();
+  if (rank == 0) {
+    // Once everyone has it mapped, the name has done its job: remove it.
+    SegmentHeader& h = self->view_.header();
+    while (h.attached.load(std::memory_order_acquire) < static_cast<std::uint32_t>(size)) {
+      if (Clock::now() >= deadline) {
+        Segment::unlink(name);
+        throw TimeoutError(concat("only ", h.attached.load(), " of ", size,
+                                  " ranks joined /dev/shm", name, " before the timeout"));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    Segment::unlink(name);
+  }
+  return self;
+}
+
+std::unique_ptr<ShmBackend> ShmBackend::solo() {
+  const Layout layout(1, ShmGeometry{.small_max_bytes = 0, .segment_bytes = 1u << 20, .buffers = 2,
+                                     .channel_bytes = 4096});
+  Segment segment = Segment::anonymous(layout.total);
+  initialise(segment.data(), layout);
+  std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0));
+  self->attach();
+  return self;
+}
+
+void ShmBackend::attach() {
+  RankControl& c = view_.control(rank_);
+  const int rc = pthread_mutex_lock(&c.alive);
+  DAGR_ENFORCE(rc == 0, Error, "rank ", rank_, " could not take its liveness lock in /dev/shm",
+               name_, " (is the rank already taken?): ", std::strerror(rc));
+  c.pid = static_cast<std::int32_t>(getpid());
+  c.state.store(RankState::attached, std::memory_order_release);
+  view_.header().attached.fetch_add(1, std::memory_order_acq_rel);
+  waiter_.notify();
+}
+
+ShmBackend::~ShmBackend() {
+  RankControl& c = view_.control(rank_);
+  c.state.store(RankState::left, std::memory_order_release);
+  waiter_.notify();
+  pthread_mutex_unlock(&c.alive);  // fails harmlessly when destroyed off the attaching thread
+}
+
+std::unique_ptr<Backend> ShmBackend::make_group(std::span<const int> members, int new_rank,
+                                                const std::string& group_id,
+                                                Clock::time_point deadline) {
+  if (members.size() == 1) return solo();
+  return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline);
+}
+
+void ShmBackend::run(const Request& r) {
+  if (r.kind == OpKind::send || r.kind == OpKind::recv) {
+    // Its own context: a send and a recv may run beside a collective.
+    const WaitContext context{r.deadline, r.timeout, [&r] {
+      return concat(dagr::name(r.kind), r.kind == OpKind::send ? " to" : " from", " rank ", r.root,
+                    " (", dagr::name(r.dtype), ", count=", r.count, ", tag=", r.tag, ")");
+    }};
+    return r.kind == OpKind::send ? send(r, context) : recv(r, context);
+  }
+  context_.deadline = r.deadline;
+  context_.timeout = r.timeout;
+  collective(r);
+}
+
+static std::size_t payload_bytes(const Request& r, int size) {
+  switch (r.kind) {
+    case OpKind::barrier: return 0;
+    case OpKind::reduce_scatter: return r.bytes() * static_cast<std::size_t>(size);
+    default: return r.bytes();
+  }
+}
+
+void ShmBackend::collective(const Request& r) {
+  const std::uint64_t call = ++calls_;
+  current_ = Fingerprint::of(r);
+  context_.describe = [this, call] { return concat(current_.describe(), " (collective #", call, ")"); };
+  const bool small = payload_bytes(r, size_) <= view_.layout().geometry.small_max_bytes;
+  arrive(r, small);
+  if (small)
+    small_path(r);
+  else
+    large_path(r);
+}
+
+void ShmBackend::arrive(const Request& r, bool small) {
+  const std::uint64_t call = calls_;
+  SlotHeader& mine = view_.slot(rank_, call);
+  const bool contributes = r.kind != OpKind::broadcast || r.root == rank_;
+  if (small && contributes && r.in) std::memcpy(view_.payload(rank_, call), r.in, payload_bytes(r, size_));
+  mine.fingerprint = current_;
+  mine.seq.store(call, std::memory_order_release);
+  waiter_.notify();
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_) continue;
+    SlotHeader& theirs = view_.slot(p, call);
+    waiter_.wait(p, context_, [&] { return theirs.seq.load(std::memory_order_acquire) == call; });
+    DAGR_ENFORCE(theirs.fingerprint == current_, MismatchError, "collective #", call,
+                 " does not match across ranks: rank ", rank_, " called ", current_.describe(),
+                 " but rank ", p, " called ", theirs.fingerprint.describe());
+  }
+}
+
+// Everyone's payload is in its slot: each rank computes its own result from them.
+void ShmBackend::small_path(const Request& r) {
+  const std::uint64_t call = calls_;
+  const std::size_t bytes = r.bytes();
+  auto* out = static_cast<std::byte*>(r.out);
+  const auto* in = static_cast<const std::byte*>(r.in);
+  auto source = [&](int p) -> const std::byte* { return p == rank_ ? in : view_.payload(p, call); };
+  const void** sources = sources_.data();
+  switch (r.kind) {
+    case OpKind::barrier: return;
+    case OpKind::reduce:
+      if (rank_ != r.root) return;
+      [[fallthrough]];
+    case OpKind::allreduce:
+      for (int p = 0; p < size_; ++p) sources[p] = source(p);
+      return reduce_sources({out}, sources, size_, r.count, r.dtype, r.op);
+    case OpKind::reduce_scatter:
+      for (int p = 0; p < size_; ++p) sources[p] = source(p) + rank_ * bytes;
+      return reduce_sources({out}, sources, size_, r.count, r.dtype, r.op);
+    case OpKind::broadcast:
+      if (out != source(r.root)) std::memcpy(out, source(r.root), bytes);
+      return;
+    case OpKind::allgather:
+      for (int p = 0; p < size_; ++p)
+        if (out + p * bytes != source(p)) std::memcpy(out + p * bytes, source(p), bytes);
+      return;
+    default: return;
+  }
+}
+
+}  // namespace dagr::detail

@@ -1,0 +1,90 @@
+// The shared-memory transport: every rank of the group on this machine maps
+// one segment (see layout.h) and the collectives read their peers' data
+// straight out of it.
+//
+// Every collective starts with an arrival: the rank writes its call's
+// fingerprint (and, on the small path, its whole payload) into its slot for
+// the call's parity and publishes the call number. It then waits for every
+// peer's arrival and compares fingerprints, so a mismatch is seen by all.
+// Since no rank can arrive at call s+1 before all have arrived at s, a rank
+// writing its slot for call s+2 knows every peer has finished with call s:
+// two slots per rank are enough and need no further handshake.
+//
+// Small payloads (<= geometry.small_max_bytes) are done when everyone has
+// arrived: each rank reduces/copies from the peers' slots itself. Large ones
+// take the pipelined path described in shm_collectives.cc.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "shm/layout.h"
+#include "shm/segment.h"
+#include "shm/waiter.h"
+
+namespace dagr::detail {
+
+class ShmBackend final : public Backend {
+ public:
+  // Joins (rank 0: creates) the group whose segment is named `name` ("/dagr-…").
+  // Returns once this rank is attached; rank 0 also waits for all others, then
+  // removes the name, so nothing is left in /dev/shm even if the job dies later.
+  static std::unique_ptr<ShmBackend> join(const std::string& name, int rank, int size,
+                                          Clock::time_point deadline);
+  // A group of one in private memory.
+  static std::unique_ptr<ShmBackend> solo();
+  ~ShmBackend() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string_view name() const override { return "shm"; }
+  void run(const Request& request) override;
+  std::unique_ptr<Backend> make_group(std::span<const int> members, int new_rank,
+                                      const std::string& group_id,
+                                      Clock::time_point deadline) override;
+
+ private:
+  ShmBackend(Segment segment, const Layout& layout, std::string name, int rank);
+  void attach();
+
+  // One collective: arrival, then the small or the large path.
+  void collective(const Request& r);
+  void arrive(const Request& r, bool small);
+  void small_path(const Request& r);
+  void large_path(const Request& r);
+
+  // The large path's algorithms (shm_collectives.cc).
+  enum class Gather { all, root, none };
+  template <class Plan>
+  void reduce_pipeline(const Request& r, const Plan& plan, Gather gather);
+  void broadcast_pipeline(const Request& r);
+  void allgather_pipeline(const Request& r);
+
+  // Point to point (shm_p2p.cc): touch only their channel, so they may run
+  // on other threads than the collectives (one send and one recv at a time).
+  void send(const Request& r, const WaitContext& context) const;
+  void recv(const Request& r, const WaitContext& context) const;
+
+  // Pipeline helpers.
+  void publish(PaddedCounter& counter, std::uint64_t value);
+  void wait_counter(int peer, PaddedCounter RankControl::*counter, std::uint64_t at_least);
+  void wait_buffer_free(std::uint64_t global_segment);  // every peer done with its previous use
+
+  Segment segment_;
+  SegmentView view_;
+  std::string name_;
+  int rank_;
+  int size_;
+  Waiter waiter_;
+  std::uint64_t calls_ = 0;     // collectives so far: the call number
+  std::uint64_t segments_ = 0;  // pipeline segments so far (equal on all ranks)
+  WaitContext context_;         // of the collective in progress, for waits and errors
+  Fingerprint current_;
+  std::vector<const void*> sources_;  // one per rank: the inputs of a reduction
+  int split_count_ = 0;
+};
+
+}  // namespace dagr::detail

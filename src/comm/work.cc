@@ -1,0 +1,27 @@
+#include "dagr/comm/work.h"
+
+#include "dagr/error.h"
+#include "work_state.h"
+
+namespace dagr {
+
+void Work::wait(std::optional<std::chrono::milliseconds> timeout) {
+  if (!state_) return;
+  std::unique_lock lock(state_->mutex);
+  auto is_done = [&] { return state_->done; };
+  if (timeout) {
+    if (!state_->done_cv.wait_for(lock, *timeout, is_done))
+      throw TimeoutError(detail::concat("Work::wait timed out after ", timeout->count(), " ms"));
+  } else {
+    state_->done_cv.wait(lock, is_done);
+  }
+  if (state_->error) std::rethrow_exception(state_->error);
+}
+
+bool Work::completed() const {
+  if (!state_) return true;
+  std::lock_guard lock(state_->mutex);
+  return state_->done;
+}
+
+}  // namespace dagr
