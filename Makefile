@@ -16,7 +16,7 @@ build: setup $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	$(BUILD)/dagr train
+	$(BUILD)/dagr bench allreduce -n $(JOBS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600

@@ -1,1 +1,31 @@
-int main(){}
+// dagr: the command line. Each subcommand lives in its own file (commands.h).
+#include <cstdio>
+#include <vector>
+
+#include "commands.h"
+#include "dagr/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dagr: distributed training and serving of libtorch models"};
+  app.require_subcommand(1);
+  const std::vector<std::string> args(argv, argv + argc);
+  std::vector<dagr::cli::Command> commands{dagr::cli::add_launch(app), dagr::cli::add_bench(app, args)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  for (auto& c : commands) {
+    if (!c.app->parsed()) continue;
+    try {
+      return c.run();
+    } catch (const dagr::InputError& e) {
+      std::fprintf(stderr, "dagr %s: %s\n", c.app->get_name().c_str(), e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "dagr %s: %s\n", c.app->get_name().c_str(), e.what());
+      return 1;
+    }
+  }
+  return 1;
+}

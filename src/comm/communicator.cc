@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <numeric>
@@ -20,8 +21,9 @@ struct CommState {
   std::unique_ptr<Backend> backend;
   std::chrono::milliseconds timeout;
   int splits = 0;
+  std::atomic<bool> failed{false};  // set by the first failed call: the group is then unusable
   std::mutex failure_mutex;
-  std::string failure;  // set by the first failed call: the group is then unusable
+  std::string failure;              // what that call raised
   // Three queues, each in issue order: collectives, sends, receives. Messages
   // progress beside collectives and beside each other, so a send_async and a
   // recv of a message larger than the channel cannot wait on one another.
@@ -34,9 +36,9 @@ struct CommState {
 
   // Runs one request: refuses after an earlier failure, records a new one.
   void execute(const Request& r) {
-    {
+    if (failed.load(std::memory_order_acquire)) {
       std::lock_guard lock(failure_mutex);
-      DAGR_ENFORCE(failure.empty(), Error, "communicator unusable after an earlier failure: ", failure);
+      throw Error(concat("communicator unusable after an earlier failure: ", failure));
     }
     try {
       backend->run(r);
@@ -44,7 +46,8 @@ struct CommState {
       throw;  // caught before anything was exchanged: the group is still in step
     } catch (const std::exception& e) {
       std::lock_guard lock(failure_mutex);
-      failure = e.what();
+      if (!failed.load()) failure = e.what();
+      failed.store(true, std::memory_order_release);
       throw;
     }
   }

@@ -18,6 +18,7 @@ Work Executor::submit(std::function<void()> task) {
   {
     std::lock_guard lock(mutex_);
     queue_.push_back(Item{std::move(task), state});
+    outstanding_.fetch_add(1, std::memory_order_relaxed);
     if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
   }
   changed_.notify_all();
@@ -25,7 +26,7 @@ Work Executor::submit(std::function<void()> task) {
 }
 
 void Executor::run_inline(const std::function<void()>& task) {
-  {
+  if (outstanding_.load(std::memory_order_acquire) != 0) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
   }
@@ -50,6 +51,7 @@ void Executor::loop() {
     item.state->finish(error);
     lock.lock();
     busy_ = false;
+    outstanding_.fetch_sub(1, std::memory_order_release);
     changed_.notify_all();
   }
 }

@@ -2,6 +2,7 @@
 // thread, blocking ones on the caller's thread once the queue ahead is empty.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -38,6 +39,7 @@ class Executor {
   std::condition_variable changed_;
   std::deque<Item> queue_;
   bool busy_ = false;  // the thread is running an item
+  std::atomic<int> outstanding_{0};  // queued or running: lets run_inline skip the lock when 0
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -43,7 +43,7 @@ ShmGeometry geometry_from_env() {
 WaitPolicy wait_policy_from_env(int local_ranks) {
   const bool oversubscribed = local_ranks > cores_available();
   return WaitPolicy{
-      .spin_us = read_setting("DAGR_SPIN_US", oversubscribed ? 2 : 100, 0, 10'000'000),
+      .spin_us = read_setting("DAGR_SPIN_US", oversubscribed ? 0 : 100, 0, 10'000'000),
       .yield_us = read_setting("DAGR_YIELD_US", 5'000, 0, 10'000'000),
   };
 }

@@ -1,0 +1,138 @@
+// A worker program for tests that run real processes through `dagr launch`.
+//
+//   comm_worker collectives   every collective and dtype family, split, send/recv; exit 0 if all correct
+//   comm_worker mismatch      rank 1 calls a different count; exit 0 if this rank got a MismatchError naming both
+//   comm_worker die           the last rank leaves a stray segment in /dev/shm and kills itself
+#include <signal.h>
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "dagr/comm/communicator.h"
+#include "dagr/error.h"
+
+using namespace dagr;
+
+namespace {
+
+int failures = 0;
+void check(bool ok, const char* what, int rank) {
+  if (!ok) {
+    std::fprintf(stderr, "rank %d: FAILED %s\n", rank, what);
+    ++failures;
+  }
+}
+
+template <class T>
+void reducing(Communicator& comm, std::size_t count) {
+  const int n = comm.size(), me = comm.rank();
+  std::vector<T> v(count);
+  for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<T>((me + 1) * (i % 3 + 1));
+  comm.allreduce(std::span<T>(v));
+  bool ok = true;
+  for (std::size_t i = 0; i < count; ++i) ok = ok && v[i] == static_cast<T>(n * (n + 1) / 2 * (i % 3 + 1));
+  check(ok, "allreduce", me);
+  std::vector<T> blocks(count * n, static_cast<T>(me)), mine(count);
+  comm.reduce_scatter(std::span<const T>(blocks), std::span<T>(mine), ReduceOp::max);
+  ok = true;
+  for (T x : mine) ok = ok && x == static_cast<T>(n - 1);
+  check(ok, "reduce_scatter", me);
+  std::vector<T> r(count, static_cast<T>(1));
+  comm.reduce(std::span<T>(r), 0, ReduceOp::sum);
+  ok = true;
+  for (T x : r) ok = ok && x == static_cast<T>(me == 0 ? n : 1);
+  check(ok, "reduce", me);
+}
+
+template <class T>
+void moving(Communicator& comm, std::size_t count) {
+  const int n = comm.size(), me = comm.rank();
+  std::vector<T> b(count, static_cast<T>(me == n - 1 ? 7 : 0));
+  comm.broadcast(std::span<T>(b), n - 1);
+  bool ok = true;
+  for (T x : b) ok = ok && x == static_cast<T>(7);
+  check(ok, "broadcast", me);
+  std::vector<T> mine(count, static_cast<T>(me)), all(count * n);
+  comm.allgather(std::span<const T>(mine), std::span<T>(all));
+  ok = true;
+  for (std::size_t i = 0; i < all.size(); ++i) ok = ok && all[i] == static_cast<T>(i / count);
+  check(ok, "allgather", me);
+}
+
+int collectives(Communicator& comm) {
+  for (std::size_t count : {std::size_t{1}, std::size_t{13}, std::size_t{4099}, std::size_t{1000003}}) {
+    reducing<float>(comm, count);
+    reducing<double>(comm, count);
+    reducing<std::int32_t>(comm, count);
+    reducing<std::int64_t>(comm, count);
+    moving<float>(comm, count);
+    moving<std::uint8_t>(comm, count);
+  }
+  // Sub-groups: even and odd ranks.
+  auto sub = comm.split(comm.rank() % 2, comm.rank());
+  std::vector<int> one(5, 1);
+  sub->allreduce(std::span<int>(one));
+  check(one[4] == sub->size(), "split allreduce", comm.rank());
+  // A ring of messages.
+  const int n = comm.size(), next = (comm.rank() + 1) % n, prev = (comm.rank() + n - 1) % n;
+  if (n > 1) {
+    std::vector<double> out(300000, comm.rank()), in(300000);
+    Work w = comm.send_async(std::span<const double>(out), next);
+    comm.recv(std::span<double>(in), prev);
+    w.wait();
+    check(in[299999] == prev, "send/recv", comm.rank());
+  }
+  comm.barrier();
+  if (failures == 0) std::printf("rank %d of %d: all collectives correct\n", comm.rank(), n);
+  return failures == 0 ? 0 : 1;
+}
+
+int mismatch(Communicator& comm) {
+  std::vector<float> v(comm.rank() == 1 ? 11 : 10);
+  try {
+    comm.allreduce(std::span<float>(v));
+  } catch (const MismatchError& e) {
+    const std::string m = e.what();
+    const bool names_both = m.find("count=10") != std::string::npos && m.find("count=11") != std::string::npos;
+    std::printf("caught MismatchError: %s\n", e.what());
+    return names_both ? 0 : 1;
+  }
+  std::printf("no error\n");
+  return 1;
+}
+
+int die(Communicator& comm) {
+  comm.barrier();
+  if (comm.rank() == comm.size() - 1) {
+    const std::string stray = std::string("/dagr-") + std::getenv("DAGR_JOB_ID") + ".stray";
+    const int fd = shm_open(stray.c_str(), O_CREAT | O_RDWR, 0600);
+    if (fd >= 0) close(fd);
+    raise(SIGKILL);
+  }
+  std::vector<float> v(1 << 20);
+  comm.allreduce(std::span<float>(v));  // PeerError here; the launcher stops us anyway
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string scenario = argc > 1 ? argv[1] : "";
+  try {
+    Communicator comm = Communicator::from_env();
+    if (scenario == "collectives") return collectives(comm);
+    if (scenario == "mismatch") return mismatch(comm);
+    if (scenario == "die") return die(comm);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "comm_worker: %s\n", e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die\n");
+  return 2;
+}
