@@ -31,7 +31,8 @@ int cores_available() {
 
 ShmGeometry geometry_from_env() {
   return ShmGeometry{
-      .small_max_bytes = read_setting("DAGR_SHM_SMALL_MAX", 8u << 10, 0, 1u << 20),
+      .small_max_bytes = read_setting("DAGR_SHM_SMALL_MAX", 64u << 10, 0, 1u << 20),
+      .small_read_bytes = read_setting("DAGR_SHM_SMALL_READ", 128u << 10, 0, 1u << 30),
       .segment_bytes = read_setting("DAGR_SHM_SEGMENT", 256u << 10, 4u << 10, 64u << 20),
       .buffers = read_setting("DAGR_SHM_BUFFERS", 4, 2, 64),
       .channel_bytes = read_setting("DAGR_SHM_CHANNEL", 256u << 10, 4u << 10, 64u << 20),

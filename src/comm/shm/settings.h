@@ -11,7 +11,8 @@
 namespace dagr::detail {
 
 struct ShmGeometry {
-  std::uint32_t small_max_bytes;  // payloads up to this size take the one-step path
+  std::uint32_t small_max_bytes;   // payloads up to this size may take the one-step path…
+  std::uint32_t small_read_bytes;  // …if size × payload (what each rank reads) is at most this
   std::uint32_t segment_bytes;    // the large path works in segments of this size
   std::uint32_t buffers;          // staging buffers per rank: segments in flight
   std::uint32_t channel_bytes;    // ring buffer of each ordered pair, for send/recv
@@ -22,7 +23,7 @@ struct WaitPolicy {
   std::uint32_t yield_us;  // then sched_yield this long before sleeping on a futex
 };
 
-ShmGeometry geometry_from_env();    // DAGR_SHM_SMALL_MAX, DAGR_SHM_SEGMENT, DAGR_SHM_BUFFERS, DAGR_SHM_CHANNEL
+ShmGeometry geometry_from_env();    // DAGR_SHM_SMALL_MAX, DAGR_SHM_SMALL_READ, DAGR_SHM_SEGMENT, DAGR_SHM_BUFFERS, DAGR_SHM_CHANNEL
 WaitPolicy wait_policy_from_env(int local_ranks);  // DAGR_SPIN_US, DAGR_YIELD_US
 
 }  // namespace dagr::detail

@@ -91,7 +91,7 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
 }
 
 std::unique_ptr<ShmBackend> ShmBackend::solo() {
-  const Layout layout(1, ShmGeometry{.small_max_bytes = 0, .segment_bytes = 1u << 20, .buffers = 2,
+  const Layout layout(1, ShmGeometry{.small_max_bytes = 0, .small_read_bytes = 0, .segment_bytes = 1u << 20, .buffers = 2,
                                      .channel_bytes = 4096});
   Segment segment = Segment::anonymous(layout.total);
   initialise(segment.data(), layout);
@@ -151,7 +151,11 @@ void ShmBackend::collective(const Request& r) {
   const std::uint64_t call = ++calls_;
   current_ = Fingerprint::of(r);
   context_.describe = [this, call] { return concat(current_.describe(), " (collective #", call, ")"); };
-  const bool small = payload_bytes(r, size_) <= view_.layout().geometry.small_max_bytes;
+  // Measured (docs/PERFORMANCE.md): one step wins while each rank reads at most
+  // ~128 KiB of peers' payloads; past that the pipeline's n reads win.
+  const ShmGeometry& g = view_.layout().geometry;
+  const std::size_t bytes = payload_bytes(r, size_);
+  const bool small = bytes <= g.small_max_bytes && bytes * static_cast<std::size_t>(size_) <= g.small_read_bytes;
   arrive(r, small);
   if (small)
     small_path(r);
