@@ -16,5 +16,6 @@ struct Command {
 
 Command add_launch(CLI::App& root);
 Command add_bench(CLI::App& root, const std::vector<std::string>& argv);
+Command add_train(CLI::App& root, const std::vector<std::string>& argv);
 
 }  // namespace dagr::cli

@@ -1,0 +1,35 @@
+#include "commands.h"
+#include "dagr/data/fashion_mnist.h"
+#include "self_launch.h"
+#include "train/trainer.h"
+
+namespace dagr::cli {
+
+Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
+  auto* app = root.add_subcommand("train", "Train a model on Fashion-MNIST with several workers");
+  auto o = std::make_shared<train::TrainOptions>();
+  o->dataset = data::kFashionMnistDir;
+  auto workers = std::make_shared<int>(2);
+  app->add_option("--model", o->model, "mlp or cnn")->check(CLI::IsMember({"mlp", "cnn"}));
+  app->add_option("--hidden", o->hidden, "MLP hidden size")->check(CLI::Range(1, 1 << 20));
+  app->add_option("--dataset", o->dataset, "Folder of IDX files (train-*, t10k-*)");
+  app->add_option("--workers", *workers, "Worker processes (default: 2; ignored inside a launched job)")
+      ->check(CLI::Range(1, 256));
+  app->add_option("--epochs", o->epochs, "Epochs")->check(CLI::Range(1, 100000));
+  app->add_option("--batch-size", o->batch_size, "Batch size per rank")->check(CLI::Range(1, 1 << 20));
+  app->add_option("--lr", o->lr, "Learning rate")->check(CLI::PositiveNumber);
+  app->add_option("--momentum", o->momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0));
+  app->add_option("--optimizer", o->optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}));
+  app->add_option("--schedule", o->schedule, "Learning rate schedule: cosine or constant")
+      ->check(CLI::IsMember({"cosine", "constant"}));
+  app->add_option("--seed", o->seed, "Seed for initialisation and shuffling");
+  app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
+  app->add_option("--out", o->out, "Output folder (model.pt, metrics.jsonl)");
+  app->add_option("--max-steps", o->max_steps, "Stop after this many steps (0: all)")->check(CLI::NonNegativeNumber);
+  return {app, [o, workers, argv] {
+            if (auto status = run_as_workers(*workers, argv)) return *status;
+            return train::run_training(*o);
+          }};
+}
+
+}  // namespace dagr::cli

@@ -1,0 +1,20 @@
+#include "dagr/models/models.h"
+
+#include "dagr/error.h"
+
+namespace dagr::models {
+
+torch::nn::Sequential make_model(const std::string& name, int hidden) {
+  namespace nn = torch::nn;
+  if (name == "mlp") {
+    DAGR_ENFORCE(hidden >= 1, InputError, "hidden size must be positive, not ", hidden);
+    return nn::Sequential(nn::Flatten(), nn::Linear(784, hidden), nn::ReLU(), nn::Linear(hidden, 10));
+  }
+  if (name == "cnn")
+    return nn::Sequential(nn::Conv2d(nn::Conv2dOptions(1, 32, 3)), nn::ReLU(), nn::MaxPool2d(2),
+                          nn::Conv2d(nn::Conv2dOptions(32, 64, 3)), nn::ReLU(), nn::MaxPool2d(2),
+                          nn::Flatten(), nn::Linear(64 * 5 * 5, 128), nn::ReLU(), nn::Linear(128, 10));
+  throw InputError(detail::concat("unknown model '", name, "' (mlp, cnn)"));
+}
+
+}  // namespace dagr::models

@@ -1,0 +1,209 @@
+#include "dagr/train/ddp.h"
+
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+
+#include <chrono>
+#include <mutex>
+
+#include "dagr/error.h"
+
+namespace dagr {
+namespace {
+
+namespace autograd = torch::autograd;
+
+template <class T>
+std::span<T> span_of(const torch::Tensor& t) {
+  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
+}
+
+void broadcast_tensor(Communicator& comm, const torch::Tensor& t, const std::string& name) {
+  DAGR_ENFORCE(t.is_contiguous() && t.device().is_cpu(), InputError, "DDP: ", name, " must be a contiguous CPU tensor");
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return comm.broadcast(span_of<float>(t), 0);
+    case torch::kFloat64: return comm.broadcast(span_of<double>(t), 0);
+    case torch::kInt64: return comm.broadcast(span_of<std::int64_t>(t), 0);
+    case torch::kInt32: return comm.broadcast(span_of<std::int32_t>(t), 0);
+    default: throw InputError(detail::concat("DDP: ", name, " has an unsupported dtype ", t.scalar_type()));
+  }
+}
+
+struct Bucket {
+  torch::Tensor flat;            // float32, every member's gradient side by side
+  std::vector<std::size_t> members;  // parameter indices
+  int pending = 0;               // members not yet ready this step
+  bool started = false;
+  Work work;
+};
+
+}  // namespace
+
+struct DistributedDataParallel::State {
+  Communicator comm;
+  DdpOptions options;
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> params;
+  std::vector<torch::Tensor> views;        // params[i]'s slice of its bucket
+  std::vector<std::size_t> bucket_of;
+  std::vector<Bucket> buckets;
+  std::vector<bool> ready;                 // this step
+  std::vector<std::shared_ptr<autograd::Node>> accumulators;  // kept alive: the hooks live on them
+  std::size_t next_bucket = 0;             // buckets start strictly in this order
+  bool in_backward = false;
+  int no_sync_depth = 0;
+  bool active = true;
+  DdpStats stats;
+
+  explicit State(Communicator c) : comm(std::move(c)) {}
+
+  // The gradient must live in the bucket. It does unless the optimizer reset it
+  // (set_to_none) and autograd made a fresh tensor: then move it in.
+  void adopt_gradient(std::size_t i) {
+    torch::Tensor& grad = params[i].mutable_grad();
+    if (grad.defined() && grad.data_ptr() == views[i].data_ptr()) return;
+    if (grad.defined()) views[i].copy_(grad);
+    else views[i].zero_();
+    grad = views[i];
+  }
+
+  void on_gradient_ready(std::size_t i) {
+    if (!active) return;
+    if (!in_backward) {
+      in_backward = true;
+      std::fill(ready.begin(), ready.end(), false);
+      for (Bucket& b : buckets) {
+        b.pending = static_cast<int>(b.members.size());
+        b.started = false;
+      }
+      next_bucket = 0;
+      autograd::Engine::get_default_engine().queue_callback([this] { finish_backward(); });
+    }
+    adopt_gradient(i);
+    if (ready[i]) return;
+    ready[i] = true;
+    if (no_sync_depth > 0) return;
+    --buckets[bucket_of[i]].pending;
+    start_ready_buckets(/*final=*/false);
+  }
+
+  // Starts, in order, every bucket whose gradients are all in. The last bucket
+  // at the end of backward runs on this thread: nothing is left to overlap it with.
+  void start_ready_buckets(bool final) {
+    while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
+      Bucket& b = buckets[next_bucket++];
+      b.started = true;
+      if (final && next_bucket == buckets.size()) {
+        comm.allreduce(span_of<float>(b.flat), ReduceOp::avg);
+      } else {
+        b.work = comm.allreduce_async(span_of<float>(b.flat), ReduceOp::avg);
+        if (!final) ++stats.buckets_overlapped;
+      }
+    }
+  }
+
+  void finish_backward() {
+    in_backward = false;
+    if (no_sync_depth > 0) return;
+    std::string unused;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (ready[i]) continue;
+      if (!options.find_unused_parameters) {
+        unused += (unused.empty() ? "" : ", ") + names[i];
+        continue;
+      }
+      adopt_gradient(i);  // no gradient this step counts as its accumulated value (zero after zero_grad)
+      ready[i] = true;
+      --buckets[bucket_of[i]].pending;
+    }
+    DAGR_ENFORCE(unused.empty(), Error, "DDP: these parameters got no gradient in this step: ", unused,
+                 ". Every rank must reduce every bucket; construct DistributedDataParallel with "
+                 "find_unused_parameters = true if parts of the model are skipped on purpose.");
+    const auto start = std::chrono::steady_clock::now();
+    start_ready_buckets(/*final=*/true);
+    for (Bucket& b : buckets) b.work.wait();
+    stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ++stats.steps;
+  }
+};
+
+namespace {
+// Runs after autograd accumulated a parameter's gradient.
+struct GradientReadyHook : autograd::FunctionPostHook {
+  std::weak_ptr<DistributedDataParallel::State> state;
+  std::size_t index;
+  GradientReadyHook(std::weak_ptr<DistributedDataParallel::State> s, std::size_t i) : state(std::move(s)), index(i) {}
+  autograd::variable_list operator()(const autograd::variable_list& outputs, const autograd::variable_list&) override {
+    if (auto s = state.lock()) s->on_gradient_ready(index);
+    return outputs;
+  }
+};
+}  // namespace
+
+DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, Communicator comm,
+                                                 DdpOptions options)
+    : module_(std::move(module)), comm_(comm), state_(std::make_shared<State>(comm)) {
+  State& s = *state_;
+  s.options = options;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : module_->named_parameters()) {
+    broadcast_tensor(comm_, item.value(), item.key());
+    if (!item.value().requires_grad()) continue;
+    DAGR_ENFORCE(item.value().scalar_type() == torch::kFloat32, InputError, "DDP: parameter ", item.key(),
+                 " is ", item.value().scalar_type(), "; only float32 parameters are supported");
+    s.names.push_back(item.key());
+    s.params.push_back(item.value());
+  }
+  for (const auto& item : module_->named_buffers()) broadcast_tensor(comm_, item.value(), item.key());
+
+  // Buckets, from the last parameter to the first.
+  const std::size_t n = s.params.size();
+  s.bucket_of.assign(n, 0);
+  s.views.resize(n);
+  s.ready.assign(n, false);
+  std::vector<std::vector<std::size_t>> groups;
+  std::size_t bytes = 0;
+  for (std::size_t k = n; k-- > 0;) {
+    const std::size_t cap = groups.size() <= 1 ? options.first_bucket_bytes : options.bucket_cap_bytes;
+    if (groups.empty() || bytes >= cap) {
+      groups.emplace_back();
+      bytes = 0;
+    }
+    groups.back().push_back(k);
+    bytes += static_cast<std::size_t>(s.params[k].numel()) * sizeof(float);
+  }
+  for (auto& members : groups) {
+    Bucket b;
+    std::int64_t total = 0;
+    for (std::size_t i : members) total += s.params[i].numel();
+    b.flat = torch::zeros({total}, torch::kFloat32);
+    std::int64_t offset = 0;
+    for (std::size_t i : members) {
+      s.bucket_of[i] = s.buckets.size();
+      // Shares the bucket's storage without being an autograd view (which
+      // optimizers could not detach_ in zero_grad).
+      s.views[i] = torch::empty({0}, torch::kFloat32)
+                       .set_(b.flat.storage(), offset, s.params[i].sizes(), s.params[i].contiguous().strides());
+      offset += s.params[i].numel();
+      s.params[i].mutable_grad() = s.views[i];
+    }
+    b.members = std::move(members);
+    s.buckets.push_back(std::move(b));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    auto acc = torch::autograd::impl::grad_accumulator(s.params[i]);
+    acc->add_post_hook(std::make_unique<GradientReadyHook>(state_, i));
+    s.accumulators.push_back(std::move(acc));
+  }
+}
+
+DistributedDataParallel::~DistributedDataParallel() { state_->active = false; }
+
+int DistributedDataParallel::bucket_count() const { return static_cast<int>(state_->buckets.size()); }
+DdpStats DistributedDataParallel::stats() const { return state_->stats; }
+
+DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp) { ++ddp_.state_->no_sync_depth; }
+DistributedDataParallel::NoSync::~NoSync() { --ddp_.state_->no_sync_depth; }
+
+}  // namespace dagr

@@ -1,0 +1,181 @@
+// One rank of `dagr train`, start to finish:
+//   join the group → load the data set → build the model, wrap it in DDP →
+//   each epoch: this rank's shard (DistributedSampler) in batches of b →
+//   forward, loss, backward (DDP averages gradients as they are produced) →
+//   optimizer step → per-rank and global figures, parallel test evaluation →
+//   rank 0 saves the model atomically and writes metrics.
+#include "trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "dagr/data/fashion_mnist.h"
+#include "dagr/error.h"
+#include "dagr/models/models.h"
+#include "dagr/train/ddp.h"
+#include "dagr/train/sampler.h"
+
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace dagr::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torch::nn::Module& m) {
+  if (o.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
+  if (o.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(m.parameters(), torch::optim::AdamOptions(o.lr));
+  throw InputError(detail::concat("unknown optimizer '", o.optimizer, "' (sgd, adam)"));
+}
+
+// Test accuracy, each rank evaluating every size-th sample; counts are summed.
+double evaluate(torch::nn::Sequential& model, const data::ImageSet& test, Communicator& comm) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  const auto idx = torch::arange(comm.rank(), test.images.size(0), comm.size());
+  std::int64_t counts[2] = {0, idx.numel()};
+  for (std::int64_t i = 0; i < idx.numel(); i += 1000) {
+    const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
+    counts[0] += model->forward(test.images.index_select(0, part)).argmax(1).eq(test.labels.index_select(0, part)).sum().item<std::int64_t>();
+  }
+  model->train();
+  comm.allreduce(std::span<std::int64_t>(counts, 2));
+  return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
+}
+
+// A progress bar on a terminal; nothing otherwise (the epoch lines follow).
+void show_progress(int epoch, int epochs, std::int64_t step, std::int64_t steps, double loss) {
+  if (!isatty(STDERR_FILENO)) return;
+  const int width = 30, filled = static_cast<int>(width * (step + 1) / steps);
+  std::fprintf(stderr, "\repoch %d/%d [%.*s%*s] %lld/%lld loss %.4f", epoch, epochs, filled,
+               "##############################", width - filled, "", static_cast<long long>(step + 1),
+               static_cast<long long>(steps), loss);
+  if (step + 1 == steps) std::fprintf(stderr, "\r%*s\r", 80, "");
+}
+
+// The learning rate at `step` of `total`: cosine decay from the base rate to zero.
+void apply_schedule(torch::optim::Optimizer& optimizer, const TrainOptions& o, std::int64_t step, std::int64_t total) {
+  if (o.schedule == "constant") return;
+  const double lr = o.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+void save_atomically(torch::nn::Sequential& model, const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  torch::save(model, tmp);
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+int run_training(const TrainOptions& o) {
+  const auto start = Clock::now();
+  DAGR_ENFORCE(o.epochs >= 1, InputError, "--epochs must be at least 1");
+  DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
+  DAGR_ENFORCE(o.threads >= 1, InputError, "--threads must be at least 1");
+  DAGR_ENFORCE(o.schedule == "cosine" || o.schedule == "constant", InputError, "unknown schedule '", o.schedule,
+               "' (cosine, constant)");
+  at::set_num_threads(o.threads);
+  if (openblas_set_num_threads) openblas_set_num_threads(o.threads);
+  Communicator comm = Communicator::from_env();
+  const int rank = comm.rank(), world = comm.size();
+  torch::manual_seed(o.seed);
+
+  const data::ImageSet train = data::load_image_set(o.dataset, "train");
+  const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
+  auto model = models::make_model(o.model, o.hidden);
+  DistributedDataParallel ddp(model.ptr(), comm);
+  auto optimizer = make_optimizer(o, *model);
+  DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = rank, .world_size = world, .seed = o.seed});
+  const std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
+
+  std::ofstream metrics;
+  if (rank == 0) {
+    std::filesystem::create_directories(o.out);
+    metrics.open(o.out + "/metrics.jsonl");
+    DAGR_ENFORCE(metrics, InputError, "cannot write ", o.out, "/metrics.jsonl");
+    std::printf("dagr train: %s on %lld samples, %d workers × batch %lld, %s lr %g, %d epochs\n", o.model.c_str(),
+                static_cast<long long>(train.images.size(0)), world, static_cast<long long>(o.batch_size),
+                o.optimizer.c_str(), o.lr, o.epochs);
+    std::fflush(stdout);
+  }
+
+  double first_step_s = -1, compute_s = 0, test_accuracy = 0;
+  std::int64_t samples = 0, total_steps = 0;
+  const auto train_start = Clock::now();
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    sampler.set_epoch(epoch);
+    double loss_sum = 0;
+    std::int64_t correct = 0, seen = 0;
+    for (std::int64_t step = 0; step < steps; ++step) {
+      if (o.max_steps > 0 && total_steps == o.max_steps) break;
+      const auto step_start = Clock::now();
+      const auto batch = sampler.batch(step, o.batch_size);
+      const auto idx = torch::from_blob(const_cast<std::int64_t*>(batch.data()), {static_cast<std::int64_t>(batch.size())}, torch::kInt64);
+      const auto x = train.images.index_select(0, idx);
+      const auto y = train.labels.index_select(0, idx);
+      apply_schedule(*optimizer, o, total_steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
+      optimizer->zero_grad();
+      const auto logits = model->forward(x);
+      const auto loss = torch::nn::functional::cross_entropy(logits, y);
+      loss.backward();
+      optimizer->step();
+      const double l = loss.item<double>();
+      loss_sum += l * static_cast<double>(batch.size());
+      correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
+      seen += static_cast<std::int64_t>(batch.size());
+      ++total_steps;
+      compute_s += seconds_since(step_start);
+      if (first_step_s < 0) first_step_s = seconds_since(start);
+      if (rank == 0) show_progress(epoch, o.epochs, step, steps, l);
+    }
+    samples += seen;
+    std::printf("Rank %d training loss: %.4f, training accuracy: %.4f\n", rank, loss_sum / seen,
+                static_cast<double>(correct) / seen);
+    std::fflush(stdout);
+    double global[3] = {loss_sum, static_cast<double>(correct), static_cast<double>(seen)};
+    comm.allreduce(std::span<double>(global, 3));
+    test_accuracy = evaluate(model, test, comm);
+    if (rank == 0) {
+      std::printf("Epoch %d: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n", epoch,
+                  global[0] / global[2], global[1] / global[2], test_accuracy, seconds_since(train_start));
+      std::fflush(stdout);
+      metrics << nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
+                                {"train_accuracy", global[1] / global[2]}, {"test_accuracy", test_accuracy},
+                                {"seconds", seconds_since(train_start)}}.dump()
+              << std::endl;
+    }
+    if (o.max_steps > 0 && total_steps == o.max_steps) break;
+  }
+  const double train_s = seconds_since(train_start);
+  const DdpStats stats = ddp.stats();
+  if (rank == 0) {
+    save_atomically(model, o.out + "/model.pt");
+    const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(total_steps, 1);
+    const double wait_ms = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
+    std::printf("Summary: %.2f s training, %.0f samples/s over %d workers, first step after %.2f s, "
+                "test accuracy %.4f\n", train_s, samples * world / train_s, world, first_step_s, test_accuracy);
+    std::printf("Per step (rank 0): %.3f ms, of which %.3f ms waiting for gradient communication after backward; "
+                "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
+                static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp.bucket_count()));
+    std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
+    metrics << nlohmann::json{{"summary", true}, {"seconds", train_s}, {"samples_per_second", samples * world / train_s},
+                              {"first_step_seconds", first_step_s}, {"test_accuracy", test_accuracy},
+                              {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}}.dump()
+            << std::endl;
+  }
+  comm.barrier();
+  if (rank == 0) std::printf("Training finished!\n");
+  return 0;
+}
+
+}  // namespace dagr::train
