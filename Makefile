@@ -16,7 +16,7 @@ build: setup $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	$(BUILD)/dagr bench allreduce -n $(JOBS)
+	$(BUILD)/dagr train
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600

@@ -1,6 +1,8 @@
 #include "self_launch.h"
 
+#include <chrono>
 #include <cstdio>
+#include <string>
 #include <cstdlib>
 
 #include "dagr/launch/launcher.h"
@@ -9,6 +11,9 @@ namespace dagr::cli {
 
 std::optional<int> run_as_workers(int workers, const std::vector<std::string>& argv) {
   if (workers <= 1 || std::getenv("WORLD_SIZE")) return std::nullopt;
+  // The workers measure their start-up from here (e.g. time to the first step).
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  setenv("DAGR_START_NS", std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()).c_str(), 1);
   LaunchOptions options;
   options.workers = workers;
   options.command = argv;

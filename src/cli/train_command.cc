@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <thread>
+
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
 #include "self_launch.h"
@@ -9,11 +12,11 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   auto* app = root.add_subcommand("train", "Train a model on Fashion-MNIST with several workers");
   auto o = std::make_shared<train::TrainOptions>();
   o->dataset = data::kFashionMnistDir;
-  auto workers = std::make_shared<int>(2);
+  auto workers = std::make_shared<int>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   app->add_option("--model", o->model, "mlp or cnn")->check(CLI::IsMember({"mlp", "cnn"}));
   app->add_option("--hidden", o->hidden, "MLP hidden size")->check(CLI::Range(1, 1 << 20));
   app->add_option("--dataset", o->dataset, "Folder of IDX files (train-*, t10k-*)");
-  app->add_option("--workers", *workers, "Worker processes (default: 2; ignored inside a launched job)")
+  app->add_option("--workers", *workers, "Worker processes (default: one per core; ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
   app->add_option("--epochs", o->epochs, "Epochs")->check(CLI::Range(1, 100000));
   app->add_option("--batch-size", o->batch_size, "Batch size per rank")->check(CLI::Range(1, 1 << 20));

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Seconds this process has been running, or since `dagr train` started its
+// workers (DAGR_START_NS) when it did.
+double seconds_since_command_start() {
+  const char* start_ns = std::getenv("DAGR_START_NS");
+  if (!start_ns) return -1;
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  return (std::chrono::duration_cast<std::chrono::nanoseconds>(now).count() - std::atoll(start_ns)) / 1e9;
+}
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torch::nn::Module& m) {
   if (o.optimizer == "sgd")
@@ -135,7 +145,10 @@ int run_training(const TrainOptions& o) {
       seen += static_cast<std::int64_t>(batch.size());
       ++total_steps;
       compute_s += seconds_since(step_start);
-      if (first_step_s < 0) first_step_s = seconds_since(start);
+      if (first_step_s < 0) {
+        const double since_command = seconds_since_command_start();
+        first_step_s = since_command >= 0 ? since_command : seconds_since(start);
+      }
       if (rank == 0) show_progress(epoch, o.epochs, step, steps, l);
     }
     samples += seen;

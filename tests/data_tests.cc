@@ -1,0 +1,129 @@
+// The IDX reader against files made here (good, gzipped, truncated, wrong
+// magic, wrong size, missing) and the DistributedSampler's guarantees.
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "dagr/data/idx.h"
+#include "dagr/error.h"
+#include "dagr/train/sampler.h"
+
+namespace dagr {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::uint8_t> idx_bytes(std::vector<std::uint32_t> dims, std::size_t data_bytes, std::uint8_t type = 0x08) {
+  std::vector<std::uint8_t> b{0, 0, type, static_cast<std::uint8_t>(dims.size())};
+  for (auto d : dims)
+    for (int shift : {24, 16, 8, 0}) b.push_back(static_cast<std::uint8_t>(d >> shift));
+  for (std::size_t i = 0; i < data_bytes; ++i) b.push_back(static_cast<std::uint8_t>(i * 7));
+  return b;
+}
+
+class Idx : public ::testing::Test {
+ protected:
+  fs::path dir = fs::temp_directory_path() / ("dagr-idx-" + std::to_string(getpid()));
+  void SetUp() override { fs::create_directories(dir); }
+  void TearDown() override { fs::remove_all(dir); }
+  std::string write(const std::string& name, const std::vector<std::uint8_t>& bytes, bool gzip = false) {
+    const std::string path = (dir / name).string();
+    if (gzip) {
+      gzFile f = gzopen(path.c_str(), "wb");
+      gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+      gzclose(f);
+    } else {
+      std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    }
+    return path;
+  }
+  void expect_error(const std::string& path, const std::string& words) {
+    try {
+      data::read_idx(path);
+      ADD_FAILURE() << "no error for " << path;
+    } catch (const InputError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find(path), std::string::npos) << m;
+      EXPECT_NE(m.find(words), std::string::npos) << m;
+    }
+  }
+};
+
+TEST_F(Idx, ReadsPlainAndGzippedFiles) {
+  for (bool gz : {false, true}) {
+    const auto a = data::read_idx(write(gz ? "a.gz" : "a", idx_bytes({3, 2, 5}, 30), gz));
+    EXPECT_EQ(a.dims, (std::vector<std::int64_t>{3, 2, 5}));
+    ASSERT_EQ(a.data.size(), 30u);
+    EXPECT_EQ(a.data[29], static_cast<std::uint8_t>(29 * 7));
+  }
+}
+
+TEST_F(Idx, RejectsBadFilesNamingThemAndTheProblem) {
+  expect_error((dir / "missing").string(), "cannot open");
+  expect_error(write("truncated", idx_bytes({10, 4}, 39)), "truncated");
+  expect_error(write("truncated.gz", idx_bytes({10, 4}, 12), true), "truncated");
+  expect_error(write("header", {0, 0, 8}), "too short");
+  auto bad_magic = idx_bytes({4}, 4);
+  bad_magic[0] = 0x1f;
+  expect_error(write("magic", bad_magic), "wrong magic");
+  expect_error(write("type", idx_bytes({4}, 4, 0x0d)), "not unsigned byte");
+  expect_error(write("long", idx_bytes({4}, 5)), "wrong size");
+}
+
+TEST(Sampler, RanksTakeEqualStepsAndTogetherCoverTheDataSet) {
+  for (bool drop_last : {false, true}) {
+    const std::int64_t n = 103;
+    const int world = 4;
+    std::multiset<std::int64_t> seen;
+    std::int64_t per_rank = -1;
+    for (int r = 0; r < world; ++r) {
+      DistributedSampler s({.dataset_size = n, .rank = r, .world_size = world, .seed = 5, .drop_last = drop_last});
+      s.set_epoch(3);
+      if (per_rank >= 0) EXPECT_EQ(s.samples_per_rank(), per_rank);
+      per_rank = s.samples_per_rank();
+      EXPECT_EQ(static_cast<std::int64_t>(s.indices().size()), per_rank);
+      seen.insert(s.indices().begin(), s.indices().end());
+    }
+    EXPECT_EQ(per_rank, drop_last ? 25 : 26);
+    std::set<std::int64_t> distinct(seen.begin(), seen.end());
+    EXPECT_EQ(static_cast<std::int64_t>(distinct.size()), drop_last ? 100 : n);
+    EXPECT_EQ(static_cast<std::int64_t>(seen.size()), world * per_rank);  // padding repeats 1 index
+  }
+}
+
+TEST(Sampler, ShufflesPerEpochDeterministicallyAndResumesAtAStep) {
+  DistributedSampler a({.dataset_size = 1000, .rank = 1, .world_size = 3, .seed = 9});
+  DistributedSampler b({.dataset_size = 1000, .rank = 1, .world_size = 3, .seed = 9});
+  a.set_epoch(2);
+  b.set_epoch(2);
+  EXPECT_EQ(a.indices(), b.indices());
+  const auto epoch2 = a.indices();
+  a.set_epoch(3);
+  EXPECT_NE(a.indices(), epoch2);
+  EXPECT_EQ(a.steps_per_epoch(64), 6);  // 334 samples
+  const auto step4 = b.batch(4, 64);
+  EXPECT_EQ(step4, std::vector<std::int64_t>(epoch2.begin() + 256, epoch2.begin() + 320));
+  EXPECT_EQ(b.batch(5, 64).size(), 334u - 320u);
+  EXPECT_THROW(b.batch(6, 64), InputError);
+}
+
+TEST(Sampler, StepsOfAllRanksMakeTheSingleProcessBatch) {
+  const int world = 3, b = 8;
+  DistributedSampler one({.dataset_size = 240, .rank = 0, .world_size = 1, .seed = 1});
+  for (int step = 0; step < 10; ++step) {
+    std::set<std::int64_t> ranks_union;
+    for (int r = 0; r < world; ++r) {
+      DistributedSampler s({.dataset_size = 240, .rank = r, .world_size = world, .seed = 1});
+      for (auto i : s.batch(step, b)) ranks_union.insert(i);
+    }
+    const auto whole = one.batch(step, world * b);
+    EXPECT_EQ(ranks_union, std::set<std::int64_t>(whole.begin(), whole.end()));
+  }
+}
+
+}  // namespace
+}  // namespace dagr

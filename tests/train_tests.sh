@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `dagr train` end to end on the real Fashion-MNIST: a short run reaches 85 %,
+# the default run 88 %; the model and metrics are written; bad data sets fail
+# with one clear line and a non-zero exit. Usage: train_tests.sh DAGR LOAD_MODEL
+set -uo pipefail
+dagr=$1 load_model=$2
+failed=0 passed=0
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+ok()   { echo "ok   $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1"; failed=$((failed + 1)); }
+expect() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+accuracy() { sed -n 's/.*"test_accuracy":\([0-9.]*\).*"summary".*/\1/p; s/.*"summary":true.*"test_accuracy":\([0-9.]*\).*/\1/p' "$1/metrics.jsonl" | head -1; }
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+
+timeout 300 "$dagr" train --workers 2 --epochs 3 --out "$tmp/short" > "$tmp/out" 2>&1
+expect "short MLP run succeeds" test $? -eq 0
+cat "$tmp/out"
+expect "every rank prints its line" test "$(grep -c '^Rank [01] training loss: .*, training accuracy: ' "$tmp/out")" -eq 6
+expect "it ends with Training finished" grep -qx "Training finished!" "$tmp/out"
+expect "the model is saved" test -s "$tmp/short/model.pt" -a ! -e "$tmp/short/model.pt.tmp"
+expect "torch::load reads the saved model back" "$load_model" mlp "$tmp/short/model.pt"
+expect "metrics hold one line per epoch and a summary" test "$(wc -l < "$tmp/short/metrics.jsonl")" -eq 4
+acc=$(accuracy "$tmp/short")
+expect "short run reaches 85% test accuracy (got $acc)" at_least "$acc" 0.85
+
+timeout 600 "$dagr" train --out "$tmp/default" > "$tmp/out" 2>&1
+expect "default run succeeds" test $? -eq 0
+acc=$(accuracy "$tmp/default")
+expect "default run reaches 88% test accuracy (got $acc)" at_least "$acc" 0.88
+
+timeout 300 "$dagr" train --model cnn --workers 2 --epochs 1 --max-steps 60 --out "$tmp/cnn" > "$tmp/out" 2>&1
+expect "the CNN trains" test $? -eq 0 -a -s "$tmp/cnn/model.pt"
+expect "and its model loads back" "$load_model" cnn "$tmp/cnn/model.pt"
+
+timeout 300 "$dagr" launch -n 3 -- "$dagr" train --epochs 1 --max-steps 50 --out "$tmp/launched" > "$tmp/out" 2>&1
+expect "dagr train runs as ranks of a launched job" test $? -eq 0 -a "$(grep -c 'Rank [012] training loss' "$tmp/out")" -eq 3
+
+mkdir -p "$tmp/bad"
+printf 'junk' > "$tmp/bad/train-images-idx3-ubyte"
+cp /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz "$tmp/bad/"
+timeout 60 "$dagr" train --workers 2 --dataset "$tmp/bad" > "$tmp/out" 2> "$tmp/err"
+status=$?
+expect "a malformed data set fails" test "$status" -ne 0
+expect "naming the file and the problem" grep -q "train-images-idx3-ubyte: wrong magic" "$tmp/err"
+timeout 60 "$dagr" train --workers 1 --dataset "$tmp/nowhere" > /dev/null 2> "$tmp/err"
+expect "a missing data set fails clearly" test $? -ne 0 -a "$(grep -c "has no train-images" "$tmp/err")" -ge 1
+timeout 60 "$dagr" train --epochs 0 > /dev/null 2> "$tmp/err"
+expect "bad flags are rejected" test $? -ne 0 -a -s "$tmp/err"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
