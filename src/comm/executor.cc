@@ -4,6 +4,12 @@
 
 namespace dagr::detail {
 
+namespace {
+thread_local bool background_thread = false;
+}
+
+bool running_in_background() { return background_thread; }
+
 Executor::~Executor() {
   {
     std::lock_guard lock(mutex_);
@@ -34,6 +40,7 @@ void Executor::run_inline(const std::function<void()>& task) {
 }
 
 void Executor::loop() {
+  background_thread = true;
   std::unique_lock lock(mutex_);
   for (;;) {
     changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });

@@ -16,6 +16,9 @@ namespace dagr::detail {
 
 struct WorkState;
 
+// True on an Executor's background thread.
+bool running_in_background();
+
 class Executor {
  public:
   Executor() = default;

@@ -69,7 +69,7 @@ struct DistributedDataParallel::State {
   }
 
   void on_gradient_ready(std::size_t i) {
-    if (!active) return;
+    if (!active || comm.size() == 1) return;  // a group of one has nothing to average
     if (!in_backward) {
       in_backward = true;
       std::fill(ready.begin(), ready.end(), false);
@@ -89,16 +89,18 @@ struct DistributedDataParallel::State {
   }
 
   // Starts, in order, every bucket whose gradients are all in. The last bucket
-  // at the end of backward runs on this thread: nothing is left to overlap it with.
+  // runs on this thread: once it is ready, backward has nothing left to overlap.
   void start_ready_buckets(bool final) {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
       Bucket& b = buckets[next_bucket++];
       b.started = true;
-      if (final && next_bucket == buckets.size()) {
+      if (next_bucket == buckets.size()) {
+        const auto start = std::chrono::steady_clock::now();
         comm.allreduce(span_of<float>(b.flat), ReduceOp::avg);
+        stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
         b.work = comm.allreduce_async(span_of<float>(b.flat), ReduceOp::avg);
-        if (!final) ++stats.buckets_overlapped;
+        if (!final) ++stats.buckets_overlapped;  // started while backward still runs
       }
     }
   }

@@ -38,7 +38,7 @@ struct DdpOptions {
 struct DdpStats {
   std::int64_t steps = 0;
   std::int64_t buckets_overlapped = 0;  // started before backward ended
-  double wait_seconds = 0;              // backward's end waiting for communication
+  double wait_seconds = 0;              // backward blocked on communication (the last bucket, and waits)
 };
 
 class DistributedDataParallel {

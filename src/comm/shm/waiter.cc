@@ -9,6 +9,7 @@
 #include <climits>
 
 #include "dagr/error.h"
+#include "executor.h"
 
 namespace dagr::detail {
 namespace {
@@ -33,13 +34,9 @@ void futex_wake_all(std::atomic<std::uint32_t>* word) {
 
 }  // namespace
 
-// No fence between the caller's publishing store and the load of `sleepers`:
-// a fence would stall every publish until the store reached the peer. The
-// price is a rare lost wake-up, when a waiter goes to sleep in the same
-// ~100 ns; its futex slice (2 ms) bounds that, and a waiter only sleeps after
-// spinning and yielding for milliseconds.
 void Waiter::notify() const {
   SegmentHeader& h = view_.header();
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // publish before looking for sleepers
   if (h.sleepers.load(std::memory_order_relaxed) != 0) {
     h.event.fetch_add(1, std::memory_order_seq_cst);
     futex_wake_all(&h.event);
@@ -70,8 +67,11 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
                        const void* arg) const {
   using std::chrono::microseconds;
   const auto start = Clock::now();
-  const auto spin_until = start + microseconds(policy_.spin_us);
-  const auto yield_until = spin_until + microseconds(policy_.yield_us);
+  // A background thread (async calls) shares its process's cores with the
+  // compute it overlaps: it spins briefly and then sleeps, never yield-loops.
+  const bool background = running_in_background();
+  const auto spin_until = start + microseconds(background ? std::min(policy_.spin_us, 5u) : policy_.spin_us);
+  const auto yield_until = spin_until + microseconds(background ? 0 : policy_.yield_us);
   auto next_check = start + std::chrono::milliseconds(1);
 
   // Phase 1: spin, reading the clock every 64 polls.

@@ -4,7 +4,9 @@
 // cores), then hands its core over with sched_yield (what a rank needs when
 // ranks outnumber cores), then sleeps on the group's futex word so an idle
 // rank burns no core. A rank that publishes something calls notify(), which
-// costs one load unless somebody sleeps.
+// costs a fence and one load unless somebody sleeps. On the background thread
+// of async calls, a waiter spins at most 5 µs and then sleeps: its process's
+// other threads are computing and need the core more.
 //
 // Every wait is bounded by the call's deadline (TimeoutError) and watches the
 // peer it waits for: a peer that died or left turns into PeerError.
