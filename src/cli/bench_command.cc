@@ -2,6 +2,8 @@
 // range of sizes (doubling from --min to --max), or JSON lines with --json.
 #include <fmt/format.h>
 
+#include <cstdlib>
+
 #include <nlohmann/json.hpp>
 
 #include "collective_bench.h"
@@ -35,6 +37,7 @@ struct BenchArgs {
   int workers = 2;
   std::string min = "8", max = "256M", dtype = "float32", op = "sum";
   int iters = 0, warmup = -1;
+  std::string backend = "shm";
   bool json = false;
 };
 
@@ -49,7 +52,16 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
   spec.warmup = a.warmup;
   const std::size_t min = parse_size(a.min), max = parse_size(a.max);
   DAGR_ENFORCE(min >= 1 && min <= max, InputError, "--min ", a.min, " must be at least 1 and at most --max ", a.max);
-  if (auto status = run_as_workers(a.workers, argv)) return *status;
+  if (a.backend != "shm") {
+    DAGR_ENFORCE(Communicator::mpi_available(), InputError, "--backend ", a.backend,
+                 " needs MPI, and this dagr was built without it");
+    DAGR_ENFORCE(std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK"),
+                 InputError, "--backend ", a.backend, " runs under an MPI launcher: mpirun -np N dagr bench ",
+                 a.collective, " --backend ", a.backend);
+    setenv("DAGR_BACKEND", a.backend.c_str(), 1);
+  } else if (auto status = run_as_workers(a.workers, argv)) {
+    return *status;
+  }
 
   Communicator comm = Communicator::from_env();
   const bool printer = comm.rank() == 0;
@@ -70,7 +82,7 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
     all_correct = all_correct && row.correct;
     if (!printer) continue;
     if (a.json) {
-      nlohmann::json j{{"collective", a.collective}, {"ranks", comm.size()}, {"dtype", type}, {"op", redop},
+      nlohmann::json j{{"collective", a.collective}, {"backend", comm.backend_name()}, {"ranks", comm.size()}, {"dtype", type}, {"op", redop},
                        {"bytes", row.bytes}, {"count", row.count}, {"time_us", row.time_us},
                        {"algbw", row.algbw}, {"busbw", row.busbw}, {"correct", row.correct}};
       fmt::print("{}\n", j.dump());
@@ -99,6 +111,8 @@ Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--op", a->op, "sum, avg, min, max, prod");
   app->add_option("--iters", a->iters, "Timed calls per size (default: about 0.3 s worth)")->check(CLI::Range(0, 10000000));
   app->add_option("--warmup", a->warmup, "Untimed calls per size first (default 100 below 64K, 5 above)")->check(CLI::Range(-1, 100000));
+  app->add_option("--backend", a->backend, "shm (default), mpi or hier (these two under mpirun)")
+      ->check(CLI::IsMember({"shm", "mpi", "hier"}));
   app->add_flag("--json", a->json, "One JSON object per size");
   return {app, [a, argv] { return run_bench(*a, argv); }};
 }

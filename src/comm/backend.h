@@ -24,12 +24,12 @@ class Backend {
   // Collectives come one at a time; a send and a recv may each run beside them.
   virtual void run(const Request& request) = 0;
 
-  // A new group of the ranks `members` (this group's ranks, listed in new-rank
-  // order). Called by exactly those members; `group_id` is equal on all of
-  // them and unique among the groups made from this one.
-  virtual std::unique_ptr<Backend> make_group(std::span<const int> members, int new_rank,
-                                              const std::string& group_id,
-                                              Clock::time_point deadline) = 0;
+  // Called on every rank, after the ranks have exchanged (color, key): this
+  // rank's new group is `members` (this group's ranks, in new-rank order), where
+  // it is `new_rank`; a negative color joins none (returns nullptr). `group_id`
+  // is equal across the new group and unique among the groups made from this one.
+  virtual std::unique_ptr<Backend> split(int color, std::span<const int> members, int new_rank,
+                                         const std::string& group_id, Clock::time_point deadline) = 0;
 };
 
 }  // namespace dagr::detail

@@ -12,6 +12,10 @@
 #include "dagr/error.h"
 #include "executor.h"
 #include "shm/shm_backend.h"
+#ifdef DAGR_HAVE_MPI
+#include "hier/hier_backend.h"
+#include "mpi/mpi_backend.h"
+#endif
 
 namespace dagr {
 namespace detail {
@@ -53,6 +57,13 @@ struct CommState {
   }
 };
 
+Communicator make_communicator(std::unique_ptr<Backend> backend, std::chrono::milliseconds timeout) {
+  auto state = std::make_shared<CommState>();
+  state->backend = std::move(backend);
+  state->timeout = timeout;
+  return Communicator(std::move(state));
+}
+
 }  // namespace detail
 
 namespace {
@@ -89,24 +100,65 @@ Communicator Communicator::join(const ShmJoin& how) {
   check_job_id(how.job);
   DAGR_ENFORCE(how.size >= 1 && how.size <= kMaxRanks, InputError, "world size ", how.size,
                " is outside [1, ", kMaxRanks, "]");
-  auto state = std::make_shared<detail::CommState>();
-  state->timeout = how.timeout;
-  state->backend = detail::ShmBackend::join("/dagr-" + how.job, how.rank, how.size,
-                                            detail::Clock::now() + how.timeout);
-  return Communicator(std::move(state));
+  return detail::make_communicator(
+      detail::ShmBackend::join("/dagr-" + how.job, how.rank, how.size, detail::Clock::now() + how.timeout),
+      how.timeout);
+}
+
+namespace {
+
+// "shm", "mpi" or "hier": DAGR_BACKEND, else mpi when an MPI launcher started us.
+std::string chosen_backend() {
+  if (const char* b = std::getenv("DAGR_BACKEND"); b && *b) {
+    const std::string name = b;
+    DAGR_ENFORCE(name == "shm" || name == "mpi" || name == "hier", InputError, "DAGR_BACKEND='", name,
+                 "' is not shm, mpi or hier");
+    return name;
+  }
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
+    if (std::getenv(v)) return "mpi";
+  return "shm";
+}
+
+std::chrono::milliseconds timeout_from_env() {
+  if (!std::getenv("DAGR_TIMEOUT_S")) return std::chrono::minutes(5);
+  return std::chrono::seconds(parse_env_int("DAGR_TIMEOUT_S", 1, 86400 * 7));
+}
+
+}  // namespace
+
+bool Communicator::mpi_available() {
+#ifdef DAGR_HAVE_MPI
+  return true;
+#else
+  return false;
+#endif
 }
 
 Communicator Communicator::from_env() {
+  const std::string backend = chosen_backend();
+  const auto timeout = timeout_from_env();
+  if (backend != "shm") {
+#ifdef DAGR_HAVE_MPI
+    std::unique_ptr<detail::Backend> world =
+        std::make_unique<detail::MpiBackend>(detail::MpiRuntime::get(), MPI_COMM_WORLD);
+    if (backend == "hier")
+      world = std::make_unique<detail::HierBackend>(std::move(world), detail::Clock::now() + timeout);
+    return detail::make_communicator(std::move(world), timeout);
+#else
+    throw InputError(detail::concat("backend '", backend, "' needs MPI, and this dagr was built without it "
+                                    "(install libopenmpi-dev and rebuild)"));
+#endif
+  }
   if (!std::getenv("WORLD_SIZE")) return Communicator();
   ShmJoin how;
   how.size = static_cast<int>(parse_env_int("WORLD_SIZE", 1, kMaxRanks));
   how.rank = static_cast<int>(parse_env_int("RANK", 0, how.size - 1));
-  if (std::getenv("DAGR_TIMEOUT_S"))
-    how.timeout = std::chrono::seconds(parse_env_int("DAGR_TIMEOUT_S", 1, 86400 * 7));
+  how.timeout = timeout;
   const char* job = std::getenv("DAGR_JOB_ID");
   if (how.size == 1 && !job) return Communicator();
   DAGR_ENFORCE(job, InputError,
-               "WORLD_SIZE is set but DAGR_JOB_ID is not: start the workers with `dagr launch`");
+               "WORLD_SIZE is set but DAGR_JOB_ID is not: start the workers with `dagr launch` or mpirun");
   how.job = job;
   return join(how);
 }
@@ -187,23 +239,21 @@ std::optional<Communicator> Communicator::split(int color, int key) {
   std::vector<std::int64_t> all(2 * static_cast<std::size_t>(size()));
   allgather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
   const int split_number = ++state_->splits;
-  if (color < 0) return std::nullopt;
 
   std::vector<int> members;
-  for (int p = 0; p < size(); ++p)
+  for (int p = 0; color >= 0 && p < size(); ++p)
     if (all[2 * p] == color) members.push_back(p);
   std::stable_sort(members.begin(), members.end(),
                    [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
   const int new_rank = static_cast<int>(std::find(members.begin(), members.end(), rank()) - members.begin());
 
-  auto state = std::make_shared<detail::CommState>();
-  state->timeout = state_->timeout;
+  std::unique_ptr<detail::Backend> backend;
   state_->collectives.run_inline([&] {
-    state->backend = state_->backend->make_group(members, new_rank,
-                                                 detail::concat(split_number, "c", color),
-                                                 detail::Clock::now() + state_->timeout);
+    backend = state_->backend->split(color, members, new_rank, detail::concat(split_number, "c", color),
+                                     detail::Clock::now() + state_->timeout);
   });
-  return Communicator(std::move(state));
+  if (!backend) return std::nullopt;
+  return detail::make_communicator(std::move(backend), state_->timeout);
 }
 
 }  // namespace dagr

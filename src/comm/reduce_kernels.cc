@@ -80,7 +80,26 @@ void reduce_op(ReduceTarget target, const void* const* sources, int n, std::size
   }
 }
 
+template <class T>
+void divide_typed(void* data, std::size_t count, int divisor) {
+  using A = typename AccumulatorOf<T>::type;
+  T* p = static_cast<T*>(data);
+  for (std::size_t i = 0; i < count; ++i) p[i] = static_cast<T>(static_cast<A>(p[i]) / static_cast<A>(divisor));
+}
+
 }  // namespace
+
+void divide(void* data, std::size_t count, DType dtype, int divisor) {
+  switch (dtype) {
+    case DType::float32: return divide_typed<float>(data, count, divisor);
+    case DType::float64: return divide_typed<double>(data, count, divisor);
+    case DType::float16: return divide_typed<Half>(data, count, divisor);
+    case DType::bfloat16: return divide_typed<BFloat16>(data, count, divisor);
+    case DType::int32: return divide_typed<std::int32_t>(data, count, divisor);
+    case DType::int64: return divide_typed<std::int64_t>(data, count, divisor);
+    case DType::uint8: return divide_typed<std::uint8_t>(data, count, divisor);
+  }
+}
 
 void reduce_sources(ReduceTarget target, const void* const* sources, int n_sources,
                     std::size_t count, DType dtype, ReduceOp op) {

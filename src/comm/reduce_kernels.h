@@ -24,4 +24,7 @@ struct ReduceTarget {
 void reduce_sources(ReduceTarget target, const void* const* sources, int n_sources,
                     std::size_t count, DType dtype, ReduceOp op);
 
+// data[i] /= divisor (integer division for integer types): avg after a sum.
+void divide(void* data, std::size_t count, DType dtype, int divisor);
+
 }  // namespace dagr::detail

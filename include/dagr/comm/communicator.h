@@ -31,10 +31,12 @@
 
 namespace dagr {
 
+class Communicator;
 namespace detail {
 class Backend;
 struct Request;
 struct CommState;
+Communicator make_communicator(std::unique_ptr<Backend> backend, std::chrono::milliseconds timeout);
 }  // namespace detail
 
 struct CallOptions {
@@ -53,9 +55,15 @@ class Communicator {
  public:
   // A group of one: every collective is a local copy. What user code gets without a launcher.
   Communicator();
-  // The group described by the environment `dagr launch` sets (RANK, WORLD_SIZE,
-  // DAGR_JOB_ID, DAGR_TIMEOUT_S); a group of one when WORLD_SIZE is unset.
+  // The group this process was started in. Under mpirun/srun (or with
+  // DAGR_BACKEND=mpi) it is MPI_COMM_WORLD over MPI; DAGR_BACKEND=hier makes it
+  // hierarchical (shared memory within a host, MPI between hosts). Otherwise
+  // the shared-memory group `dagr launch` describes (RANK, WORLD_SIZE,
+  // DAGR_JOB_ID); a group of one when WORLD_SIZE is unset. DAGR_TIMEOUT_S sets
+  // the timeout.
   static Communicator from_env();
+  // Whether this build has the MPI backend.
+  static bool mpi_available();
   static Communicator join(const ShmJoin& how);
 
   int rank() const;
@@ -197,6 +205,7 @@ class Communicator {
   Work submit(const Call& call);
 
   explicit Communicator(std::shared_ptr<detail::CommState> state);
+  friend Communicator detail::make_communicator(std::unique_ptr<detail::Backend>, std::chrono::milliseconds);
   std::shared_ptr<detail::CommState> state_;
 };
 

@@ -118,9 +118,9 @@ ShmBackend::~ShmBackend() {
   pthread_mutex_unlock(&c.alive);  // fails harmlessly when destroyed off the attaching thread
 }
 
-std::unique_ptr<Backend> ShmBackend::make_group(std::span<const int> members, int new_rank,
-                                                const std::string& group_id,
-                                                Clock::time_point deadline) {
+std::unique_ptr<Backend> ShmBackend::split(int color, std::span<const int> members, int new_rank,
+                                           const std::string& group_id, Clock::time_point deadline) {
+  if (color < 0) return nullptr;
   if (members.size() == 1) return solo();
   return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline);
 }

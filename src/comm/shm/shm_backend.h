@@ -42,9 +42,8 @@ class ShmBackend final : public Backend {
   int size() const override { return size_; }
   std::string_view name() const override { return "shm"; }
   void run(const Request& request) override;
-  std::unique_ptr<Backend> make_group(std::span<const int> members, int new_rank,
-                                      const std::string& group_id,
-                                      Clock::time_point deadline) override;
+  std::unique_ptr<Backend> split(int color, std::span<const int> members, int new_rank,
+                                 const std::string& group_id, Clock::time_point deadline) override;
 
  private:
   ShmBackend(Segment segment, const Layout& layout, std::string name, int rank);

@@ -1,0 +1,47 @@
+// The MPI transport. Messages are non-blocking MPI operations polled to
+// completion (so sends and receives on different threads progress together);
+// collectives are MPI's blocking ones, entered once the fingerprint check
+// (non-blocking, bounded by the timeout) has met every rank.
+//
+// Before each collective the ranks compare fingerprints with one small
+// MPI_Iallreduce (MAX over the fingerprint and its complement: equal
+// everywhere iff max == ~max(~x)); on a difference they allgather the
+// fingerprints and raise a MismatchError naming both sides, instead of the
+// undefined behaviour MPI gives mismatched calls.
+#pragma once
+
+#include <mpi.h>
+
+#include "backend.h"
+#include "mpi/mpi_runtime.h"
+
+namespace dagr::detail {
+
+class MpiBackend final : public Backend {
+ public:
+  // Works on a duplicate of `comm` (errors returned, not fatal).
+  MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm);
+  ~MpiBackend() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string_view name() const override { return "mpi"; }
+  void run(const Request& request) override;
+  std::unique_ptr<Backend> split(int color, std::span<const int> members, int new_rank,
+                                 const std::string& group_id, Clock::time_point deadline) override;
+
+ private:
+  void check_fingerprints(const Request& r, const std::function<std::string()>& what);
+  void collective(const Request& r, const std::function<std::string()>& what);  // after the check
+  void point_to_point(const Request& r, const std::function<std::string()>& what);
+  // Posts a non-blocking operation and polls it (with everything else in flight) to completion.
+  void post_and_wait(const std::function<int(MPI_Request*)>& post, const Request& r,
+                     const std::function<std::string()>& what, MPI_Status* status = nullptr);
+
+  std::shared_ptr<MpiRuntime> runtime_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::uint64_t calls_ = 0;
+};
+
+}  // namespace dagr::detail

@@ -1,0 +1,11 @@
+#include "dagr/comm/mpi.h"
+
+#include "mpi/mpi_backend.h"
+
+namespace dagr {
+
+Communicator wrap_mpi(MPI_Comm comm, std::chrono::milliseconds timeout) {
+  return detail::make_communicator(std::make_unique<detail::MpiBackend>(detail::MpiRuntime::get(), comm), timeout);
+}
+
+}  // namespace dagr
