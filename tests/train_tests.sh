@@ -28,6 +28,29 @@ expect "default run succeeds" test $? -eq 0
 acc=$(accuracy "$tmp/default")
 expect "default run reaches 88% test accuracy (got $acc)" at_least "$acc" 0.88
 
+# dagr infer: the same accuracy sharded or not, and as dagr train measured.
+trained=$(accuracy "$tmp/short")
+for spec in "1 1" "2 2" "4 2" "3 3"; do
+  set -- $spec
+  timeout 120 "$dagr" infer --checkpoint "$tmp/short/model.pt" --workers "$1" --tensor-parallel "$2" > "$tmp/out" 2>&1
+  got=$(sed -n 's/^accuracy \([0-9.]*\) .*/\1/p' "$tmp/out")
+  expect "infer on $1 workers, tensor-parallel $2: accuracy $got = trained $trained" \
+    awk -v a="$got" -v b="$trained" 'BEGIN { exit !(a != "" && a + 0 == b + 0) }'
+done
+expect "infer reports throughput and latency" grep -q "^throughput .* images/s; latency per batch of 256: median" "$tmp/out"
+
+timeout 300 "$dagr" train --workers 4 --tensor-parallel 2 --epochs 2 --out "$tmp/tp" > "$tmp/out" 2>&1
+expect "training with 2 x 2 (tensor x data parallel) succeeds" test $? -eq 0
+expect "and reaches 85% (got $(accuracy "$tmp/tp"))" at_least "$(accuracy "$tmp/tp")" 0.85
+expect "its gathered checkpoint loads as the dense MLP" "$load_model" mlp "$tmp/tp/model.pt"
+timeout 60 "$dagr" train --workers 3 --tensor-parallel 2 > /dev/null 2> "$tmp/err"
+expect "a tensor-parallel size that does not divide the workers is an error" \
+  test $? -ne 0 -a "$(grep -c 'does not divide the 3 workers' "$tmp/err")" -ge 1
+timeout 60 "$dagr" infer --checkpoint "$tmp/short/model.pt" --model cnn > /dev/null 2> "$tmp/err"
+expect "a checkpoint that does not fit the model is an error" grep -q "not a dagr cnn checkpoint" "$tmp/err"
+timeout 60 "$dagr" infer --checkpoint "$tmp/cnn-missing.pt" > /dev/null 2> "$tmp/err"
+expect "a missing checkpoint is an error" grep -q "cnn-missing.pt: not a dagr mlp checkpoint" "$tmp/err"
+
 timeout 300 "$dagr" train --model cnn --workers 2 --epochs 1 --max-steps 60 --out "$tmp/cnn" > "$tmp/out" 2>&1
 expect "the CNN trains" test $? -eq 0 -a -s "$tmp/cnn/model.pt"
 expect "and its model loads back" "$load_model" cnn "$tmp/cnn/model.pt"

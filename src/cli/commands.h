@@ -17,5 +17,6 @@ struct Command {
 Command add_launch(CLI::App& root);
 Command add_bench(CLI::App& root, const std::vector<std::string>& argv);
 Command add_train(CLI::App& root, const std::vector<std::string>& argv);
+Command add_infer(CLI::App& root, const std::vector<std::string>& argv);
 
 }  // namespace dagr::cli

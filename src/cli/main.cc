@@ -10,7 +10,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   const std::vector<std::string> args(argv, argv + argc);
   std::vector<dagr::cli::Command> commands{dagr::cli::add_launch(app), dagr::cli::add_bench(app, args),
-                                            dagr::cli::add_train(app, args)};
+                                            dagr::cli::add_train(app, args),
+                                            dagr::cli::add_infer(app, args)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -27,6 +27,8 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::IsMember({"cosine", "constant"}));
   app->add_option("--seed", o->seed, "Seed for initialisation and shuffling");
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
+  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
+      ->check(CLI::Range(1, 256));
   app->add_option("--out", o->out, "Output folder (model.pt, metrics.jsonl)");
   app->add_option("--max-steps", o->max_steps, "Stop after this many steps (0: all)")->check(CLI::NonNegativeNumber);
   return {app, [o, workers, argv] {

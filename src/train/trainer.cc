@@ -19,9 +19,9 @@
 
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
-#include "dagr/models/models.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/sampler.h"
+#include "network.h"
 
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
@@ -48,21 +48,6 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
   throw InputError(detail::concat("unknown optimizer '", o.optimizer, "' (sgd, adam)"));
 }
 
-// Test accuracy, each rank evaluating every size-th sample; counts are summed.
-double evaluate(torch::nn::Sequential& model, const data::ImageSet& test, Communicator& comm) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  const auto idx = torch::arange(comm.rank(), test.images.size(0), comm.size());
-  std::int64_t counts[2] = {0, idx.numel()};
-  for (std::int64_t i = 0; i < idx.numel(); i += 1000) {
-    const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
-    counts[0] += model->forward(test.images.index_select(0, part)).argmax(1).eq(test.labels.index_select(0, part)).sum().item<std::int64_t>();
-  }
-  model->train();
-  comm.allreduce(std::span<std::int64_t>(counts, 2));
-  return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
-}
-
 // A progress bar on a terminal; nothing otherwise (the epoch lines follow).
 void show_progress(int epoch, int epochs, std::int64_t step, std::int64_t steps, double loss) {
   if (!isatty(STDERR_FILENO)) return;
@@ -80,7 +65,7 @@ void apply_schedule(torch::optim::Optimizer& optimizer, const TrainOptions& o, s
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
-void save_atomically(torch::nn::Sequential& model, const std::string& path) {
+void save_atomically(torch::nn::Sequential model, const std::string& path) {
   const std::string tmp = path + ".tmp";
   torch::save(model, tmp);
   std::filesystem::rename(tmp, path);
@@ -107,10 +92,13 @@ int run_training(const TrainOptions& o) {
 
   const data::ImageSet train = data::load_image_set(o.dataset, "train");
   const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
-  auto model = models::make_model(o.model, o.hidden);
-  DistributedDataParallel ddp(model.ptr(), comm);
-  auto optimizer = make_optimizer(o, *model);
-  DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = rank, .world_size = world, .seed = o.seed});
+  // Tensor groups split the model; data groups split the samples (DDP reduces over them).
+  const ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
+  Network net = make_network(o.model, o.hidden, groups);
+  DistributedDataParallel ddp(net.module, groups.data);
+  auto optimizer = make_optimizer(o, *net.module);
+  DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(),
+                              .world_size = groups.data.size(), .seed = o.seed});
   const std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
 
   std::ofstream metrics;
@@ -118,9 +106,10 @@ int run_training(const TrainOptions& o) {
     std::filesystem::create_directories(o.out);
     metrics.open(o.out + "/metrics.jsonl");
     DAGR_ENFORCE(metrics, InputError, "cannot write ", o.out, "/metrics.jsonl");
-    std::printf("dagr train: %s on %lld samples, %d workers × batch %lld, %s lr %g, %d epochs\n", o.model.c_str(),
-                static_cast<long long>(train.images.size(0)), world, static_cast<long long>(o.batch_size),
-                o.optimizer.c_str(), o.lr, o.epochs);
+    std::printf("dagr train: %s on %lld samples, %d workers (tensor-parallel %d × data-parallel %d) × batch %lld, "
+                "%s lr %g, %d epochs\n", o.model.c_str(), static_cast<long long>(train.images.size(0)), world,
+                groups.tensor.size(), groups.data.size(), static_cast<long long>(o.batch_size), o.optimizer.c_str(),
+                o.lr, o.epochs);
     std::fflush(stdout);
   }
 
@@ -142,7 +131,7 @@ int run_training(const TrainOptions& o) {
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, total_steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
       optimizer->zero_grad();
-      const auto logits = model->forward(x);
+      const auto logits = net.forward(x);
       const auto loss = torch::nn::functional::cross_entropy(logits, y);
       loss.backward();
       optimizer->step();
@@ -169,7 +158,7 @@ int run_training(const TrainOptions& o) {
     std::fflush(stdout);
     double global[3] = {loss_sum, static_cast<double>(correct), static_cast<double>(seen)};
     comm.allreduce(std::span<double>(global, 3));
-    test_accuracy = evaluate(model, test, comm);
+    test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
     if (rank == 0) {
       std::printf("Epoch %d: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n", epoch,
                   global[0] / global[2], global[1] / global[2], test_accuracy, seconds_since(train_start));
@@ -183,11 +172,15 @@ int run_training(const TrainOptions& o) {
   }
   const double train_s = seconds_since(train_start);
   const DdpStats stats = ddp.stats();
+  auto dense = net.dense();  // the whole model, gathered from the tensor group
   if (rank == 0) {
-    save_atomically(model, o.out + "/model.pt");
+    save_atomically(dense, o.out + "/model.pt");
     const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(total_steps, 1);
     const double wait_ms = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
-    const double throughput = timed_s > 0 ? timed_samples * world / timed_s : samples * world / compute_s;
+    // Every data group trains its own samples (the ranks of a tensor group share theirs).
+    const int groups_of_samples = groups.data.size();
+    const double throughput = timed_s > 0 ? timed_samples * groups_of_samples / timed_s
+                                          : samples * groups_of_samples / compute_s;
     std::printf("Summary: %.2f s training (evaluation included), %.0f samples/s in training steps over %d workers, "
                 "first step after %.2f s, test accuracy %.4f\n", train_s, throughput, world, first_step_s, test_accuracy);
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "

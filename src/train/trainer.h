@@ -18,6 +18,7 @@ struct TrainOptions {
   std::string schedule = "cosine";  // learning rate: "cosine" decays to 0 over the run, "constant"
   std::uint64_t seed = 0;
   int threads = 1;           // compute threads per worker
+  int tensor_parallel = 1;   // ranks that split the MLP's layers; the rest is data parallel
   std::string out = "runs/train";
   std::int64_t max_steps = 0;  // 0: whole epochs; otherwise stop after this many steps (benchmarks)
 };

@@ -1,0 +1,31 @@
+#include <algorithm>
+#include <thread>
+
+#include "commands.h"
+#include "dagr/data/fashion_mnist.h"
+#include "self_launch.h"
+#include "train/inference.h"
+
+namespace dagr::cli {
+
+Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
+  auto* app = root.add_subcommand("infer", "Run a trained checkpoint on the test set, sharded over workers");
+  auto o = std::make_shared<train::InferOptions>();
+  o->dataset = data::kFashionMnistDir;
+  auto workers = std::make_shared<int>(1);
+  app->add_option("--checkpoint", o->checkpoint, "model.pt written by dagr train")->required();
+  app->add_option("--model", o->model, "mlp or cnn (what the checkpoint holds)")->check(CLI::IsMember({"mlp", "cnn"}));
+  app->add_option("--workers", *workers, "Worker processes (default 1; ignored inside a launched job)")
+      ->check(CLI::Range(1, 256));
+  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
+      ->check(CLI::Range(1, 256));
+  app->add_option("--dataset", o->dataset, "Folder of IDX files (t10k-*)");
+  app->add_option("--batch-size", o->batch_size, "Images per batch")->check(CLI::Range(1, 1 << 20));
+  app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
+  return {app, [o, workers, argv] {
+            if (auto status = run_as_workers(*workers, argv)) return *status;
+            return train::run_inference(*o);
+          }};
+}
+
+}  // namespace dagr::cli

@@ -1,0 +1,31 @@
+// The model one rank runs: the dense built-in model, or the MLP split over a
+// tensor-parallel group. Training and inference see only this.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "dagr/parallel/groups.h"
+
+namespace dagr::train {
+
+struct Network {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  // The whole model as the dense built-in model (collective over the tensor group).
+  std::function<torch::nn::Sequential()> dense;
+};
+
+// A fresh model; with groups.tensor.size() > 1 only the MLP can be split.
+Network make_network(const std::string& model, int hidden, const ParallelGroups& groups);
+// The model saved in `path` by dagr train (a dense checkpoint), sharded over groups.tensor.
+Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups);
+
+// Test accuracy: each data group evaluates every D-th sample; counts summed over the world.
+double evaluate(Network& net, const torch::Tensor& images, const torch::Tensor& labels, const ParallelGroups& groups,
+                Communicator& world);
+
+}  // namespace dagr::train
