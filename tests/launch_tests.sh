@@ -56,6 +56,8 @@ for c in allgather broadcast reduce_scatter; do
   timeout 120 "$dagr" bench "$c" -n 4 --min 1K --max 4M --iters 3 > "$tmp/out"
   expect "bench $c table is correct on 4 ranks" test $? -eq 0 -a "$(grep -c ' yes$' "$tmp/out")" -eq 13
 done
+timeout 120 "$dagr" bench linear -n 2 --features 515 --batch 7 --iters 3 > "$tmp/out" 2>&1
+expect "bench linear compares dense and tensor-parallel" test $? -eq 0 -a "$(grep -c 'speed-up' "$tmp/out")" -eq 2
 timeout 10 "$dagr" bench allreduce --max 12Q 2> "$tmp/err"
 expect "a bad size is rejected" grep -q "not a size" "$tmp/err"
 

@@ -9,6 +9,7 @@
 #include "collective_bench.h"
 #include "commands.h"
 #include "dagr/error.h"
+#include "linear_bench.h"
 #include "self_launch.h"
 
 namespace dagr::cli {
@@ -37,11 +38,16 @@ struct BenchArgs {
   int workers = 2;
   std::string min = "8", max = "256M", dtype = "float32", op = "sum";
   int iters = 0, warmup = -1;
+  std::int64_t features = 8192, batch = 64;  // linear
   std::string backend = "shm";
   bool json = false;
 };
 
 int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
+  if (a.collective == "linear") {
+    if (auto status = run_as_workers(a.workers, argv)) return *status;
+    return bench_linear({.features = a.features, .batch = a.batch, .iters = a.iters > 0 ? a.iters : 20}, a.json);
+  }
   BenchSpec spec;
   const std::map<std::string, OpKind> kinds{{"allreduce", OpKind::allreduce}, {"allgather", OpKind::allgather},
                                             {"broadcast", OpKind::broadcast}, {"reduce_scatter", OpKind::reduce_scatter}};
@@ -101,8 +107,11 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
 Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
   auto* app = root.add_subcommand("bench", "Benchmark a collective (the nccl-tests table)");
   auto a = std::make_shared<BenchArgs>();
-  app->add_option("collective", a->collective, "allreduce | allgather | broadcast | reduce_scatter")
-      ->check(CLI::IsMember({"allreduce", "allgather", "broadcast", "reduce_scatter"}));
+  app->add_option("collective", a->collective,
+                  "allreduce | allgather | broadcast | reduce_scatter, or linear (a tensor-parallel layer)")
+      ->check(CLI::IsMember({"allreduce", "allgather", "broadcast", "reduce_scatter", "linear"}));
+  app->add_option("--features", a->features, "linear: the layer is features × features")->check(CLI::Range(1, 1 << 16));
+  app->add_option("--batch", a->batch, "linear: rows of the input")->check(CLI::Range(1, 1 << 16));
   app->add_option("-n,--workers", a->workers, "Ranks to start (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
   app->add_option("--min", a->min, "Smallest size in bytes (K, M, G suffixes)");
