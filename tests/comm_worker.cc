@@ -65,6 +65,19 @@ void moving(Communicator& comm, std::size_t count) {
   check(ok, "allgather", me);
 }
 
+// float16 and bfloat16: MPI has no such types, so these go through dagr's own MPI ops.
+template <class T>
+void sixteen_bit(Communicator& comm, std::size_t count) {
+  const int n = comm.size(), me = comm.rank();
+  std::vector<T> v(count, T(static_cast<float>(me + 1))), m(count, T(static_cast<float>(me)));
+  comm.allreduce(std::span<T>(v));
+  comm.allreduce(std::span<T>(m), ReduceOp::max);
+  bool ok = true;
+  for (std::size_t i = 0; i < count; ++i)
+    ok = ok && static_cast<float>(v[i]) == n * (n + 1) / 2.0f && static_cast<float>(m[i]) == n - 1.0f;
+  check(ok, "16-bit allreduce", me);
+}
+
 int collectives(Communicator& comm) {
   for (std::size_t count : {std::size_t{1}, std::size_t{13}, std::size_t{4099}, std::size_t{1000003}}) {
     reducing<float>(comm, count);
@@ -73,6 +86,8 @@ int collectives(Communicator& comm) {
     reducing<std::int64_t>(comm, count);
     moving<float>(comm, count);
     moving<std::uint8_t>(comm, count);
+    sixteen_bit<Half>(comm, count);
+    sixteen_bit<BFloat16>(comm, count);
   }
   // Sub-groups: even and odd ranks.
   auto sub = comm.split(comm.rank() % 2, comm.rank());
