@@ -83,7 +83,9 @@ TEST(Sampler, RanksTakeEqualStepsAndTogetherCoverTheDataSet) {
     for (int r = 0; r < world; ++r) {
       DistributedSampler s({.dataset_size = n, .rank = r, .world_size = world, .seed = 5, .drop_last = drop_last});
       s.set_epoch(3);
-      if (per_rank >= 0) EXPECT_EQ(s.samples_per_rank(), per_rank);
+      if (per_rank >= 0) {
+        EXPECT_EQ(s.samples_per_rank(), per_rank);
+      }
       per_rank = s.samples_per_rank();
       EXPECT_EQ(static_cast<std::int64_t>(s.indices().size()), per_rank);
       seen.insert(s.indices().begin(), s.indices().end());

@@ -175,9 +175,3 @@ TEST(Ddp, UnusedParametersWithoutTheOptionAreAClearError) {
 
 }  // namespace
 }  // namespace dagr
-
-int main(int argc, char** argv) {
-  at::set_num_threads(1);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

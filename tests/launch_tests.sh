@@ -4,11 +4,7 @@
 # Usage: launch_tests.sh DAGR COMM_WORKER
 set -uo pipefail
 dagr=$1 worker=$2
-failed=0 passed=0
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-ok()   { echo "ok   $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1"; failed=$((failed + 1)); }
-expect() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+source "$(dirname "$0")/testlib.sh"
 leftovers() { ls /dev/shm 2>/dev/null | grep -c "^dagr-$1" ; }
 
 for n in 1 4 8; do
@@ -39,10 +35,12 @@ status=$?
 expect "a failing worker's status is the launcher's" test "$status" -eq 3
 expect "the failure is one line naming the rank" grep -q "rank [01] exited with status 3" "$tmp/err"
 
-"$dagr" launch -n 2 -- sleep 30 & pid=$!
+"$dagr" launch -n 2 -- sh -c 'echo $$ > "$0/pid.$RANK"; exec sleep 30' "$tmp" & pid=$!
 sleep 1; kill -INT "$pid"; start=$(date +%s); wait "$pid"; status=$?
 expect "Ctrl-C stops the job" test "$status" -eq 130 -a $(( $(date +%s) - start )) -lt 10
-expect "no worker survives Ctrl-C" test -z "$(pgrep -f '^sleep 30$')"
+alive() { kill -0 "$(cat "$1")" 2>/dev/null; }
+none_survive() { test -s "$tmp/pid.0" -a -s "$tmp/pid.1" && ! alive "$tmp/pid.0" && ! alive "$tmp/pid.1"; }
+expect "no worker survives Ctrl-C" none_survive
 
 timeout 10 "$dagr" launch -n 0 -- true 2> "$tmp/err"
 expect "zero workers is rejected" test $? -ne 0 -a -s "$tmp/err"
@@ -61,5 +59,4 @@ expect "bench linear compares dense and tensor-parallel" test $? -eq 0 -a "$(gre
 timeout 10 "$dagr" bench allreduce --max 12Q 2> "$tmp/err"
 expect "a bad size is rejected" grep -q "not a size" "$tmp/err"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

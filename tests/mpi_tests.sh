@@ -6,11 +6,7 @@
 set -uo pipefail
 dagr=$1 worker=$2 mpi_worker=$3
 here=$(cd "$(dirname "$0")" && pwd)
-failed=0 passed=0
-tmp=$(mktemp -d)
-ok()   { echo "ok   $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1"; failed=$((failed + 1)); }
-expect() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+source "$here/testlib.sh"
 if ! unshare --net true 2>/dev/null; then
   echo "SKIP: this machine cannot make network namespaces (unshare --net failed); the MPI tests need one"
   echo "0 passed, 0 failed, 1 skipped"; exit 0
@@ -61,5 +57,4 @@ else
   echo "SKIP: two-host test: this machine cannot make named network namespaces with a veth pair"
 fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

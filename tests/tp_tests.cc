@@ -49,7 +49,9 @@ TEST_P(Sizes, ColumnParallelMatchesDense) {
       (y * y).sum().backward();
       EXPECT_TRUE(close(layer->weight.grad(), d.layer->weight.grad().narrow(0, s.begin, s.length)));
       EXPECT_TRUE(close(layer->bias.grad(), d.layer->bias.grad().narrow(0, s.begin, s.length)));
-      if (gather) EXPECT_TRUE(close(x.grad(), d.grad_x));  // without the gather each rank's loss is partial
+      if (gather) {
+        EXPECT_TRUE(close(x.grad(), d.grad_x));  // without the gather each rank's loss is partial
+      }
     });
   }
 }
@@ -150,9 +152,3 @@ TEST(TpErrors, CheckpointsThatDoNotFitAreClearErrors) {
 
 }  // namespace
 }  // namespace dagr
-
-int main(int argc, char** argv) {
-  at::set_num_threads(1);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -4,11 +4,7 @@
 # with one clear line and a non-zero exit. Usage: train_tests.sh DAGR LOAD_MODEL
 set -uo pipefail
 dagr=$1 load_model=$2
-failed=0 passed=0
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-ok()   { echo "ok   $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1"; failed=$((failed + 1)); }
-expect() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+source "$(dirname "$0")/testlib.sh"
 accuracy() { sed -n 's/.*"test_accuracy":\([0-9.]*\).*"summary".*/\1/p; s/.*"summary":true.*"test_accuracy":\([0-9.]*\).*/\1/p' "$1/metrics.jsonl" | head -1; }
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
@@ -70,5 +66,4 @@ expect "a missing data set fails clearly" test $? -ne 0 -a "$(grep -c "has no tr
 timeout 60 "$dagr" train --epochs 0 > /dev/null 2> "$tmp/err"
 expect "bad flags are rejected" test $? -ne 0 -a -s "$tmp/err"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
