@@ -21,7 +21,7 @@ Command add_launch(CLI::App& root) {
             if (*timeout_s > 0) options->comm_timeout = std::chrono::seconds(*timeout_s);
             const LaunchResult result = launch(*options);
             if (!result.failure.empty())
-              std::fprintf(stderr, "dagr launch: %s; the other workers were stopped\n", result.failure.c_str());
+              std::fprintf(stderr, "dagr launch: %s; stopped all workers\n", result.failure.c_str());
             return result.exit_code;
           }};
 }

@@ -34,7 +34,6 @@ struct Bucket {
   torch::Tensor flat;            // float32, every member's gradient side by side
   std::vector<std::size_t> members;  // parameter indices
   int pending = 0;               // members not yet ready this step
-  bool started = false;
   Work work;
 };
 
@@ -73,10 +72,7 @@ struct DistributedDataParallel::State {
     if (!in_backward) {
       in_backward = true;
       std::fill(ready.begin(), ready.end(), false);
-      for (Bucket& b : buckets) {
-        b.pending = static_cast<int>(b.members.size());
-        b.started = false;
-      }
+      for (Bucket& b : buckets) b.pending = static_cast<int>(b.members.size());
       next_bucket = 0;
       autograd::Engine::get_default_engine().queue_callback([this] { finish_backward(); });
     }
@@ -93,7 +89,6 @@ struct DistributedDataParallel::State {
   void start_ready_buckets(bool final) {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
       Bucket& b = buckets[next_bucket++];
-      b.started = true;
       if (next_bucket == buckets.size()) {
         const auto start = std::chrono::steady_clock::now();
         comm.allreduce(span_of<float>(b.flat), ReduceOp::avg);

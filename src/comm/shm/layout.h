@@ -41,8 +41,8 @@ struct RankControl {
   std::int32_t pid;
 };
 
-// Line 0 of a slot: published last (seq), read first. A payload of up to
-// kSlotInline bytes shares the line, so a tiny collective moves one line.
+// Line 0 of a slot: published last (seq), read first. The first 32 bytes of
+// the payload share the line, so a tiny collective moves one line.
 struct SlotHeader {
   std::atomic<std::uint64_t> seq;  // the call number whose fingerprint (and payload) this holds
   Fingerprint fingerprint;

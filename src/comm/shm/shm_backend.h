@@ -10,9 +10,10 @@
 // writing its slot for call s+2 knows every peer has finished with call s:
 // two slots per rank are enough and need no further handshake.
 //
-// Small payloads (<= geometry.small_max_bytes) are done when everyone has
-// arrived: each rank reduces/copies from the peers' slots itself. Large ones
-// take the pipelined path described in shm_collectives.cc.
+// Small payloads (what each rank would read stays under
+// geometry.small_read_bytes) are done when everyone has arrived: each rank
+// reduces/copies from the peers' slots itself. Large ones take the pipelined
+// path described in shm_collectives.cc.
 #pragma once
 
 #include <memory>
