@@ -39,12 +39,6 @@ double expected(ReduceOp op, int size, std::size_t i, bool integer) {
   return acc;
 }
 
-template <class T> T make(double v) { return static_cast<T>(v); }
-template <> Half make<Half>(double v) { return Half(static_cast<float>(v)); }
-template <> BFloat16 make<BFloat16>(double v) { return BFloat16(static_cast<float>(v)); }
-template <class T> double as_double(T v) { return static_cast<double>(v); }
-template <> double as_double<Half>(Half v) { return static_cast<float>(v); }
-template <> double as_double<BFloat16>(BFloat16 v) { return static_cast<float>(v); }
 
 const std::vector<std::size_t> kCounts = {0, 1, 2, 3, 7, 13, 97, 1031, 4099, 65537, 300007};
 const ReduceOp kOps[] = {ReduceOp::sum, ReduceOp::avg, ReduceOp::min, ReduceOp::max, ReduceOp::prod};
@@ -57,29 +51,29 @@ void check_reducing_collectives(Communicator& comm) {
     for (std::size_t count : kCounts) {
       SCOPED_TRACE(::testing::Message() << name(dtype_of<T>()) << " " << name(op) << " count " << count);
       std::vector<T> in(count), out(count);
-      for (std::size_t i = 0; i < count; ++i) in[i] = make<T>(value(op, me, i));
+      for (std::size_t i = 0; i < count; ++i) in[i] = element_from_double<T>(value(op, me, i));
       // allreduce, out of place and in place
       comm.allreduce(std::span<const T>(in), std::span<T>(out), op);
       for (std::size_t i = 0; i < count; ++i)
-        ASSERT_EQ(as_double(out[i]), expected(op, n, i, integer)) << "allreduce at " << i;
+        ASSERT_EQ(element_to_double(out[i]), expected(op, n, i, integer)) << "allreduce at " << i;
       std::vector<T> data = in;
       comm.allreduce(std::span<T>(data), op);
-      for (std::size_t i = 0; i < count; ++i) ASSERT_EQ(as_double(data[i]), expected(op, n, i, integer));
+      for (std::size_t i = 0; i < count; ++i) ASSERT_EQ(element_to_double(data[i]), expected(op, n, i, integer));
       // reduce to the last rank: the others' buffers stay untouched
       const int root = n - 1;
       data = in;
       comm.reduce(std::span<T>(data), root, op);
       for (std::size_t i = 0; i < count; ++i)
-        ASSERT_EQ(as_double(data[i]), me == root ? expected(op, n, i, integer) : value(op, me, i));
+        ASSERT_EQ(element_to_double(data[i]), me == root ? expected(op, n, i, integer) : value(op, me, i));
       // reduce_scatter: block b of rank r holds value(r, b*count + i)
       std::vector<T> blocks(count * n), mine(count);
-      for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i] = make<T>(value(op, me, i));
+      for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i] = element_from_double<T>(value(op, me, i));
       comm.reduce_scatter(std::span<const T>(blocks), std::span<T>(mine), op);
       for (std::size_t i = 0; i < count; ++i)
-        ASSERT_EQ(as_double(mine[i]), expected(op, n, me * count + i, integer)) << "reduce_scatter";
+        ASSERT_EQ(element_to_double(mine[i]), expected(op, n, me * count + i, integer)) << "reduce_scatter";
       comm.reduce_scatter(std::span<T>(blocks), op);
       for (std::size_t i = 0; i < count; ++i)
-        ASSERT_EQ(as_double(blocks[me * count + i]), expected(op, n, me * count + i, integer));
+        ASSERT_EQ(element_to_double(blocks[me * count + i]), expected(op, n, me * count + i, integer));
     }
   }
 }
@@ -91,20 +85,20 @@ void check_moving_collectives(Communicator& comm) {
     SCOPED_TRACE(::testing::Message() << name(dtype_of<T>()) << " count " << count);
     const int root = count % n;
     std::vector<T> data(count);
-    for (std::size_t i = 0; i < count; ++i) data[i] = make<T>(me == root ? value(ReduceOp::sum, root, i) : 0);
+    for (std::size_t i = 0; i < count; ++i) data[i] = element_from_double<T>(me == root ? value(ReduceOp::sum, root, i) : 0);
     comm.broadcast(std::span<T>(data), root);
-    for (std::size_t i = 0; i < count; ++i) ASSERT_EQ(as_double(data[i]), value(ReduceOp::sum, root, i));
+    for (std::size_t i = 0; i < count; ++i) ASSERT_EQ(element_to_double(data[i]), value(ReduceOp::sum, root, i));
 
     std::vector<T> mine(count), all(count * n);
-    for (std::size_t i = 0; i < count; ++i) mine[i] = make<T>(value(ReduceOp::sum, me, i));
+    for (std::size_t i = 0; i < count; ++i) mine[i] = element_from_double<T>(value(ReduceOp::sum, me, i));
     comm.allgather(std::span<const T>(mine), std::span<T>(all));
     for (int r = 0; r < n; ++r)
       for (std::size_t i = 0; i < count; ++i)
-        ASSERT_EQ(as_double(all[r * count + i]), value(ReduceOp::sum, r, i)) << "allgather";
+        ASSERT_EQ(element_to_double(all[r * count + i]), value(ReduceOp::sum, r, i)) << "allgather";
     std::vector<T> in_place(count * n);
     std::copy(mine.begin(), mine.end(), in_place.begin() + me * count);
     comm.allgather(std::span<T>(in_place));
-    for (std::size_t i = 0; i < all.size(); ++i) ASSERT_EQ(as_double(in_place[i]), as_double(all[i]));
+    for (std::size_t i = 0; i < all.size(); ++i) ASSERT_EQ(element_to_double(in_place[i]), element_to_double(all[i]));
   }
 }
 

@@ -15,12 +15,6 @@ using Clock = std::chrono::steady_clock;
 // Rank r's element i: small integers, exact in every dtype even summed over 16 ranks.
 double input_value(int r, std::size_t i) { return (r % 8 + 1) * static_cast<double>(i % 5 + 1); }
 
-template <class T> T make(double v) { return static_cast<T>(v); }
-template <> Half make<Half>(double v) { return Half(static_cast<float>(v)); }
-template <> BFloat16 make<BFloat16>(double v) { return BFloat16(static_cast<float>(v)); }
-template <class T> double to_double(T v) { return static_cast<double>(v); }
-template <> double to_double<Half>(Half v) { return static_cast<float>(v); }
-template <> double to_double<BFloat16>(BFloat16 v) { return static_cast<float>(v); }
 
 double reduced_value(ReduceOp op, int n, std::size_t i, bool integer) {
   double acc = input_value(0, i);
@@ -49,7 +43,7 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
 
   auto fill = [&] {
     for (std::size_t i = 0; i < in_count; ++i)
-      in[i] = make<T>(spec.kind == OpKind::broadcast && me != 0 ? 0 : input_value(me, i));
+      in[i] = element_from_double<T>(spec.kind == OpKind::broadcast && me != 0 ? 0 : input_value(me, i));
   };
   auto call = [&] {
     switch (spec.kind) {
@@ -83,7 +77,7 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
 
   // One more call on fresh inputs, checked against the formula.
   fill();
-  std::fill(out.begin(), out.end(), make<T>(0));
+  std::fill(out.begin(), out.end(), element_from_double<T>(0));
   call();
   const std::vector<T>& result = spec.kind == OpKind::broadcast ? in : out;
   std::int32_t wrong = 0;
@@ -96,8 +90,8 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
       case OpKind::broadcast: want = input_value(0, i); break;
       default: break;
     }
-    if constexpr (std::is_integral_v<T>) want = static_cast<double>(make<T>(want));  // wrap like the type does
-    const double got = to_double(result[i]);
+    if constexpr (std::is_integral_v<T>) want = static_cast<double>(element_from_double<T>(want));  // wrap like the type does
+    const double got = element_to_double(result[i]);
     if (std::is_integral_v<T> ? got != want : std::abs(got - want) > 1e-2 * std::abs(want)) ++wrong;
   }
   comm.allreduce(std::span<std::int32_t>(&wrong, 1), ReduceOp::sum);

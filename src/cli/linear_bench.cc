@@ -8,8 +8,7 @@
 #include <vector>
 
 #include "dagr/parallel/tensor_parallel.h"
-
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#include "dagr/train/compute_threads.h"
 
 namespace dagr::cli {
 namespace {
@@ -34,8 +33,7 @@ double median_ms(Communicator& comm, int iters, F&& forward) {
 }  // namespace
 
 int bench_linear(const LinearBenchSpec& spec, bool json) {
-  at::set_num_threads(1);
-  if (openblas_set_num_threads) openblas_set_num_threads(1);
+  set_compute_threads(1);
   Communicator comm = Communicator::from_env();
   torch::NoGradGuard no_grad;
   const std::int64_t f = spec.features;

@@ -10,16 +10,14 @@
 
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
+#include "dagr/train/compute_threads.h"
 #include "network.h"
-
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace dagr::train {
 
 int run_inference(const InferOptions& o) {
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
-  at::set_num_threads(o.threads);
-  if (openblas_set_num_threads) openblas_set_num_threads(o.threads);
+  set_compute_threads(o.threads);
   Communicator world = Communicator::from_env();
   const ParallelGroups groups = make_parallel_groups(world, o.tensor_parallel);
   Network net = load_network(o.model, o.checkpoint, groups);

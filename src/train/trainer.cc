@@ -19,11 +19,10 @@
 
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
+#include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/sampler.h"
 #include "network.h"
-
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace dagr::train {
 namespace {
@@ -84,8 +83,7 @@ int run_training(const TrainOptions& o) {
   // per step (the anchors run with the same thresholds): +30 % for the CNN.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  at::set_num_threads(o.threads);
-  if (openblas_set_num_threads) openblas_set_num_threads(o.threads);
+  set_compute_threads(o.threads);
   Communicator comm = Communicator::from_env();
   const int rank = comm.rank(), world = comm.size();
   torch::manual_seed(o.seed);

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 namespace dagr {
 
@@ -49,6 +50,19 @@ concept Element = requires { DTypeOf<std::remove_const_t<T>>::value; };
 template <Element T>
 constexpr DType dtype_of() {
   return DTypeOf<std::remove_const_t<T>>::value;
+}
+
+// Any element type from and to double (the 16-bit floats through float):
+// for filling buffers and checking results.
+template <Element T>
+T element_from_double(double v) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) return T(static_cast<float>(v));
+  else return static_cast<T>(v);
+}
+template <Element T>
+double element_to_double(T v) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) return static_cast<float>(v);
+  else return static_cast<double>(v);
 }
 
 }  // namespace dagr
