@@ -1,9 +1,14 @@
 // The IDX reader against files made here (good, gzipped, truncated, wrong
-// magic, wrong size, missing) and the DistributedSampler's guarantees.
+// magic, wrong size, missing, a header that claims far more than the file
+// holds) and the DistributedSampler's guarantees.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -72,6 +77,103 @@ TEST_F(Idx, RejectsBadFilesNamingThemAndTheProblem) {
   expect_error(write("magic", bad_magic), "wrong magic");
   expect_error(write("type", idx_bytes({4}, 4, 0x0d)), "not unsigned byte");
   expect_error(write("long", idx_bytes({4}, 5)), "wrong size");
+}
+
+// Runs read_idx(path) in a forked child whose address space may grow by at
+// most `limit` bytes, and waits at most `deadline` for it. Returns what the
+// child reported: "InputError: <message>", or the other exception it caught,
+// or why it did not finish.
+std::string read_idx_bounded(const std::string& path, std::size_t limit, std::chrono::seconds deadline) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return "pipe failed";
+  const pid_t pid = fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    close(pipe_fds[0]);
+    std::string report;
+    std::size_t pages = 0;  // this process's current size, from /proc/self/statm
+    if (FILE* f = fopen("/proc/self/statm", "r")) {
+      if (fscanf(f, "%zu", &pages) != 1) pages = 0;
+      fclose(f);
+    }
+    const rlim_t cap = pages * static_cast<std::size_t>(sysconf(_SC_PAGESIZE)) + limit;
+    const rlimit rl{cap, cap};
+    if (pages == 0 || setrlimit(RLIMIT_AS, &rl) != 0) {
+      report = "could not limit the address space";
+    } else {
+      try {
+        data::read_idx(path);
+        report = "no error";
+      } catch (const InputError& e) {
+        report = std::string("InputError: ") + e.what();
+      } catch (const std::bad_alloc&) {
+        report = "std::bad_alloc";
+      } catch (const std::exception& e) {
+        report = std::string("other exception: ") + e.what();
+      }
+    }
+    if (write(pipe_fds[1], report.data(), report.size()) < 0) _exit(2);
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > until) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      close(pipe_fds[0]);
+      return "timed out";
+    }
+    usleep(10'000);
+  }
+  std::string report;
+  char buf[4096];
+  for (ssize_t n; (n = read(pipe_fds[0], buf, sizeof buf)) > 0;) report.append(buf, static_cast<std::size_t>(n));
+  close(pipe_fds[0]);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) report += " (child did not exit cleanly)";
+  return report;
+}
+
+// A 701-byte file whose header claims 4 000 000 images of 28x28 (3.1 GB), and
+// one whose header claims the most the reader accepts (2^34 bytes): each is an
+// InputError naming the file and both sizes, in well under a second, while
+// the reader's address space may grow by only 64 MiB.
+TEST_F(Idx, AHugeClaimInATinyFileIsAnInputErrorWithBoundedMemory) {
+  const std::size_t body = 701 - 16;
+  const std::size_t limit = std::size_t{64} << 20;
+  struct Claim {
+    std::vector<std::uint32_t> dims;
+    std::string total;
+  };
+  for (const Claim& claim : {Claim{{4'000'000, 28, 28}, "3136000000"}, Claim{{1u << 16, 1u << 18}, "17179869184"}}) {
+    for (bool gz : {false, true}) {
+      const auto bytes = idx_bytes(claim.dims, body);
+      const std::string path = write(claim.total + (gz ? ".gz" : ""), bytes, gz);
+      SCOPED_TRACE(path);
+      if (!gz) {
+        ASSERT_EQ(fs::file_size(path), claim.dims.size() == 3 ? 701u : 697u);
+      }
+      const auto start = std::chrono::steady_clock::now();
+      const std::string report = read_idx_bounded(path, limit, std::chrono::seconds(20));
+      EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+      ASSERT_EQ(report.rfind("InputError: ", 0), 0u) << report;
+      EXPECT_NE(report.find(path), std::string::npos) << report;
+      EXPECT_NE(report.find("truncated"), std::string::npos) << report;
+      EXPECT_NE(report.find(claim.total), std::string::npos) << report;  // what the header claims
+      const std::string holds = "holds " + std::to_string(bytes.size() - 4 - 4 * claim.dims.size());
+      EXPECT_NE(report.find(holds), std::string::npos) << report;  // what the file holds
+    }
+  }
+}
+
+// The bound above is the reader's, not the test's: a real file of a few MiB,
+// plain and gzipped, is read under the same limit.
+TEST_F(Idx, AFileThatHoldsItsClaimIsReadUnderTheSameLimit) {
+  for (bool gz : {false, true}) {
+    const std::string path = write(gz ? "real.gz" : "real", idx_bytes({3000, 28, 28}, 3000 * 28 * 28), gz);
+    EXPECT_EQ(read_idx_bounded(path, std::size_t{64} << 20, std::chrono::seconds(20)), "no error") << path;
+  }
 }
 
 TEST(Sampler, RanksTakeEqualStepsAndTogetherCoverTheDataSet) {

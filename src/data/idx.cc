@@ -1,7 +1,9 @@
 #include "dagr/data/idx.h"
 
+#include <sys/stat.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "dagr/error.h"
@@ -43,8 +45,32 @@ IdxArray read_idx(const std::string& path) {
     total *= dim;
     DAGR_ENFORCE(total <= (std::size_t{1} << 34), InputError, path, ": dimensions too large");
   }
-  out.data.resize(total);
-  const std::size_t got = read(out.data.data(), total);
+
+  // The header is a claim, not a size to allocate. A plain regular file's body size is known from the
+  // file system, so a claim it cannot hold fails here, before any allocation, and a claim it can hold is
+  // read in one piece. A gzip file's size is known only by decompressing it (its ISIZE trailer is modulo
+  // 2^32 and can lie), a pipe's only by reading it: their body is read in pieces that start at 1 MiB and
+  // double up to the claim, so memory follows the bytes that really arrive, never the claim.
+  const std::size_t header_bytes = 4 + 4 * static_cast<std::size_t>(ndims);
+  std::size_t piece = std::min<std::size_t>(total, std::size_t{1} << 20);
+  struct stat st {};
+  if (gzdirect(file.get()) && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    const std::size_t size = static_cast<std::size_t>(st.st_size);
+    const std::size_t body = size > header_bytes ? size - header_bytes : 0;
+    DAGR_ENFORCE(body >= total, InputError, path, ": truncated: the header promises ", total,
+                 " data bytes but the file holds ", body);
+    DAGR_ENFORCE(body == total, InputError, path, ": wrong size: the header promises ", total,
+                 " data bytes but the file holds ", body);
+    piece = total;
+  }
+  std::size_t got = 0;
+  for (;;) {
+    out.data.reserve(piece);  // exactly this much: resize alone may double past the claim
+    out.data.resize(piece);
+    got += read(out.data.data() + got, piece - got);
+    if (got < piece || piece == total) break;
+    piece = std::min(total, 2 * piece);
+  }
   DAGR_ENFORCE(got == total, InputError, path, ": truncated: the header promises ", total,
                " data bytes but the file holds ", got);
   std::uint8_t extra;
