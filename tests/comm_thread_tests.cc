@@ -1,7 +1,8 @@
 // The collectives, with ranks as threads: every world size 1-5, every dtype and
 // op, counts 0, 1, primes, not divisible by the world size, and >= 16 M
 // elements. Expected values come from a formula; float results are also
-// compared bitwise with a sum in rank order.
+// compared bitwise with a sum in rank order, and random 16-bit floats with the
+// float32 sum rounded once.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -148,6 +149,58 @@ TEST_P(WorldSize, FloatSumIsBitwiseTheRankOrderSum) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, WorldSize, ::testing::Values(1, 2, 3, 4, 5));
+
+// Random non-integer 16-bit floats. The reduction's result is the float32 sum
+// in rank order (divided by the world size for avg), rounded once to 16 bits:
+// bitwise. Accumulating in 16 bits rounds after every addition and differs as
+// soon as three ranks add. Counts below and above the one-step limit
+// (DAGR_SHM_SMALL_MAX, DAGR_SHM_SMALL_READ) run both paths, the largest over
+// several pipeline segments.
+template <class T>
+void check_16bit_rounded_once(int n, std::size_t count, ReduceOp op) {
+  const std::string what = detail::concat(name(dtype_of<T>()), " ", name(op), ", world ", n, ", count ", count);
+  std::mt19937 gen(17 * n + static_cast<int>(count));
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<std::vector<T>> in(n, std::vector<T>(count * n));  // count·n: reduce_scatter's input
+  std::size_t non_integers = 0;
+  for (auto& v : in)
+    for (auto& x : v) {
+      x = T(dist(gen));
+      non_integers += static_cast<float>(x) != std::floor(static_cast<float>(x));
+    }
+  ASSERT_GT(non_integers, count * n * n / 2) << what;
+  std::vector<std::uint16_t> reference(count * n);
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    float acc = static_cast<float>(in[0][i]);
+    for (int r = 1; r < n; ++r) acc += static_cast<float>(in[r][i]);
+    if (op == ReduceOp::avg) acc /= static_cast<float>(n);
+    reference[i] = T(acc).bits;
+  }
+  // "" when got[i] has reference[offset + i]'s bits for every i, else the first difference.
+  auto first_difference = [&](const std::vector<T>& got, std::size_t offset) -> std::string {
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (got[i].bits != reference[offset + i])
+        return detail::concat("element ", i, " has bits ", got[i].bits, ", expected ", reference[offset + i]);
+    return "";
+  };
+  run_ranks(n, [&](Communicator& comm) {
+    const int me = comm.rank();
+    std::vector<T> out(count);
+    comm.allreduce(std::span<const T>(in[me].data(), count), std::span<T>(out), op);
+    EXPECT_EQ(first_difference(out, 0), "") << what << ": allreduce on rank " << me;
+    comm.reduce_scatter(std::span<const T>(in[me]), std::span<T>(out), op);
+    EXPECT_EQ(first_difference(out, me * count), "") << what << ": reduce_scatter on rank " << me;
+  });
+}
+
+TEST(SixteenBit, RandomValuesAreTheFloat32SumRoundedOnce) {
+  for (int n : {2, 3, 4})
+    for (std::size_t count : {std::size_t{7}, std::size_t{1000}, std::size_t{300007}})
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
+        check_16bit_rounded_once<Half>(n, count, op);
+        check_16bit_rounded_once<BFloat16>(n, count, op);
+      }
+}
 
 // At least 16 M elements, through the pipelined path.
 TEST(Large, SixteenMillionElements) {
