@@ -199,6 +199,47 @@ TEST(Sampler, RanksTakeEqualStepsAndTogetherCoverTheDataSet) {
   }
 }
 
+// Padding, as PyTorch's DistributedSampler pads: the epoch's order is extended
+// with its own first indices, wrapping round as often as needed. The ranks'
+// lists interleave back into that order (rank r's j-th index is position
+// j·world + r), so every padded position can be checked against the position
+// it copies.
+TEST(Sampler, PadsSeveralSamplesByWrappingFromTheStartOfTheEpochOrder) {
+  struct Shape {
+    std::int64_t n;
+    int world;
+  };
+  for (const Shape shape : {Shape{10, 4}, Shape{13, 8}, Shape{3, 8}, Shape{22, 5}})
+    for (bool shuffle : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << shape.n << " samples, " << shape.world << " ranks, shuffle " << shuffle);
+      std::vector<std::vector<std::int64_t>> lists;
+      for (int r = 0; r < shape.world; ++r) {
+        DistributedSampler s({.dataset_size = shape.n, .rank = r, .world_size = shape.world, .seed = 4, .shuffle = shuffle});
+        s.set_epoch(1);
+        lists.push_back(s.indices());
+      }
+      const std::size_t per_rank = lists[0].size();
+      ASSERT_EQ(per_rank, static_cast<std::size_t>((shape.n + shape.world - 1) / shape.world));
+      std::vector<std::int64_t> order(per_rank * shape.world);
+      for (int r = 0; r < shape.world; ++r) {
+        ASSERT_EQ(lists[r].size(), per_rank);
+        for (std::size_t j = 0; j < per_rank; ++j) order[j * shape.world + r] = lists[r][j];
+      }
+      ASSERT_GT(order.size() - shape.n, 1u);  // several padded samples
+      std::vector<std::int64_t> head(order.begin(), order.begin() + shape.n);
+      std::sort(head.begin(), head.end());
+      for (std::int64_t i = 0; i < shape.n; ++i) ASSERT_EQ(head[i], i);  // the epoch: a permutation
+      if (!shuffle) {
+        for (std::int64_t i = 0; i < shape.n; ++i) EXPECT_EQ(order[i], i);
+      }
+      for (std::size_t k = shape.n; k < order.size(); ++k)
+        EXPECT_EQ(order[k], order[k % shape.n]) << "padded position " << k;
+    }
+  // PyTorch's DistributedSampler(shuffle=False) on 10 samples and 4 ranks.
+  DistributedSampler last({.dataset_size = 10, .rank = 3, .world_size = 4, .shuffle = false});
+  EXPECT_EQ(last.indices(), (std::vector<std::int64_t>{3, 7, 1}));
+}
+
 TEST(Sampler, ShufflesPerEpochDeterministicallyAndResumesAtAStep) {
   DistributedSampler a({.dataset_size = 1000, .rank = 1, .world_size = 3, .seed = 9});
   DistributedSampler b({.dataset_size = 1000, .rank = 1, .world_size = 3, .seed = 9});
