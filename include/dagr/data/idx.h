@@ -3,7 +3,10 @@
 // Layout: 2 zero bytes, a type byte (0x08 = unsigned byte), the number of
 // dimensions, each dimension as a big-endian uint32, then the data. Anything
 // else — a missing file, a wrong magic, a truncated or overlong body — is an
-// InputError naming the file and what is wrong.
+// InputError naming the file and what is wrong. Memory follows what the file
+// holds, not what its header claims: a header that promises more bytes than
+// the file (decompressed) holds is an InputError naming both sizes, never an
+// allocation of the promised size.
 #pragma once
 
 #include <cstdint>
