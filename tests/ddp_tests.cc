@@ -1,6 +1,7 @@
 // DistributedDataParallel, with ranks as threads: N ranks with batch b hold,
 // after K steps, the parameters one process gets with batch N·b on the same
-// samples in the same order; all ranks hold the same bits; unused parameters.
+// samples in the same order; all ranks hold the same bits; unused parameters;
+// rank 0's buffers on every rank after construction.
 #include <gtest/gtest.h>
 
 #include <mutex>
@@ -130,6 +131,45 @@ TEST(Ddp, SplitsIntoSeveralBucketsAndOverlapsThem) {
     loss.backward();
     EXPECT_GT(ddp.stats().buckets_overlapped, 0);
     EXPECT_EQ(ddp.stats().steps, 1);
+  });
+}
+
+// A model with buffers: BatchNorm's running statistics (float32) and step
+// count (int64), and a float64 buffer of its own.
+struct WithBuffers : torch::nn::Module {
+  torch::nn::Linear fc{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+  torch::Tensor scale;
+  WithBuffers() {
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+    bn = register_module("bn", torch::nn::BatchNorm1d(3));
+    scale = register_buffer("scale", torch::ones({5}, torch::kFloat64));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return bn->forward(fc->forward(x)) * scale[0]; }
+};
+
+// Every buffer holds different values on every rank before DDP; after its
+// construction every rank holds rank 0's.
+TEST(Ddp, EveryRankHoldsRankZerosBuffersAfterConstruction) {
+  std::mutex construct;  // torch's generator is global: build the models one at a time
+  run_ranks(3, [&](Communicator& comm) {
+    std::shared_ptr<WithBuffers> model;
+    {
+      std::lock_guard lock(construct);
+      model = std::make_shared<WithBuffers>();
+    }
+    auto buffers = model->named_buffers();
+    ASSERT_EQ(buffers.size(), 4u);  // running_mean, running_var, num_batches_tracked, scale
+    {
+      torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < buffers.size(); ++i) buffers[i].value().fill_(static_cast<double>(10 * (comm.rank() + 1) + i));
+    }
+    DistributedDataParallel ddp(model, comm);
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+      const auto& b = buffers[i].value();
+      EXPECT_TRUE(torch::equal(b, torch::full_like(b, static_cast<double>(10 + i))))
+          << buffers[i].key() << " on rank " << comm.rank() << ": " << b;
+    }
   });
 }
 
