@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The MPI and hierarchical backends under a real mpirun, inside a loopback-only
 # network namespace (nothing listens beyond it), and a two-"host" run across
-# two network namespaces joined by a veth pair.
-# Usage: mpi_tests.sh DAGR COMM_WORKER MPI_WORKER
+# two network namespaces joined by a veth pair. Also: the failure paths (a late
+# or stopped rank ends the job within seconds, with no crash), two groups
+# driven from two threads (tensor x data parallel) without deadlock, and the
+# dagr commands as ranks of an mpirun job rather than launchers of their own.
+# Usage: mpi_tests.sh DAGR COMM_WORKER MPI_WORKER TP_MPI_WORKER
 set -uo pipefail
-dagr=$1 worker=$2 mpi_worker=$3
+dagr=$1 worker=$2 mpi_worker=$3 tp_mpi_worker=$4
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/testlib.sh"
 if ! unshare --net true 2>/dev/null; then
@@ -35,6 +38,56 @@ mpirun_lo -np 2 "$dagr" bench allreduce --backend mpi --max 1M --iters 3 --json 
 expect "dagr bench --backend mpi is correct" test $? -eq 0 -a "$(grep -c '"correct":true' "$tmp/out")" -eq 18
 "$dagr" bench allreduce -n 2 --backend mpi > "$tmp/out" 2>&1
 expect "--backend mpi without mpirun is a clear error" grep -q "mpirun" "$tmp/out"
+
+# Failure paths. A timed-out call fails MPI for the whole process (no further
+# MPI call could complete the abandoned one into freed buffers), and the process
+# ends without MPI_Finalize, which would wait for the silent rank.
+start=$(date +%s)
+mpirun_lo -np 2 "$mpi_worker" late > "$tmp/out" 2>&1
+status=$? took=$(( $(date +%s) - start ))
+expect "a late rank: the job fails (status $status), in ${took}s < 30s" test "$status" -ne 0 -a "$status" -ne 124 -a "$took" -lt 30
+expect "the punctual rank gets a TimeoutError" grep -q "rank 0: caught TimeoutError: timed out" "$tmp/out"
+expect "after it, MPI is not driven on through another communicator" \
+  grep -q "rank 0: second communicator: MPI is unusable after an earlier failure" "$tmp/out"
+expect "and nothing crashes" test "$(grep -c 'signal 11\|Segmentation fault' "$tmp/out")" -eq 0
+start=$(date +%s)
+mpirun_lo -np 2 "$mpi_worker" stop > "$tmp/out" 2>&1
+status=$? took=$(( $(date +%s) - start ))
+expect "a stopped rank: the job ends (status $status) in ${took}s < 30s, not in MPI_Finalize" \
+  test "$status" -ne 0 -a "$status" -ne 124 -a "$took" -lt 30
+expect "the other rank names the timeout" grep -q "rank 0: caught TimeoutError: timed out" "$tmp/out"
+
+# Two communicators at once from two threads of every rank.
+mpirun_lo -np 4 --oversubscribe -x DAGR_TIMEOUT_S=30 "$mpi_worker" two-groups > "$tmp/out" 2>&1
+expect "row and column groups from two threads: no deadlock, all correct" \
+  test $? -eq 0 -a "$(grep -c 'two groups from two threads all correct' "$tmp/out")" -eq 4
+mpirun_lo -np 4 --oversubscribe -x DAGR_TIMEOUT_S=30 -x OPENBLAS_NUM_THREADS=1 "$tp_mpi_worker" > "$tmp/out" 2>&1
+expect "2 x 2 tensor x data parallel training over MPI: no deadlock, replicas agree" \
+  test $? -eq 0 -a "$(grep -c 'tensor x data parallel over MPI consistent' "$tmp/out")" -eq 4
+grep -v 'consistent$' "$tmp/out" | head -5
+
+# The dagr commands under mpirun: each process is one rank (no workers of its own).
+mpirun_lo -np 2 -x OPENBLAS_NUM_THREADS=1 "$dagr" train --epochs 1 --max-steps 30 --out "$tmp/mpi-train" > "$tmp/out" 2>&1
+status=$?
+expect "mpirun -np 2 dagr train succeeds (status $status)" test "$status" -eq 0
+expect "as 2 ranks of one job, each training once" test "$(grep -c '^Rank [01] training loss' "$tmp/out")" -eq 2
+expect "no rank started workers of its own" test "$(grep -c 'orte_ess_init failed\|^Rank [2-9]' "$tmp/out")" -eq 0
+grep -i 'error\|fail' "$tmp/out" | head -5
+mpirun_lo -np 2 -x OPENBLAS_NUM_THREADS=1 "$dagr" infer --checkpoint "$tmp/mpi-train/model.pt" > "$tmp/out" 2>&1
+expect "mpirun -np 2 dagr infer: one accuracy line" test $? -eq 0 -a "$(grep -c '^accuracy ' "$tmp/out")" -eq 1
+mpirun_lo -np 2 "$dagr" bench allreduce --max 64K --iters 2 --json > "$tmp/out" 2>&1
+expect "mpirun -np 2 dagr bench: one table, on MPI, correct" \
+  test $? -eq 0 -a "$(grep -c '"correct":true' "$tmp/out")" -eq 14 -a "$(grep -c '"correct":false' "$tmp/out")" -eq 0
+
+# Slurm: a task of srun is one rank; srun tasks without PMI would each run alone.
+SLURM_PROCID=0 SLURM_STEP_ID=0 SLURM_STEP_NUM_TASKS=2 timeout 30 "$dagr" train --epochs 1 > "$tmp/out" 2>&1
+status=$?
+expect "srun without an MPI plugin: exit 2 (got $status), says what to do" \
+  test "$status" -eq 2 -a "$(grep -c 'srun --mpi=pmix' "$tmp/out")" -eq 1
+SLURM_PROCID=0 SLURM_STEP_ID=0 SLURM_STEP_NUM_TASKS=1 timeout 30 "$dagr" bench allreduce -n 2 --max 1K --iters 1 > "$tmp/out" 2>&1
+expect "one srun task is one rank: bench -n 2 runs 1 rank" grep -q "^# dagr bench allreduce: 1 ranks" "$tmp/out"
+SLURM_PROCID=0 timeout 30 "$dagr" bench allreduce -n 2 --max 1K --iters 1 > "$tmp/out" 2>&1
+expect "an salloc/sbatch shell (no step) still starts its workers" grep -q "^# dagr bench allreduce: 2 ranks" "$tmp/out"
 
 # Two hosts: namespaces dagr-h1 and dagr-h2 joined by a veth pair; mpirun in
 # dagr-h1 starts the second rank through an agent that runs it in dagr-h2.

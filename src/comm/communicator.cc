@@ -141,7 +141,7 @@ Communicator Communicator::from_env() {
   if (backend != "shm") {
 #ifdef DAGR_HAVE_MPI
     std::unique_ptr<detail::Backend> world =
-        std::make_unique<detail::MpiBackend>(detail::MpiRuntime::get(), MPI_COMM_WORLD);
+        std::make_unique<detail::MpiBackend>(detail::MpiRuntime::get(), MPI_COMM_WORLD, detail::Clock::now() + timeout);
     if (backend == "hier")
       world = std::make_unique<detail::HierBackend>(std::move(world), detail::Clock::now() + timeout);
     return detail::make_communicator(std::move(world), timeout);

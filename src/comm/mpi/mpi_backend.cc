@@ -1,5 +1,6 @@
 #include "mpi/mpi_backend.h"
 
+#include <array>
 #include <climits>
 #include <cstring>
 #include <vector>
@@ -41,9 +42,16 @@ int as_int(std::size_t count) {
 
 }  // namespace
 
-MpiBackend::MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm) : runtime_(std::move(runtime)) {
+MpiBackend::MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm, Clock::time_point deadline)
+    : runtime_(std::move(runtime)) {
+  // MPI_Comm_dup waits for every rank: posted as MPI_Comm_idup, bounded by the deadline.
+  auto dup = std::make_shared<MPI_Comm>(MPI_COMM_NULL);
+  Request like;
+  like.deadline = deadline;
+  post_and_wait([dup, comm](MPI_Request* q) { return MPI_Comm_idup(comm, dup.get(), q); }, like,
+                [] { return std::string("MPI_Comm_idup (making the communicator)"); });
+  comm_ = *dup;
   runtime_->call([&] {
-    check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -51,19 +59,25 @@ MpiBackend::MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm) : run
 }
 
 MpiBackend::~MpiBackend() {
-  runtime_->call([&] { MPI_Comm_free(&comm_); });
+  try {
+    runtime_->call([&] { MPI_Comm_free(&comm_); });
+  } catch (const Error&) {
+    // MPI failed earlier and is not called again: the handle goes with the process.
+  }
 }
 
-void MpiBackend::post_and_wait(const std::function<int(MPI_Request*)>& post, const Request& r,
+void MpiBackend::post_and_wait(std::function<int(MPI_Request*)> post, const Request& r,
                                const std::function<std::string()>& what, MPI_Status* status) {
-  // The step outlives this call if it times out: it owns everything it touches
-  // after posting (the buffers are the caller's, as with any unfinished MPI call).
+  // The step outlives this call if it times out: it owns `post` (and so the
+  // buffers `post` owns) and everything it touches after posting. The caller's
+  // own buffers are written by MPI only while the runtime is healthy, and a
+  // timeout fails the runtime, so never after this call returned.
   auto request = std::make_shared<MPI_Request>(MPI_REQUEST_NULL);
   auto posted = std::make_shared<bool>(false);
   auto out_status = std::make_shared<MPI_Status>();
   auto description = std::make_shared<std::string>(what());
   runtime_->run(
-      [=] {
+      [=, post = std::move(post)] {
         if (!*posted) {
           *posted = true;
           check_mpi(post(request.get()), description->c_str());
@@ -89,79 +103,85 @@ void MpiBackend::run(const Request& r) {
   collective(r, what);
 }
 
+// The buffers of both exchanges belong to their steps (shared_ptr), not to
+// this frame: a timed-out exchange is abandoned with them.
 void MpiBackend::check_fingerprints(const Request& r, const std::function<std::string()>& what) {
-  const Fingerprint mine = Fingerprint::of(r);
+  const auto mine = std::make_shared<const Fingerprint>(Fingerprint::of(r));
   std::uint64_t words[2];
-  std::memcpy(words, &mine, sizeof words);
-  std::uint64_t check[4] = {words[0], words[1], ~words[0], ~words[1]};
-  post_and_wait([&](MPI_Request* q) { return MPI_Iallreduce(MPI_IN_PLACE, check, 4, MPI_UINT64_T, MPI_MAX, comm_, q); },
-                r, what);
-  if (check[0] == ~check[2] && check[1] == ~check[3]) return;  // max == min: all equal
-  std::vector<Fingerprint> all(static_cast<std::size_t>(size_));
-  post_and_wait([&](MPI_Request* q) {
-    return MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, comm_, q);
+  std::memcpy(words, mine.get(), sizeof words);
+  auto check = std::make_shared<std::array<std::uint64_t, 4>>(
+      std::array<std::uint64_t, 4>{words[0], words[1], ~words[0], ~words[1]});
+  const MPI_Comm comm = comm_;
+  post_and_wait([check, comm](MPI_Request* q) {
+    return MPI_Iallreduce(MPI_IN_PLACE, check->data(), 4, MPI_UINT64_T, MPI_MAX, comm, q);
+  }, r, what);
+  const auto& c = *check;
+  if (c[0] == ~c[2] && c[1] == ~c[3]) return;  // max == min: all equal
+  auto all = std::make_shared<std::vector<Fingerprint>>(static_cast<std::size_t>(size_));
+  post_and_wait([mine, all, comm](MPI_Request* q) {
+    return MPI_Iallgather(mine.get(), sizeof(Fingerprint), MPI_BYTE, all->data(), sizeof(Fingerprint), MPI_BYTE,
+                          comm, q);
   }, r, what);
   for (int p = 0; p < size_; ++p)
-    DAGR_ENFORCE(all[static_cast<std::size_t>(p)] == mine, MismatchError, "collective #", calls_,
-                 " does not match across ranks: rank ", rank_, " called ", mine.describe(), " but rank ", p,
-                 " called ", all[static_cast<std::size_t>(p)].describe());
+    DAGR_ENFORCE((*all)[static_cast<std::size_t>(p)] == *mine, MismatchError, "collective #", calls_,
+                 " does not match across ranks: rank ", rank_, " called ", mine->describe(), " but rank ", p,
+                 " called ", (*all)[static_cast<std::size_t>(p)].describe());
   throw MismatchError(concat("collective #", calls_, " does not match across ranks (rank ", rank_, " called ",
-                             mine.describe(), ")"));
+                             mine->describe(), ")"));
 }
 
-// The fingerprint check (non-blocking, bounded by the deadline) is a meeting
-// point: once it passed, every rank has entered this collective, so the
-// blocking MPI collective that follows cannot wait on a silent peer (a dead one
-// ends the job through mpirun). Blocking collectives use MPI's tuned
-// algorithms, twice as fast at 1 MiB here as the non-blocking ones (libnbc).
-void MpiBackend::collective(const Request& r, const std::function<std::string()>&) {
+// Every collective is MPI's non-blocking one, polled to its deadline like any
+// other operation (see mpi_runtime.h: a blocking MPI collective under the lock
+// would stop this process's other groups and can deadlock two groups used from
+// two threads). The fingerprint check before it has met every rank, so a
+// collective that times out here means a peer stopped in the middle.
+void MpiBackend::collective(const Request& r, const std::function<std::string()>& what) {
   const MPI_Datatype type = mpi_type(r.dtype);
   const int count = as_int(r.count);
   const std::size_t bytes = r.bytes();
   void* out = r.out;
   const void* in = r.in;
+  const MPI_Comm comm = comm_;
+  MpiRuntime* runtime = runtime_.get();  // outlives every step
+  const DType dtype = r.dtype;
+  const ReduceOp op = r.op;
+  const int root = r.root;
   switch (r.kind) {
     case OpKind::barrier: return;  // the fingerprint check already met every rank
     case OpKind::allreduce:
-      runtime_->call([&] {
-        const MPI_Op op = mpi_op(*runtime_, r.dtype, r.op);
-        check_mpi(MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, count, type, op, comm_), "MPI_Allreduce");
-      });
+      post_and_wait([=](MPI_Request* q) {
+        return MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, count, type, mpi_op(*runtime, dtype, op), comm, q);
+      }, r, what);
       if (r.op == ReduceOp::avg) divide(out, r.count, r.dtype, size_);
       return;
     case OpKind::reduce: {
-      const bool root = rank_ == r.root;
-      runtime_->call([&] {
-        const MPI_Op op = mpi_op(*runtime_, r.dtype, r.op);
-        check_mpi(MPI_Reduce(root && in == out ? MPI_IN_PLACE : in, out, count, type, op, r.root, comm_),
-                  "MPI_Reduce");
-      });
-      if (root && r.op == ReduceOp::avg) divide(out, r.count, r.dtype, size_);
+      const bool is_root = rank_ == root;
+      post_and_wait([=](MPI_Request* q) {
+        return MPI_Ireduce(is_root && in == out ? MPI_IN_PLACE : in, out, count, type, mpi_op(*runtime, dtype, op),
+                           root, comm, q);
+      }, r, what);
+      if (is_root && r.op == ReduceOp::avg) divide(out, r.count, r.dtype, size_);
       return;
     }
     case OpKind::broadcast:
-      if (rank_ == r.root && in != out) std::memcpy(out, in, bytes);
-      return runtime_->call([&] { check_mpi(MPI_Bcast(out, count, type, r.root, comm_), "MPI_Bcast"); });
+      if (rank_ == root && in != out && bytes > 0) std::memcpy(out, in, bytes);
+      return post_and_wait([=](MPI_Request* q) { return MPI_Ibcast(out, count, type, root, comm, q); }, r, what);
     case OpKind::allgather: {
       const bool in_place = static_cast<const std::byte*>(in) == static_cast<std::byte*>(out) + rank_ * bytes;
-      return runtime_->call([&] {
-        check_mpi(MPI_Allgather(in_place ? MPI_IN_PLACE : in, count, type, out, count, type, comm_), "MPI_Allgather");
-      });
+      return post_and_wait([=](MPI_Request* q) {
+        return MPI_Iallgather(in_place ? MPI_IN_PLACE : in, count, type, out, count, type, comm, q);
+      }, r, what);
     }
     case OpKind::reduce_scatter: {
-      // MPI writes the result to the start of recvbuf; in place, ours goes to block rank().
-      std::vector<std::byte> result;
+      // MPI writes the result to the start of recvbuf; in place, ours goes to
+      // block rank(), so MPI writes into a buffer of the step's own first.
       const bool in_place = static_cast<std::byte*>(out) == static_cast<const std::byte*>(in) + rank_ * bytes;
-      void* target = out;
-      if (in_place) {
-        result.resize(bytes);
-        target = result.data();
-      }
-      runtime_->call([&] {
-        const MPI_Op op = mpi_op(*runtime_, r.dtype, r.op);
-        check_mpi(MPI_Reduce_scatter_block(in, target, count, type, op, comm_), "MPI_Reduce_scatter_block");
-      });
-      if (in_place) std::memcpy(out, result.data(), bytes);
+      auto result = std::make_shared<std::vector<std::byte>>(in_place ? bytes : 0);
+      void* target = in_place ? static_cast<void*>(result->data()) : out;
+      post_and_wait([=](MPI_Request* q) {
+        return MPI_Ireduce_scatter_block(in, target, count, type, mpi_op(*runtime, dtype, op), comm, q);
+      }, r, what);
+      if (in_place && bytes > 0) std::memcpy(out, result->data(), bytes);
       if (r.op == ReduceOp::avg) divide(out, r.count, r.dtype, size_);
       return;
     }
@@ -176,14 +196,14 @@ void MpiBackend::point_to_point(const Request& r, const std::function<std::strin
                r.root, " is not another rank of this group of ", size_);
   const MPI_Datatype type = mpi_type(r.dtype);
   const int count = as_int(r.count);
+  const int peer = r.root, tag = r.tag;
+  const MPI_Comm comm = comm_;
   if (r.kind == OpKind::send) {
-    return post_and_wait([&](MPI_Request* q) { return MPI_Isend(r.in, count, type, r.root, r.tag, comm_, q); }, r,
-                         what);
+    const void* in = r.in;
+    return post_and_wait([=](MPI_Request* q) { return MPI_Isend(in, count, type, peer, tag, comm, q); }, r, what);
   }
   // Probe first, so a longer message is reported, not truncated.
   auto status = std::make_shared<MPI_Status>();
-  const int peer = r.root, tag = r.tag;
-  const MPI_Comm comm = comm_;
   runtime_->run([=] {
     int found = 0;
     check_mpi(MPI_Iprobe(peer, tag, comm, &found, status.get()), "MPI_Iprobe");
@@ -193,17 +213,27 @@ void MpiBackend::point_to_point(const Request& r, const std::function<std::strin
   MPI_Get_count(status.get(), type, &got);
   DAGR_ENFORCE(got == count, MismatchError, "rank ", rank_, " expected ", what(), " but rank ", r.root,
                " sent count=", got, " of that type");
-  post_and_wait([&](MPI_Request* q) { return MPI_Irecv(r.out, count, type, r.root, r.tag, comm_, q); }, r, what);
+  void* out = r.out;
+  post_and_wait([=](MPI_Request* q) { return MPI_Irecv(out, count, type, peer, tag, comm, q); }, r, what);
 }
 
+// MPI_Comm_split waits for every rank of this group and has no non-blocking
+// form: the members first meet in an MPI_Ibarrier bounded by the deadline, so
+// the split itself, run under the lock, waits on no rank that is not already
+// on its way into it.
 std::unique_ptr<Backend> MpiBackend::split(int color, std::span<const int>, int new_rank, const std::string&,
-                                           Clock::time_point) {
+                                           Clock::time_point deadline) {
+  Request like;
+  like.deadline = deadline;
+  const MPI_Comm comm = comm_;
+  post_and_wait([comm](MPI_Request* q) { return MPI_Ibarrier(comm, q); }, like,
+                [] { return std::string("the meeting point before MPI_Comm_split"); });
   MPI_Comm sub = MPI_COMM_NULL;
   runtime_->call([&] {
     check_mpi(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, new_rank, &sub), "MPI_Comm_split");
   });
   if (sub == MPI_COMM_NULL) return nullptr;
-  auto backend = std::make_unique<MpiBackend>(runtime_, sub);
+  auto backend = std::make_unique<MpiBackend>(runtime_, sub, deadline);
   runtime_->call([&] { MPI_Comm_free(&sub); });
   return backend;
 }

@@ -1,7 +1,7 @@
-// The MPI transport. Messages are non-blocking MPI operations polled to
-// completion (so sends and receives on different threads progress together);
-// collectives are MPI's blocking ones, entered once the fingerprint check
-// (non-blocking, bounded by the timeout) has met every rank.
+// The MPI transport. Every operation — messages and collectives alike — is
+// MPI's non-blocking one, posted and polled to completion or to its deadline
+// by MpiRuntime (so operations on different threads and communicators
+// progress together and every wait is bounded).
 //
 // Before each collective the ranks compare fingerprints with one small
 // MPI_Iallreduce (MAX over the fingerprint and its complement: equal
@@ -19,8 +19,9 @@ namespace dagr::detail {
 
 class MpiBackend final : public Backend {
  public:
-  // Works on a duplicate of `comm` (errors returned, not fatal).
-  MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm);
+  // Works on a duplicate of `comm` (errors returned, not fatal); collective
+  // over `comm`, TimeoutError at `deadline`.
+  MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm, Clock::time_point deadline);
   ~MpiBackend() override;
 
   int rank() const override { return rank_; }
@@ -34,8 +35,10 @@ class MpiBackend final : public Backend {
   void check_fingerprints(const Request& r, const std::function<std::string()>& what);
   void collective(const Request& r, const std::function<std::string()>& what);  // after the check
   void point_to_point(const Request& r, const std::function<std::string()>& what);
-  // Posts a non-blocking operation and polls it (with everything else in flight) to completion.
-  void post_and_wait(const std::function<int(MPI_Request*)>& post, const Request& r,
+  // Posts a non-blocking operation and polls it (with everything else in
+  // flight) to completion or r.deadline. `post` owns what it captures for as
+  // long as the operation exists.
+  void post_and_wait(std::function<int(MPI_Request*)> post, const Request& r,
                      const std::function<std::string()>& what, MPI_Status* status = nullptr);
 
   std::shared_ptr<MpiRuntime> runtime_;

@@ -45,7 +45,17 @@ MpiRuntime::MpiRuntime() {
 MpiRuntime::~MpiRuntime() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (initialised_here_ && !finalized) MPI_Finalize();
+  // After a failure MPI_Finalize could wait for the silent peer forever (it
+  // synchronises with every rank): the process ends without it instead.
+  if (initialised_here_ && !finalized && failure_.empty()) MPI_Finalize();
+}
+
+void MpiRuntime::throw_if_failed_locked() const {
+  if (!failure_.empty()) throw Error(concat("MPI is unusable after an earlier failure in this process: ", failure_));
+}
+
+void MpiRuntime::fail_locked(const std::string& failure) {
+  if (failure_.empty()) failure_ = failure;
 }
 
 void MpiRuntime::poll_locked() {
@@ -53,12 +63,14 @@ void MpiRuntime::poll_locked() {
     Task& t = *in_flight_[i];
     try {
       t.done = t.step();
-    } catch (...) {
+    } catch (const std::exception& e) {
       t.done = true;
       t.error = std::current_exception();
+      fail_locked(e.what());
     }
     if (t.done) in_flight_.erase(in_flight_.begin() + static_cast<long>(i));
     else ++i;
+    if (!failure_.empty()) return;  // no MPI call after a failure
   }
 }
 
@@ -68,16 +80,25 @@ void MpiRuntime::run(std::function<bool()> step, Clock::time_point deadline,
   task->step = std::move(step);
   {
     std::lock_guard lock(mpi_mutex_);
+    throw_if_failed_locked();
     in_flight_.push_back(task);
   }
+  // The lock is held for one round of MPI_Test calls at a time, never across a
+  // wait; the deadline is checked under it, so no thread calls MPI after the
+  // round that failed the runtime.
   for (int polls = 0;; ++polls) {
     {
       std::lock_guard lock(mpi_mutex_);
+      if (task->done) break;  // another thread's round finished it (or failed it: rethrown below)
+      throw_if_failed_locked();
       poll_locked();
       if (task->done) break;
+      if ((polls & 63) == 63 && Clock::now() >= deadline) {
+        std::string message = concat("timed out waiting for MPI to complete ", what());
+        fail_locked(message);
+        throw TimeoutError(message);
+      }
     }
-    if ((polls & 63) == 63 && Clock::now() >= deadline)
-      throw TimeoutError(concat("timed out waiting for MPI to complete ", what()));
     if (polls > 1000) sched_yield();  // a long operation: let the other ranks on this core run
   }
   if (task->error) std::rethrow_exception(task->error);
@@ -85,7 +106,13 @@ void MpiRuntime::run(std::function<bool()> step, Clock::time_point deadline,
 
 void MpiRuntime::call(const std::function<void()>& fn) {
   std::lock_guard lock(mpi_mutex_);
-  fn();
+  throw_if_failed_locked();
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    fail_locked(e.what());
+    throw;
+  }
 }
 
 namespace {
