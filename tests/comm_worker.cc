@@ -3,15 +3,21 @@
 //   comm_worker collectives   every collective and dtype family, split, send/recv; exit 0 if all correct
 //   comm_worker mismatch      rank 1 calls a different count; exit 0 if this rank got a MismatchError naming both
 //   comm_worker die           the last rank leaves a stray segment in /dev/shm and kills itself
+//   comm_worker steps S [split]  allreduces (also on a sub-group with "split") for S seconds; an error is
+//                             not caught, so it aborts the process as in a program that does not catch it
+//   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
 #include <signal.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dagr/comm/communicator.h"
@@ -137,10 +143,37 @@ int die(Communicator& comm) {
   return 0;
 }
 
+// No try: a PeerError or TimeoutError ends the process through std::terminate.
+int steps(double seconds, bool split) {
+  Communicator comm = Communicator::from_env();
+  std::optional<Communicator> sub;
+  if (split) sub = comm.split(comm.rank() % 2, comm.rank());
+  std::vector<float> v(1 << 16);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  long n = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    comm.allreduce(std::span<float>(v));
+    if (sub) sub->allreduce(std::span<float>(v));
+    if (++n == 1) std::printf("rank %d: stepping\n", comm.rank());
+  }
+  comm.barrier();
+  std::printf("rank %d: %ld steps\n", comm.rank(), n);
+  return 0;
+}
+
+int print_sleep_print() {
+  std::printf("first line\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::printf("second line\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "";
+  if (scenario == "steps" && argc > 2) return steps(std::atof(argv[2]), argc > 3 && std::string(argv[3]) == "split");
+  if (scenario == "print-sleep-print") return print_sleep_print();
   try {
     Communicator comm = Communicator::from_env();
     if (scenario == "collectives") return collectives(comm);
@@ -150,6 +183,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "comm_worker: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die\n");
+  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print\n");
   return 2;
 }

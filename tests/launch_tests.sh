@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real processes through `dagr launch`: collectives on 4 and 8 ranks (2 cores),
-# mismatches, a killed rank, Ctrl-C, output prefixes, bad input, no leftovers.
+# mismatches, a killed rank and a stopped one (named right), restarts, live
+# output, Ctrl-C, output prefixes, bad input, no leftovers.
 # Usage: launch_tests.sh DAGR COMM_WORKER
 set -uo pipefail
 dagr=$1 worker=$2
@@ -36,11 +37,68 @@ expect "a failing worker's status is the launcher's" test "$status" -eq 3
 expect "the failure is one line naming the rank" grep -q "rank [01] exited with status 3" "$tmp/err"
 
 "$dagr" launch -n 2 -- sh -c 'echo $$ > "$0/pid.$RANK"; exec sleep 30' "$tmp" & pid=$!
-sleep 1; kill -INT "$pid"; start=$(date +%s); wait "$pid"; status=$?
+for _ in $(seq 100); do [ -s "$tmp/pid.0" ] && [ -s "$tmp/pid.1" ] && break; sleep 0.1; done
+kill -INT "$pid"; start=$(date +%s); wait "$pid"; status=$?
 expect "Ctrl-C stops the job" test "$status" -eq 130 -a $(( $(date +%s) - start )) -lt 10
 alive() { kill -0 "$(cat "$1")" 2>/dev/null; }
 none_survive() { test -s "$tmp/pid.0" -a -s "$tmp/pid.1" && ! alive "$tmp/pid.0" && ! alive "$tmp/pid.1"; }
 expect "no worker survives Ctrl-C" none_survive
+
+# The cause, not the first exit: rank 1 is killed, the others abort on their
+# uncaught PeerError (and may be reaped first); the launcher names rank 1 every time.
+named=0
+for trial in $(seq 20); do
+  timeout 60 "$dagr" launch -n 3 -- sh -c '[ "$RANK" = 1 ] && (sleep 0.$((RANDOM % 5)); kill -9 $$) & exec "$0" steps 30' "$worker" \
+    > /dev/null 2> "$tmp/err"
+  tail -1 "$tmp/err" | grep -q "rank 1 was killed by signal 9" && named=$((named + 1))
+done
+expect "a killed rank 1 is named 20 times out of 20 ($named)" test "$named" -eq 20
+
+# waits until $1 holds $2 lines matching $3 (at most 30 s)
+wait_lines() { for _ in $(seq 300); do [ "$(grep -c "$3" "$1" 2>/dev/null)" -ge "$2" ] && return 0; sleep 0.1; done; return 1; }
+"$dagr" launch -n 3 -- sh -c 'echo $$ > "$0/kill.$RANK"; exec "$1" steps 60' "$tmp" "$worker" > "$tmp/out" 2> "$tmp/err" & pid=$!
+wait_lines "$tmp/out" 3 stepping; kill -9 "$(cat "$tmp/kill.1")"; wait "$pid"
+expect "the survivors' own errors reach the user" test "$(grep -c "rank 1 (pid [0-9]*) died" "$tmp/err")" -eq 2
+
+# A stopped rank is silent, not dead: the others time out and name it, and so does the launcher.
+"$dagr" launch -n 3 --timeout 2 -- sh -c 'echo $$ > "$0/stop.$RANK"; exec "$1" steps 60' "$tmp" "$worker" \
+  > "$tmp/out" 2> "$tmp/err" & pid=$!
+wait_lines "$tmp/out" 3 stepping; kill -STOP "$(cat "$tmp/stop.1")"; start=$(date +%s)
+wait "$pid"; status=$?
+expect "a stopped rank fails the launch within seconds" test "$status" -ne 0 -a $(( $(date +%s) - start )) -lt 20
+expect "the launcher names the stopped rank" grep -q "rank 1 stopped responding: ranks 0, 2 timed out waiting" "$tmp/err"
+expect "the survivors' errors name the stopped rank" test "$(grep -c "rank 1 (pid [0-9]*).* stopped responding\|rank 1 (pid [0-9]*) went silent" "$tmp/err")" -ge 2
+expect "the stopped rank does not outlive the launch" sh -c '! kill -0 "$(cat "$0/stop.1")" 2>/dev/null' "$tmp"
+
+# Output is live (a pseudo-terminal for stdout), '\r' lines stay lines, partial lines are kept.
+"$dagr" launch -n 1 -- "$worker" print-sleep-print > "$tmp/live" & pid=$!
+wait_lines "$tmp/live" 1 "first line"
+expect "a worker's line is shown while it still runs" sh -c '! grep -q "second line" "$0" && kill -0 "$1"' "$tmp/live" "$pid"
+wait "$pid"
+expect "and the next one after" grep -qx "\[0\] second line" "$tmp/live"
+timeout 30 "$dagr" launch -n 2 -- sh -c 'if [ $RANK = 0 ]; then printf "bar 1\rbar 2\r"; sleep 1; printf "tail"; else sleep 0.5; echo line; fi' \
+  > "$tmp/out"
+expect "progress lines are relayed as such" grep -q "\[0\] bar 1.\[0\] bar 2" "$tmp/out"
+expect "another rank's line starts on a line of its own" grep -qx "\[1\] line" "$tmp/out"
+expect "a partial last line is kept" grep -qx "\[0\] tail" "$tmp/out"
+
+# Restarts: the whole group again, with DAGR_RESTART_COUNT, one line each.
+timeout 60 "$dagr" launch -n 2 --max-restarts 2 -- sh -c \
+  '[ "$DAGR_RESTART_COUNT" = 0 ] && [ "$RANK" = 1 ] && kill -9 $$; echo "done $DAGR_RESTART_COUNT $TORCHELASTIC_RESTART_COUNT"' \
+  > "$tmp/out" 2> "$tmp/err"
+expect "a restarted job succeeds" test $? -eq 0 -a "$(grep -c "done 1 1" "$tmp/out")" -eq 2
+expect "the restart is one line naming the cause" grep -q "restart 1 of 2 after rank 1 was killed by signal 9" "$tmp/err"
+timeout 60 "$dagr" launch -n 2 --max-restarts 2 -- sh -c 'exit 4' > /dev/null 2> "$tmp/err"
+expect "restarts run out" test $? -eq 4 -a "$(grep -c "restart . of 2" "$tmp/err")" -eq 2
+
+# A full /dev/shm (a private 2 MiB one here): one clear error when the group
+# forms, saying what it needs, never a SIGBUS in the middle of a collective.
+timeout 60 unshare -m sh -c 'mount -t tmpfs -o size=2m tmpfs /dev/shm && exec "$0" launch -n 4 -- "$1" collectives' \
+  "$dagr" "$worker" > "$tmp/out" 2> "$tmp/err"
+status=$?
+expect "a full /dev/shm fails the job ($status)" test "$status" -ne 0 -a "$status" -ne 124
+expect "a full /dev/shm is one clear error naming what is needed" grep -q "not enough shared memory: this group needs [0-9]* MiB in /dev/shm.* but only [0-9]* MiB are free" "$tmp/err"
+expect "a full /dev/shm is no bus error" sh -c '! grep -qi "bus error\|signal 7" "$0"' "$tmp/err"
 
 timeout 10 "$dagr" launch -n 0 -- true 2> "$tmp/err"
 expect "zero workers is rejected" test $? -ne 0 -a -s "$tmp/err"

@@ -160,7 +160,11 @@ Communicator Communicator::from_env() {
   DAGR_ENFORCE(job, InputError,
                "WORLD_SIZE is set but DAGR_JOB_ID is not: start the workers with `dagr launch` or mpirun");
   how.job = job;
-  return join(how);
+  check_job_id(how.job);
+  // The launcher's own world: a rank that never joins is reported to it by number.
+  return detail::make_communicator(
+      detail::ShmBackend::join("/dagr-" + how.job, how.rank, how.size, detail::Clock::now() + how.timeout, true),
+      how.timeout);
 }
 
 int Communicator::rank() const { return state_->backend->rank(); }
@@ -254,6 +258,15 @@ std::optional<Communicator> Communicator::split(int color, int key) {
   });
   if (!backend) return std::nullopt;
   return detail::make_communicator(std::move(backend), state_->timeout);
+}
+
+Communicator::Shrunk Communicator::shrink(std::uint64_t value) {
+  auto* shm = dynamic_cast<detail::ShmBackend*>(state_->backend.get());
+  DAGR_ENFORCE(shm, InputError, "shrink() needs a shared-memory group; this one runs on ", backend_name());
+  detail::ShrinkOutcome out;
+  state_->collectives.run_inline([&] { out = shm->shrink(value, state_->timeout); });
+  return {detail::make_communicator(std::move(out.backend), state_->timeout), std::move(out.survivors),
+          out.agreed_min};
 }
 
 }  // namespace dagr

@@ -1,31 +1,51 @@
-// The launcher's loop: one poll() over every worker's stdout and stderr pipe
-// and a self-pipe that the signal handlers write to (SIGCHLD, SIGINT, SIGTERM).
+// The launcher: start the group, watch it, name the cause of a failure, and
+// start the group again while restarts are left.
+//
+// One attempt is one poll() loop over every worker's output, the fault pipe
+// (fault_report.h in comm) and a self-pipe that the signal handlers write to
+// (SIGCHLD, SIGINT, SIGTERM):
 //
 //   start     fork each worker into its own process group, with its rank in the
-//             environment; it dies with the launcher (PR_SET_PDEATHSIG)
-//   relay     complete lines go to our stdout/stderr, prefixed "[rank] "
-//   reap      on SIGCHLD, waitpid; the first failure is remembered and the
-//             others get SIGTERM, then SIGKILL after the grace period
+//             environment; it dies with the launcher (PR_SET_PDEATHSIG). Its
+//             stdout is a pseudo-terminal, so a program's stdio flushes every
+//             line as it would on a terminal (as under mpirun); stderr is a pipe
+//   relay     lines go to our stdout/stderr, prefixed "[rank] " (output_relay.h)
+//   reap      on SIGCHLD, waitpid; after the first failure the others have
+//             `settle` to fail on their own and say why, then get SIGTERM (and
+//             SIGCONT, for a stopped one), then SIGKILL after `grace`. In
+//             elastic mode a failure is only reported while at least
+//             min_workers run, and a worker reported silent is killed
 //   forward   SIGINT/SIGTERM go to every worker; a second one, or the grace
 //             period running out, is SIGKILL
-//   clean     once all have exited and the pipes are drained, remove the
-//             job's shared memory left in /dev/shm
+//   clean     once all have exited and the output is drained, name the cause
+//             (failure_cause.h) and remove the job's shared memory in /dev/shm
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fmt/format.h>
+#include <optional>
 
 #include "dagr/error.h"
 #include "dagr/launch/launcher.h"
+#include "launch/failure_cause.h"
+#include "launch/output_relay.h"
 
 namespace dagr {
 namespace {
+
+using launch_detail::Clock;
+using launch_detail::FaultReport;
+using launch_detail::OutputStream;
+using launch_detail::Sink;
+using launch_detail::WorkerExit;
 
 int signal_pipe[2] = {-1, -1};
 
@@ -36,31 +56,31 @@ void on_signal(int sig) {
   errno = saved;
 }
 
-struct Stream {
-  int fd = -1;
-  std::string pending;  // bytes after the last newline
-  FILE* to = nullptr;
-};
-
-struct Worker {
-  pid_t pid = -1;
-  bool running = false;
-  Stream out, err;
-};
-
-using Clock = std::chrono::steady_clock;
-
 void set_cloexec_nonblock(int fd) {
   fcntl(fd, F_SETFD, FD_CLOEXEC);
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-[[noreturn]] void exec_worker(const LaunchOptions& o, const std::string& job, int rank, int out_fd,
-                              int err_fd) {
+struct Worker {
+  pid_t pid = -1;
+  bool running = false;
+  std::optional<OutputStream> out, err;
+};
+
+// What every worker of one attempt shares.
+struct Spawn {
+  const LaunchOptions& options;
+  const std::string& job;
+  int restart;
+  int fault_fd;  // write end of the fault pipe
+};
+
+[[noreturn]] void exec_worker(const Spawn& s, int rank, int out_fd, int err_fd) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   setpgid(0, 0);
   if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
   if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
+  fcntl(s.fault_fd, F_SETFD, 0);  // the one descriptor the worker inherits on purpose
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
@@ -68,13 +88,17 @@ void set_cloexec_nonblock(int fd) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
-  const std::string n = std::to_string(o.workers), r = std::to_string(rank);
+  const LaunchOptions& o = s.options;
+  const std::string n = std::to_string(o.workers), r = std::to_string(rank), k = std::to_string(s.restart);
   setenv("RANK", r.c_str(), 1);
   setenv("LOCAL_RANK", r.c_str(), 1);
   setenv("WORLD_SIZE", n.c_str(), 1);
   setenv("LOCAL_WORLD_SIZE", n.c_str(), 1);
   setenv("GROUP_RANK", "0", 1);
-  setenv("DAGR_JOB_ID", job.c_str(), 1);
+  setenv("DAGR_JOB_ID", s.job.c_str(), 1);
+  setenv("DAGR_RESTART_COUNT", k.c_str(), 1);
+  setenv("TORCHELASTIC_RESTART_COUNT", k.c_str(), 1);
+  setenv("DAGR_FAULT_FD", std::to_string(s.fault_fd).c_str(), 1);
   if (o.comm_timeout) setenv("DAGR_TIMEOUT_S", std::to_string(o.comm_timeout->count()).c_str(), 1);
   std::vector<char*> argv;
   for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
@@ -84,118 +108,134 @@ void set_cloexec_nonblock(int fd) {
   _exit(127);
 }
 
-// Writes the complete lines in `s.pending` (all of it at EOF), each prefixed.
-void relay(Stream& s, const std::string& prefix, bool at_eof) {
-  std::size_t start = 0;
-  for (std::size_t nl; (nl = s.pending.find('\n', start)) != std::string::npos; start = nl + 1)
-    fmt::print(s.to, "{}{}", prefix, std::string_view(s.pending).substr(start, nl + 1 - start));
-  s.pending.erase(0, start);
-  if (at_eof && !s.pending.empty()) {
-    fmt::print(s.to, "{}{}\n", prefix, s.pending);
-    s.pending.clear();
+// A pseudo-terminal for a worker's stdout, raw (no "\n" → "\r\n", no echo).
+void open_output_pty(int fds[2]) {
+  if (openpty(&fds[0], &fds[1], nullptr, nullptr, nullptr) != 0) detail::throw_errno("openpty");
+  termios t{};
+  tcgetattr(fds[1], &t);
+  cfmakeraw(&t);
+  tcsetattr(fds[1], TCSANOW, &t);
+}
+
+// Lines "dagr-fault …" from the workers, kept whole across reads.
+struct FaultPipe {
+  int read_fd = -1, write_fd = -1;
+  std::string pending;
+  std::vector<FaultReport> reports;
+
+  FaultPipe() {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) detail::throw_errno("pipe");
+    read_fd = fds[0];
+    write_fd = fds[1];
+    set_cloexec_nonblock(read_fd);
   }
-  std::fflush(s.to);
-}
-
-void read_stream(Stream& s, const std::string& prefix) {
-  char buf[65536];
-  for (;;) {
-    const ssize_t n = read(s.fd, buf, sizeof buf);
-    if (n > 0) {
-      s.pending.append(buf, static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n == 0) {  // EOF
-      relay(s, prefix, true);
-      close(s.fd);
-      s.fd = -1;
-      return;
-    }
-    if (errno == EINTR) continue;
-    relay(s, prefix, false);
-    return;  // EAGAIN: nothing more for now
+  ~FaultPipe() {
+    close(read_fd);
+    close(write_fd);
   }
+  void drain() {
+    char buf[4096];
+    for (ssize_t n; (n = read(read_fd, buf, sizeof buf)) > 0;) pending.append(buf, static_cast<std::size_t>(n));
+    for (std::size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1)) {
+      FaultReport f;
+      if (launch_detail::parse_fault_report(pending.substr(0, nl), f)) reports.push_back(f);
+    }
+  }
+};
+
+// Elastic mode: the survivors cannot shrink their group while a silent rank
+// (stopped, or stuck) still holds its place; the launcher kills every worker
+// that the others' fault reports call silent.
+void kill_silent(std::vector<Worker>& workers, FaultPipe& faults) {
+  for (const FaultReport& f : faults.reports)
+    if (f.kind == "silent")
+      for (std::size_t r = 0; r < workers.size(); ++r)
+        if (workers[r].running && (workers[r].pid == f.blamed || static_cast<int>(r) == f.blamed_rank))
+          kill(-workers[r].pid, SIGKILL);
 }
 
-std::string describe_exit(int rank, int status) {
-  if (WIFSIGNALED(status))
-    return fmt::format("rank {} was killed by signal {} ({})", rank, WTERMSIG(status),
-                       strsignal(WTERMSIG(status)));
-  return fmt::format("rank {} exited with status {}", rank, WEXITSTATUS(status));
-}
+struct Attempt {
+  int exit_code = 0;
+  std::string failure;
+  bool interrupted = false;
+  Clock::time_point failed_at, stopped_at;
+  std::vector<std::string> lost;  // elastic: workers lost while the others carried on
+};
 
-}  // namespace
-
-LaunchResult launch(const LaunchOptions& o) {
-  DAGR_ENFORCE(o.workers >= 1 && o.workers <= 256, InputError, "the number of workers must be in [1, 256], not ", o.workers);
-  DAGR_ENFORCE(!o.command.empty(), InputError, "no program to launch (dagr launch -n N -- PROGRAM ARGS...)");
-  const std::string job = o.job_id.empty() ? fresh_job_id() : o.job_id;
-
-  if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) detail::throw_errno("pipe");
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-  struct sigaction old_int {}, old_term {}, old_chld {};
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-  sigaction(SIGCHLD, &sa, &old_chld);
-
+// Runs the group once, to the exit of every worker.
+Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, Sink& out_sink, Sink& err_sink) {
+  FaultPipe faults;
+  const Spawn spawn{o, job, restart, faults.write_fd};
   std::vector<Worker> workers(static_cast<std::size_t>(o.workers));
+  std::vector<pid_t> pids;
   for (int r = 0; r < o.workers; ++r) {
     Worker& w = workers[static_cast<std::size_t>(r)];
     int out[2] = {-1, -1}, err[2] = {-1, -1};
-    if (o.tag_output && (pipe(out) != 0 || pipe(err) != 0)) detail::throw_errno("pipe");
+    if (o.tag_output) {
+      open_output_pty(out);
+      if (pipe(err) != 0) detail::throw_errno("pipe");
+    }
     w.pid = fork();
     if (w.pid < 0) detail::throw_errno("fork");
-    if (w.pid == 0) exec_worker(o, job, r, out[1], err[1]);
+    if (w.pid == 0) exec_worker(spawn, r, out[1], err[1]);
     setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
     w.running = true;
+    pids.push_back(w.pid);
     if (o.tag_output) {
       close(out[1]);
       close(err[1]);
-      w.out = {out[0], {}, stdout};
-      w.err = {err[0], {}, stderr};
       set_cloexec_nonblock(out[0]);
       set_cloexec_nonblock(err[0]);
+      const std::string prefix = fmt::format("[{}] ", r);
+      w.out.emplace(out[0], out_sink, prefix);
+      w.err.emplace(err[0], err_sink, prefix);
     }
   }
 
-  LaunchResult result;
+  Attempt attempt;
+  std::vector<WorkerExit> exits;
   int running = o.workers;
   constexpr Clock::time_point kNever = Clock::time_point::max();
-  Clock::time_point kill_at = kNever;  // SIGKILL whoever is left at this time
+  Clock::time_point term_at = kNever, kill_at = kNever;
+  bool stopping = false;
   auto stop_all = [&](int sig) {
+    stopping = true;
     for (Worker& w : workers)
-      if (w.running) kill(-w.pid, sig);
+      if (w.running) {
+        kill(-w.pid, sig);
+        if (sig != SIGKILL) kill(-w.pid, SIGCONT);  // a stopped worker must run to see it
+      }
     if (sig != SIGKILL && kill_at == kNever) kill_at = Clock::now() + o.grace;
   };
   auto open_streams = [&] {
     for (Worker& w : workers)
-      if (w.out.fd >= 0 || w.err.fd >= 0) return true;
+      if ((w.out && w.out->open()) || (w.err && w.err->open())) return true;
     return false;
   };
 
   while (running > 0 || open_streams()) {
-    std::vector<pollfd> fds{{signal_pipe[0], POLLIN, 0}};
-    std::vector<std::pair<int, Stream*>> streams;
-    for (std::size_t r = 0; r < workers.size(); ++r)
-      for (Stream* s : {&workers[r].out, &workers[r].err})
-        if (s->fd >= 0) {
-          fds.push_back({s->fd, POLLIN, 0});
-          streams.emplace_back(static_cast<int>(r), s);
+    std::vector<pollfd> fds{{signal_pipe[0], POLLIN, 0}, {faults.read_fd, POLLIN, 0}};
+    std::vector<OutputStream*> streams;
+    for (Worker& w : workers)
+      for (auto* s : {&w.out, &w.err})
+        if (*s && (*s)->open()) {
+          fds.push_back({(*s)->fd(), POLLIN, 0});
+          streams.push_back(&**s);
         }
-    poll(fds.data(), fds.size(), 100);
-
-    for (std::size_t i = 1; i < fds.size(); ++i)
-      if (fds[i].revents) read_stream(*streams[i - 1].second, fmt::format("[{}] ", streams[i - 1].first));
+    poll(fds.data(), fds.size(), 50);
+    for (std::size_t i = 2; i < fds.size(); ++i)
+      if (fds[i].revents) streams[i - 2]->drain();
+    faults.drain();
+    if (o.elastic) kill_silent(workers, faults);
 
     unsigned char sig;
     while (read(signal_pipe[0], &sig, 1) == 1) {
       if (sig == SIGCHLD) continue;  // reaped below
-      if (result.failure.empty()) {
-        result.failure = fmt::format("interrupted by signal {} ({})", sig, strsignal(sig));
-        result.exit_code = 128 + sig;
+      if (!attempt.interrupted) {
+        attempt.interrupted = true;
+        attempt.failure = fmt::format("interrupted by signal {} ({})", sig, strsignal(sig));
+        attempt.exit_code = 128 + sig;
         stop_all(sig);
       } else {
         stop_all(SIGKILL);  // asked twice: no more grace
@@ -208,17 +248,81 @@ LaunchResult launch(const LaunchOptions& o) {
         if (workers[r].pid != pid || !workers[r].running) continue;
         workers[r].running = false;
         --running;
-        const bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
-        if (failed && result.failure.empty()) {
-          result.failure = describe_exit(static_cast<int>(r), status);
-          result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-          stop_all(SIGTERM);
+        exits.push_back({static_cast<int>(r), pid, status, Clock::now(), stopping});
+        if (!launch_detail::failed(status) || attempt.failed_at != Clock::time_point{}) continue;
+        if (o.elastic && !stopping && running >= o.min_workers) {
+          attempt.lost.push_back(fmt::format("{}; {} carry on", launch_detail::describe_exit(static_cast<int>(r), status),
+                                             running == 1 ? "1 worker" : fmt::format("{} workers", running)));
+          if (o.on_lost) o.on_lost(attempt.lost.back());
+          continue;
         }
+        attempt.failed_at = Clock::now();
+        term_at = attempt.failed_at + o.settle;
       }
     }
-    if (Clock::now() >= kill_at) {
+    const auto now = Clock::now();
+    if (!stopping && now >= term_at) stop_all(SIGTERM);
+    if (now >= kill_at) {
       stop_all(SIGKILL);
       kill_at = kNever;
+    }
+  }
+  attempt.stopped_at = Clock::now();
+  faults.drain();
+
+  if (!attempt.interrupted && attempt.failed_at != Clock::time_point{}) {
+    attempt.failure = launch_detail::failure_cause(pids, exits, faults.reports);
+    for (const WorkerExit& e : exits)  // the exit status of the first failure seen
+      if (launch_detail::failed(e.status)) {
+        attempt.exit_code = WIFEXITED(e.status) ? WEXITSTATUS(e.status) : 128 + WTERMSIG(e.status);
+        break;
+      }
+  }
+  return attempt;
+}
+
+}  // namespace
+
+std::string describe(const RestartEvent& e) {
+  return fmt::format("restart {} of {} after {}: group stopped in {:.2f} s, restarted {:.2f} s after the failure",
+                     e.restart, e.max_restarts, e.failure, e.stop_time.count() / 1000.0, e.recovery.count() / 1000.0);
+}
+
+LaunchResult launch(const LaunchOptions& o) {
+  DAGR_ENFORCE(o.workers >= 1 && o.workers <= 256, InputError, "the number of workers must be in [1, 256], not ", o.workers);
+  DAGR_ENFORCE(!o.command.empty(), InputError, "no program to launch (dagr launch -n N -- PROGRAM ARGS...)");
+  DAGR_ENFORCE(o.max_restarts >= 0, InputError, "max_restarts must be >= 0, not ", o.max_restarts);
+  DAGR_ENFORCE(o.min_workers >= 1 && o.min_workers <= o.workers, InputError, "min_workers must be in [1, ",
+               o.workers, "], not ", o.min_workers);
+  const std::string job = o.job_id.empty() ? fresh_job_id() : o.job_id;
+
+  if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) detail::throw_errno("pipe");
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+  struct sigaction old_int {}, old_term {}, old_chld {};
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGCHLD, &sa, &old_chld);
+
+  Sink out_sink{stdout}, err_sink{stderr};
+  LaunchResult result;
+  for (int restart = 0;; ++restart) {
+    const Attempt attempt = run_group(o, job, restart, out_sink, err_sink);
+    remove_job_shared_memory(job);
+    result.exit_code = attempt.exit_code;
+    result.failure = attempt.failure;
+    result.restarts = restart;
+    result.lost.insert(result.lost.end(), attempt.lost.begin(), attempt.lost.end());
+    if (attempt.failure.empty() || attempt.interrupted || restart == o.max_restarts) break;
+    if (o.on_restart) {
+      using std::chrono::duration_cast, std::chrono::milliseconds;
+      o.on_restart({.restart = restart + 1,
+                    .max_restarts = o.max_restarts,
+                    .failure = attempt.failure,
+                    .stop_time = duration_cast<milliseconds>(attempt.stopped_at - attempt.failed_at),
+                    .recovery = duration_cast<milliseconds>(Clock::now() - attempt.failed_at)});
     }
   }
 
@@ -227,7 +331,6 @@ LaunchResult launch(const LaunchOptions& o) {
   sigaction(SIGCHLD, &old_chld, nullptr);
   close(signal_pipe[0]);
   close(signal_pipe[1]);
-  remove_job_shared_memory(job);
   return result;
 }
 

@@ -3,7 +3,7 @@
 //   auto comm = dagr::Communicator::from_env();   // set up by `dagr launch`; size 1 without it
 //   comm.allreduce(std::span<float>(grads), dagr::ReduceOp::avg);
 //
-// Contract (DESIGN.md): every rank calls the collectives in the same order.
+// Contract (docs/DESIGN.md): every rank calls the collectives in the same order.
 // Each call is fingerprinted (sequence number, op, dtype, count, root); ranks
 // that disagree all get a MismatchError naming both sides. Every wait is
 // bounded by the communicator's timeout (default 5 minutes, or per call); a
@@ -23,6 +23,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "dagr/comm/dtype.h"
 #include "dagr/comm/op_kind.h"
@@ -75,6 +76,16 @@ class Communicator {
   // Ranks with the same color form a new group, ordered by (key, old rank).
   // Collective over this communicator; a negative color joins no group (nullopt).
   std::optional<Communicator> split(int color, int key);
+
+  // After a PeerError or TimeoutError, on every rank still alive: the survivors
+  // agree on who they are and form a new group of just them in fresh shared
+  // memory, renumbered in this group's rank order. Dead and departed ranks are
+  // left out at once, a silent one after this communicator's timeout. `value`
+  // is this rank's number to agree on (e.g. its last completed step); the
+  // result carries the minimum over the survivors. Shared-memory groups only
+  // (InputError for MPI). A second failure during the shrink is an error.
+  struct Shrunk;
+  Shrunk shrink(std::uint64_t value = 0);
 
   // ---- blocking collectives; `data` is in place, (in, out) out of place ----
   template <Element T>
@@ -208,5 +219,12 @@ class Communicator {
   friend Communicator detail::make_communicator(std::unique_ptr<detail::Backend>, std::chrono::milliseconds);
   std::shared_ptr<detail::CommState> state_;
 };
+
+struct Communicator::Shrunk {
+  Communicator comm;           // the survivors' group
+  std::vector<int> survivors;  // their ranks in the old group, in new-rank order
+  std::uint64_t agreed_min;    // the minimum of the survivors' values
+};
+
 
 }  // namespace dagr

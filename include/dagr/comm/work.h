@@ -2,7 +2,12 @@
 //
 // The call runs on the communicator's background thread, in the order the
 // calls were issued; wait() blocks until it is done and rethrows its error.
-// The buffers passed to the call must stay alive until wait() returns.
+// The buffers passed to the call must stay alive until the call has finished:
+// until wait() returns or rethrows the call's own error, or completed() is
+// true. A wait(timeout) that raises TimeoutError because the call is still
+// running does not end it: the call goes on using the buffers (it ends within
+// the communicator's timeout, or at once if the group breaks), so keep them
+// alive and wait() again.
 #pragma once
 
 #include <chrono>

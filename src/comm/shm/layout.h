@@ -10,8 +10,6 @@
 // Every field one rank writes and others poll sits on its own cache line.
 #pragma once
 
-#include <pthread.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +20,7 @@
 namespace dagr::detail {
 
 constexpr std::size_t kCacheLine = 64;
+constexpr int kMaxRanks = 256;  // of one shared-memory group
 
 struct alignas(kCacheLine) PaddedCounter {
   std::atomic<std::uint64_t> value;
@@ -34,11 +33,22 @@ struct RankControl {
   PaddedCounter posted;    // this rank's input of segment g is in its staging buffer
   PaddedCounter reduced;   // this rank's reduced piece of segment g is in its staging buffer
   PaddedCounter consumed;  // this rank no longer reads anyone's staging for segment g
-  // Held (robust, process-shared) while the rank is attached: the kernel marks
-  // it owner-dead when the holder dies, which is how peers learn of a crash.
-  alignas(kCacheLine) pthread_mutex_t alive;
-  std::atomic<RankState> state;
+  // attached → left when the rank leaves on purpose; attached → dead when a
+  // peer finds its liveness lock (segment.h) released without leaving.
+  alignas(kCacheLine) std::atomic<RankState> state;
   std::int32_t pid;
+  // While this rank waits past its spin: the peer it waits for (-1: none) and
+  // a heartbeat (steady-clock ns) renewed every millisecond. A stopped process
+  // renews nothing, which is how a timeout finds the silent rank at the end of
+  // a chain of waits (waiter.cc).
+  alignas(kCacheLine) std::atomic<std::int32_t> waiting_for;
+  std::atomic<std::int64_t> heartbeat_ns;
+  // Shrinking (shm_shrink.cc): the round this rank has joined, and what it
+  // published for the round it last published (a seqlock on `published`).
+  alignas(kCacheLine) std::atomic<std::uint64_t> shrink_joined;
+  std::atomic<std::uint64_t> shrink_published;
+  std::atomic<std::uint64_t> shrink_members[kMaxRanks / 64];
+  std::atomic<std::uint64_t> shrink_value;
 };
 
 // Line 0 of a slot: published last (seq), read first. The first 32 bytes of
@@ -68,6 +78,17 @@ struct SegmentHeader {
   std::int32_t size;
   ShmGeometry geometry;
   std::atomic<std::uint32_t> attached;
+  // Set once, by the first rank that finds a peer dead, departed or silent:
+  // 1 + that peer's rank, and why (RankState::dead/left, or absent for silent).
+  // Every rank waiting anywhere in the group sees it within a millisecond and
+  // raises PeerError too, so no survivor waits for a survivor that gave up.
+  std::atomic<std::int32_t> broken;
+  std::atomic<RankState> broken_why;
+  std::int32_t broken_pid;
+  // The last shrink that formed a group, and its members (a rank that arrived
+  // too late finds itself left out here).
+  std::atomic<std::uint64_t> formed_round;
+  std::atomic<std::uint64_t> formed_members[kMaxRanks / 64];
   alignas(kCacheLine) std::atomic<std::uint32_t> event;     // futex word: bumped to wake sleepers
   alignas(kCacheLine) std::atomic<std::uint32_t> sleepers;  // ranks asleep on `event`
 };

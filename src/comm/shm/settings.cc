@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -27,15 +28,24 @@ int cores_available() {
   return CPU_COUNT(&set);
 }
 
+// Send/recv rings exist for every ordered pair, so their memory grows as P²:
+// by default they share a budget of 16 MiB, each between 16 and 256 KiB.
+std::uint32_t default_channel_bytes(int ranks) {
+  constexpr std::uint64_t kBudget = 16u << 20, kMin = 16u << 10, kMax = 256u << 10;
+  const auto pairs = static_cast<std::uint64_t>(ranks) * static_cast<std::uint64_t>(ranks);
+  const std::uint64_t share = kBudget / pairs / 4096 * 4096;
+  return static_cast<std::uint32_t>(std::clamp(share, kMin, kMax));
+}
+
 }  // namespace
 
-ShmGeometry geometry_from_env() {
+ShmGeometry geometry_from_env(int ranks) {
   return ShmGeometry{
       .small_max_bytes = read_setting("DAGR_SHM_SMALL_MAX", 64u << 10, 0, 1u << 20),
       .small_read_bytes = read_setting("DAGR_SHM_SMALL_READ", 128u << 10, 0, 1u << 30),
       .segment_bytes = read_setting("DAGR_SHM_SEGMENT", 256u << 10, 4u << 10, 64u << 20),
       .buffers = read_setting("DAGR_SHM_BUFFERS", 4, 2, 64),
-      .channel_bytes = read_setting("DAGR_SHM_CHANNEL", 256u << 10, 4u << 10, 64u << 20),
+      .channel_bytes = read_setting("DAGR_SHM_CHANNEL", default_channel_bytes(ranks), 4u << 10, 64u << 20),
   };
 }
 

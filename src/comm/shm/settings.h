@@ -23,7 +23,9 @@ struct WaitPolicy {
   std::uint32_t yield_us;  // then sched_yield this long before sleeping on a futex
 };
 
-ShmGeometry geometry_from_env();    // DAGR_SHM_SMALL_MAX, DAGR_SHM_SMALL_READ, DAGR_SHM_SEGMENT, DAGR_SHM_BUFFERS, DAGR_SHM_CHANNEL
+// DAGR_SHM_SMALL_MAX, DAGR_SHM_SMALL_READ, DAGR_SHM_SEGMENT, DAGR_SHM_BUFFERS,
+// DAGR_SHM_CHANNEL (default: shrinks as the group grows, see settings.cc)
+ShmGeometry geometry_from_env(int ranks);
 WaitPolicy wait_policy_from_env(int local_ranks);  // DAGR_SPIN_US, DAGR_YIELD_US
 
 }  // namespace dagr::detail

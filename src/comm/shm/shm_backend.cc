@@ -6,27 +6,17 @@
 #include <thread>
 
 #include "dagr/error.h"
+#include "fault_report.h"
 #include "reduce_kernels.h"
 
 namespace dagr::detail {
 namespace {
-
-void init_robust_mutex(pthread_mutex_t* m) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(m, &attr);
-  pthread_mutexattr_destroy(&attr);
-}
 
 // Rank 0 fills in what zeroed memory does not already say, then marks the segment ready.
 void initialise(std::byte* base, const Layout& layout) {
   auto* header = reinterpret_cast<SegmentHeader*>(base);
   header->size = layout.size;
   header->geometry = layout.geometry;
-  SegmentView view(base, layout);
-  for (int r = 0; r < layout.size; ++r) init_robust_mutex(&view.control(r).alive);
   header->magic.store(kSegmentReady, std::memory_order_release);
 }
 
@@ -49,29 +39,34 @@ Layout layout_of(const Segment& segment, const std::string& name, int expected_s
 
 }  // namespace
 
-ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, int rank)
+ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world)
     : segment_(std::move(segment)),
       view_(segment_.data(), layout),
       name_(std::move(name)),
       rank_(rank),
       size_(layout.size),
-      waiter_(view_, rank, wait_policy_from_env(layout.size)),
+      waiter_(segment_, view_, rank, wait_policy_from_env(layout.size), world),
       sources_(static_cast<std::size_t>(layout.size)) {}
 
 std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, int size,
-                                             Clock::time_point deadline) {
+                                             Clock::time_point deadline, bool world) {
   DAGR_ENFORCE(size >= 1 && rank >= 0 && rank < size, InputError, "rank ", rank,
                " is not in a group of size ", size);
   std::unique_ptr<ShmBackend> self;
   if (rank == 0) {
-    const Layout layout(size, geometry_from_env());
+    const Layout layout(size, geometry_from_env(size));
     Segment segment = Segment::create(name, layout.total);
     initialise(segment.data(), layout);
-    self.reset(new ShmBackend(std::move(segment), layout, name, rank));
+    self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
   } else {
-    Segment segment = Segment::open(name, deadline);
-    const Layout layout = layout_of(segment, name, size, deadline);
-    self.reset(new ShmBackend(std::move(segment), layout, name, rank));
+    try {
+      Segment segment = Segment::open(name, deadline);
+      const Layout layout = layout_of(segment, name, size, deadline);
+      self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
+    } catch (const TimeoutError&) {
+      if (world) report_absent(0);  // rank 0 never set the group up
+      throw;
+    }
   }
   self->attach();
   if (rank == 0) {
@@ -80,8 +75,14 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
     while (h.attached.load(std::memory_order_acquire) < static_cast<std::uint32_t>(size)) {
       if (Clock::now() >= deadline) {
         Segment::unlink(name);
-        throw TimeoutError(concat("only ", h.attached.load(), " of ", size,
-                                  " ranks joined /dev/shm", name, " before the timeout"));
+        std::string missing;
+        for (int r = 1; r < size; ++r)
+          if (self->view_.control(r).state.load() == RankState::absent) {
+            missing += concat(missing.empty() ? "" : ", ", r);
+            if (world) report_absent(r);
+          }
+        throw TimeoutError(concat("only ", h.attached.load(), " of ", size, " ranks joined /dev/shm", name,
+                                  " before the timeout; missing: ", missing));
       }
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
@@ -95,27 +96,31 @@ std::unique_ptr<ShmBackend> ShmBackend::solo() {
                                      .channel_bytes = 4096});
   Segment segment = Segment::anonymous(layout.total);
   initialise(segment.data(), layout);
-  std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0));
+  std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0, false));
   self->attach();
   return self;
 }
 
+// Never blocks: the liveness lock is taken or refused at once (a second
+// process claiming a rank that is already attached).
 void ShmBackend::attach() {
   RankControl& c = view_.control(rank_);
-  const int rc = pthread_mutex_lock(&c.alive);
-  DAGR_ENFORCE(rc == 0, Error, "rank ", rank_, " could not take its liveness lock in /dev/shm",
-               name_, " (is the rank already taken?): ", std::strerror(rc));
+  DAGR_ENFORCE(segment_.lock_rank(rank_), InputError, "rank ", rank_, " of /dev/shm", name_,
+               " is already taken by pid ", c.pid, " (two processes were given the same RANK?)");
+  attached_ = true;
   c.pid = static_cast<std::int32_t>(getpid());
+  c.waiting_for.store(-1, std::memory_order_relaxed);
   c.state.store(RankState::attached, std::memory_order_release);
   view_.header().attached.fetch_add(1, std::memory_order_acq_rel);
   waiter_.notify();
 }
 
 ShmBackend::~ShmBackend() {
+  if (!attached_) return;  // refused at attach(): the rank belongs to another process
   RankControl& c = view_.control(rank_);
   c.state.store(RankState::left, std::memory_order_release);
   waiter_.notify();
-  pthread_mutex_unlock(&c.alive);  // fails harmlessly when destroyed off the attaching thread
+  segment_.unlock_rank(rank_);  // after `left`: peers never take this for a death
 }
 
 std::unique_ptr<Backend> ShmBackend::split(int color, std::span<const int> members, int new_rank,
@@ -151,6 +156,7 @@ void ShmBackend::collective(const Request& r) {
   const std::uint64_t call = ++calls_;
   current_ = Fingerprint::of(r);
   context_.describe = [this, call] { return concat(current_.describe(), " (collective #", call, ")"); };
+  waiter_.check_group(context_);
   // Measured (docs/PERFORMANCE.md): one step wins while each rank reads at most
   // ~128 KiB of peers' payloads; past that the pipeline's n reads win.
   const ShmGeometry& g = view_.layout().geometry;
@@ -189,8 +195,8 @@ void ShmBackend::small_path(const Request& r) {
   const auto* in = static_cast<const std::byte*>(r.in);
   auto source = [&](int p) -> const std::byte* { return p == rank_ ? in : view_.payload(p, call); };
   const void** sources = sources_.data();
+  if (bytes == 0) return;  // a barrier, or an empty call: the arrival was all of it
   switch (r.kind) {
-    case OpKind::barrier: return;
     case OpKind::reduce:
       if (rank_ != r.root) return;
       [[fallthrough]];

@@ -28,13 +28,21 @@
 
 namespace dagr::detail {
 
+struct ShrinkOutcome {
+  std::unique_ptr<Backend> backend;  // the new group
+  std::vector<int> survivors;        // its members' ranks in the old group, in new-rank order
+  std::uint64_t agreed_min = 0;
+};
+
 class ShmBackend final : public Backend {
  public:
   // Joins (rank 0: creates) the group whose segment is named `name` ("/dagr-…").
   // Returns once this rank is attached; rank 0 also waits for all others, then
   // removes the name, so nothing is left in /dev/shm even if the job dies later.
+  // `world`: the group `dagr launch` started, whose ranks are the launcher's,
+  // so a rank that never joins can be reported to it by number.
   static std::unique_ptr<ShmBackend> join(const std::string& name, int rank, int size,
-                                          Clock::time_point deadline);
+                                          Clock::time_point deadline, bool world = false);
   // A group of one in private memory.
   static std::unique_ptr<ShmBackend> solo();
   ~ShmBackend() override;
@@ -46,9 +54,15 @@ class ShmBackend final : public Backend {
   std::unique_ptr<Backend> split(int color, std::span<const int> members, int new_rank,
                                  const std::string& group_id, Clock::time_point deadline) override;
 
+  // After a failure: agree with the other ranks still alive on who they are,
+  // and join a new group of just them (shm_shrink.cc). `value` is this rank's
+  // number to agree on; the outcome carries the minimum over the survivors.
+  ShrinkOutcome shrink(std::uint64_t value, std::chrono::milliseconds timeout);
+
  private:
-  ShmBackend(Segment segment, const Layout& layout, std::string name, int rank);
+  ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world);
   void attach();
+  bool gone(int peer) const;  // died or left, as far as this rank can tell now
 
   // One collective: arrival, then the small or the large path.
   void collective(const Request& r);
@@ -84,7 +98,7 @@ class ShmBackend final : public Backend {
   WaitContext context_;         // of the collective in progress, for waits and errors
   Fingerprint current_;
   std::vector<const void*> sources_;  // one per rank: the inputs of a reduction
-  int split_count_ = 0;
+  bool attached_ = false;  // this object holds the rank's liveness lock
 };
 
 }  // namespace dagr::detail

@@ -7,9 +7,11 @@
 
 #include <cerrno>
 #include <climits>
+#include <vector>
 
 #include "dagr/error.h"
 #include "executor.h"
+#include "fault_report.h"
 
 namespace dagr::detail {
 namespace {
@@ -43,24 +45,93 @@ void Waiter::notify() const {
   }
 }
 
+// The first failure seen in a group is written into its header (layout.h) so
+// that every other waiter gives up too, then reported to the launcher
+// (fault_report.h), then thrown.
+void Waiter::fail(int peer, RankState why, const std::string& message, bool timeout) const {
+  SegmentHeader& h = view_.header();
+  const int pid = view_.control(peer).pid;
+  std::int32_t none = 0;
+  if (h.broken.compare_exchange_strong(none, -1, std::memory_order_acq_rel)) {
+    h.broken_why.store(why, std::memory_order_relaxed);
+    h.broken_pid = pid;
+    h.broken.store(peer + 1, std::memory_order_release);
+  }
+  notify();
+  if (pid <= 0 && world_)
+    report_absent(peer);  // never attached: known only by its rank
+  else
+    report_fault(why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent,
+                 pid);
+  if (timeout) throw TimeoutError(message);
+  throw PeerError(message);
+}
+
+// A rank that leaves on purpose stores `left` before it drops its liveness
+// lock; so a lock found free while the state still says `attached` (read again
+// after the lock) means the process is gone without leaving: it died.
 void Waiter::check_alive(int peer, const WaitContext& context) const {
   RankControl& c = view_.control(peer);
   RankState state = c.state.load(std::memory_order_acquire);
-  if (state == RankState::attached) {
-    const int rc = pthread_mutex_trylock(&c.alive);
-    if (rc == EOWNERDEAD || rc == ENOTRECOVERABLE) {
-      if (rc == EOWNERDEAD) pthread_mutex_consistent(&c.alive);  // keep it held: stays "dead"
-      c.state.store(RankState::dead, std::memory_order_release);
+  if (state == RankState::attached && !segment_.rank_locked(peer)) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (c.state.compare_exchange_strong(state, RankState::dead, std::memory_order_acq_rel))
       state = RankState::dead;
-    } else if (rc == 0) {
-      pthread_mutex_unlock(&c.alive);  // released without dying: it is leaving
-    }
   }
-  DAGR_ENFORCE(state != RankState::dead, PeerError, "rank ", peer, " (pid ", c.pid,
-               ") died while rank ", self_, " waited for it in ", context.describe());
-  DAGR_ENFORCE(state != RankState::left, PeerError, "rank ", peer,
-               " left the group (its communicator was destroyed) while rank ", self_,
-               " waited for it in ", context.describe());
+  if (state == RankState::dead)
+    fail(peer, state, concat("rank ", peer, " (pid ", c.pid, ") died while rank ", self_, " waited for it in ",
+                             context.describe()));
+  if (state == RankState::left)
+    fail(peer, state, concat("rank ", peer, " (pid ", c.pid, ") left the group (its communicator was destroyed) while rank ",
+                             self_, " waited for it in ", context.describe()));
+}
+
+void Waiter::check_group(const WaitContext& context) const {
+  const SegmentHeader& h = view_.header();
+  const std::int32_t broken = h.broken.load(std::memory_order_acquire);
+  if (broken <= 0) return;
+  const int peer = broken - 1;
+  const RankState why = h.broken_why.load(std::memory_order_relaxed);
+  const char* what = why == RankState::dead ? "died" : why == RankState::left ? "left the group" : "went silent";
+  report_fault(why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent,
+               h.broken_pid);
+  throw PeerError(concat("rank ", peer, " (pid ", h.broken_pid, ") ", what, ", so the group gave up ",
+                         context.describe(), " on rank ", self_));
+}
+
+namespace {
+
+std::int64_t ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// Publishes what this rank waits for while a slow wait lasts.
+struct WaitingFor {
+  RankControl& me;
+  WaitingFor(RankControl& control, int peer) : me(control) {
+    me.heartbeat_ns.store(ns(Clock::now()), std::memory_order_relaxed);
+    me.waiting_for.store(peer, std::memory_order_release);
+  }
+  ~WaitingFor() { me.waiting_for.store(-1, std::memory_order_release); }
+};
+
+}  // namespace
+
+// A timed-out wait on `peer` blames the rank at the end of the chain of
+// waits: peer may itself be waiting, alive and well, for a rank that stopped.
+// A rank is silent when it is not waiting, or its heartbeat is older than
+// 500 ms (it was stopped, or it is stuck outside dagr).
+int Waiter::silent_rank(int peer) const {
+  const std::int64_t stale = ns(Clock::now()) - 500'000'000;
+  std::vector<bool> seen(static_cast<std::size_t>(view_.layout().size));
+  for (int r = peer; r >= 0 && r < view_.layout().size && !seen[static_cast<std::size_t>(r)];) {
+    seen[static_cast<std::size_t>(r)] = true;
+    const RankControl& c = view_.control(r);
+    const int next = c.waiting_for.load(std::memory_order_acquire);
+    if (next < 0 || next == self_ || c.heartbeat_ns.load(std::memory_order_relaxed) < stale) return r;
+    r = next;
+  }
+  return peer;
 }
 
 void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),
@@ -82,16 +153,27 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
     }
     spinning = Clock::now() < spin_until;
   }
-  // Phases 2 and 3: yield, then sleep in short slices; check the peer and the deadline each ms.
+  // Phases 2 and 3: yield, then sleep in short slices; check the peer and the
+  // deadline, and renew the heartbeat, each ms.
   SegmentHeader& h = view_.header();
+  const WaitingFor waiting(view_.control(self_), peer);
   for (;;) {
     const auto now = Clock::now();
     if (now >= next_check) {
       if (ready(arg)) return;  // what the peer published before it left still counts
+      waiting.me.heartbeat_ns.store(ns(now), std::memory_order_relaxed);
       check_alive(peer, context);
-      DAGR_ENFORCE(now < context.deadline, TimeoutError, "rank ", self_, " timed out after ",
-                   context.timeout.count() / 1000.0, " s waiting for rank ", peer, " in ",
-                   context.describe());
+      check_group(context);
+      if (now >= context.deadline) {
+        const int silent = silent_rank(peer);
+        const int pid = view_.control(silent).pid;
+        fail(silent, RankState::absent,
+             concat("rank ", self_, " timed out after ", context.timeout.count() / 1000.0, " s waiting for rank ", peer,
+                    silent != peer ? concat(", itself waiting for rank ", silent) : std::string(),
+                    pid > 0 ? concat(" (pid ", pid, ")") : std::string(), ", which stopped responding, in ",
+                    context.describe()),
+             true);
+      }
       next_check = now + std::chrono::milliseconds(1);
     }
     if (now < yield_until) {

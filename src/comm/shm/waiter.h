@@ -9,13 +9,16 @@
 // other threads are computing and need the core more.
 //
 // Every wait is bounded by the call's deadline (TimeoutError) and watches the
-// peer it waits for: a peer that died or left turns into PeerError.
+// peer it waits for: a peer that died or left turns into PeerError. The first
+// such failure marks the whole group broken, and every other wait in it then
+// ends in PeerError within a millisecond.
 #pragma once
 
 #include <functional>
 #include <string>
 
 #include "shm/layout.h"
+#include "shm/segment.h"
 #include "shm/settings.h"
 
 namespace dagr::detail {
@@ -28,7 +31,9 @@ struct WaitContext {
 
 class Waiter {
  public:
-  Waiter(SegmentView view, int self, WaitPolicy policy) : view_(view), self_(self), policy_(policy) {}
+  // `world`: this is the group `dagr launch` started (see ShmBackend::join).
+  Waiter(const Segment& segment, SegmentView view, int self, WaitPolicy policy, bool world)
+      : segment_(segment), view_(view), self_(self), policy_(policy), world_(world) {}
 
   // Returns once ready() holds. Throws TimeoutError/PeerError naming `peer`.
   template <class Ready>
@@ -42,14 +47,20 @@ class Waiter {
 
   // PeerError if `peer` died or left.
   void check_alive(int peer, const WaitContext& context) const;
+  // PeerError if another rank already found the group broken.
+  void check_group(const WaitContext& context) const;
 
  private:
+  int silent_rank(int peer) const;  // the end of the chain of waits from `peer`
+  [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false) const;
   void wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),
                  const void* arg) const;
 
+  const Segment& segment_;  // holds the ranks' liveness locks
   SegmentView view_;
   int self_;
   WaitPolicy policy_;
+  bool world_;
 };
 
 }  // namespace dagr::detail
