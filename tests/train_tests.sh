@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `dagr train` end to end on the real Fashion-MNIST: a short run reaches 85 %,
-# the default run 88 %; the model and metrics are written; bad data sets fail
-# with one clear line and a non-zero exit. Usage: train_tests.sh DAGR LOAD_MODEL
+# the default run 88 %; the model and metrics are written; bad data sets and
+# flags fail with one clear line and a non-zero exit; short runs with 2 workers
+# and with tensor parallelism give the parameters of one process with the same
+# global batch. Usage: train_tests.sh DAGR LOAD_MODEL COMPARE_MODELS
 set -uo pipefail
-dagr=$1 load_model=$2
+dagr=$1 load_model=$2 compare_models=$3
 source "$(dirname "$0")/testlib.sh"
 accuracy() { sed -n 's/.*"test_accuracy":\([0-9.]*\).*"summary".*/\1/p; s/.*"summary":true.*"test_accuracy":\([0-9.]*\).*/\1/p' "$1/metrics.jsonl" | head -1; }
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
@@ -65,5 +67,103 @@ timeout 60 "$dagr" train --workers 1 --dataset "$tmp/nowhere" > /dev/null 2> "$t
 expect "a missing data set fails clearly" test $? -ne 0 -a "$(grep -c "has no train-images" "$tmp/err")" -ge 1
 timeout 60 "$dagr" train --epochs 0 > /dev/null 2> "$tmp/err"
 expect "bad flags are rejected" test $? -ne 0 -a -s "$tmp/err"
+
+# Bad values: one line naming the flag, exit 2, before any worker starts (so no rank's line).
+one_line_exit_2() {  # NAME PATTERN ARGS...
+  local name=$1 pattern=$2; shift 2
+  timeout 60 "$dagr" train --workers 2 "$@" > "$tmp/out" 2> "$tmp/err"
+  local status=$?
+  expect "$name: exit 2 (got $status)" test "$status" -eq 2
+  expect "$name: one line saying why" test "$(wc -l < "$tmp/err")" -eq 1 -a "$(grep -c -- "$pattern" "$tmp/err")" -eq 1
+  expect "$name: no worker started" test ! -s "$tmp/out"
+}
+for lr in nan inf -0.1 0; do one_line_exit_2 "--lr $lr" "--lr must be a finite number above 0" "--lr=$lr"; done
+one_line_exit_2 "--momentum nan" "--momentum must be" --momentum nan
+touch "$tmp/a-file"
+one_line_exit_2 "--out naming a file" "not a folder" --out "$tmp/a-file"
+one_line_exit_2 "--out under a file" "not a folder" --out "$tmp/a-file/sub"
+mkdir -p "$tmp/readonly" && chmod 555 "$tmp/readonly"
+if [ "$(id -u)" -ne 0 ]; then
+  one_line_exit_2 "--out not writable" "cannot write there" --out "$tmp/readonly"
+fi
+one_line_exit_2 "--out not creatable" "not a folder" --out /proc/dagr-out
+timeout 60 "$dagr" train --workers 2 --batch-size 40000 --out "$tmp/big" > /dev/null 2> "$tmp/err"
+expect "a batch larger than each rank's share of the data set is refused" \
+  test $? -ne 0 -a "$(grep -c -- "--batch-size 40000 is more than the 30000 samples each of the 2" "$tmp/err")" -ge 1
+
+# A failed re-run into a folder leaves its model.pt and metrics.jsonl as they were.
+cp "$tmp/short/metrics.jsonl" "$tmp/metrics.before"
+timeout 60 "$dagr" train --workers 2 --epochs 1 --out "$tmp/short" --dataset "$tmp/bad" > /dev/null 2>&1
+expect "a failed re-run fails" test $? -ne 0
+expect "and leaves the old metrics.jsonl beside the old model.pt" cmp -s "$tmp/metrics.before" "$tmp/short/metrics.jsonl"
+expect "and the old model still loads" "$load_model" mlp "$tmp/short/model.pt"
+
+# End to end against a reference: every layout takes, at each step, the same
+# global batch of 64 as one process (2 ranks × 32; tensor-parallel 2 × 64;
+# 2 × 2 × 32) and must end with the same parameters after 40 SGD steps, within
+# float rounding (measured: below 1e-6). All start from one checkpoint written
+# by the process after its first step (a checkpoint is dense, so any layout
+# resumes it; tensor-parallel layers draw their initial weights differently).
+# Every rank reading rank 0's shard (planted) differs by 0.2; DDP summing
+# instead of averaging (planted) fails the runs (DDP's step check, whose numbers
+# ride with the gradients, sees sums). Tensor parallelism's input-gradient
+# allreduce never runs here (the images need no gradient): tp_tests cover it.
+same="--epochs 1 --max-steps 40 --optimizer sgd --lr 0.05 --momentum 0.9 --schedule constant --seed 7"
+timeout 120 "$dagr" train --workers 1 --batch-size 64 $same --checkpoint-every 1 --stop-after-steps 1 \
+  --out "$tmp/start" > /dev/null 2>&1
+expect "the common start (1 worker, 1 step) is written" test $? -eq 0
+for spec in "1 1 64" "2 1 32" "2 2 64" "4 2 32"; do
+  set -- $spec
+  cp -r "$tmp/start" "$tmp/cmp$1$2"
+  timeout 120 "$dagr" train --workers "$1" --tensor-parallel "$2" --batch-size "$3" $same --resume \
+    --out "$tmp/cmp$1$2" > /dev/null 2>&1
+  expect "$1 workers, tensor-parallel $2, batch $3 per rank: runs" test $? -eq 0
+  [ "$1$2" = 11 ] && continue
+  diff=$("$compare_models" mlp "$tmp/cmp11/model.pt" "$tmp/cmp$1$2/model.pt" 1e-5)
+  expect "$1 workers, tensor-parallel $2: the reference's parameters within 1e-5 ($diff)" test $? -eq 0
+done
+# Checkpoints and --resume. Same workers: interrupted twice (resumed from a
+# mid-epoch checkpoint each time, the newest one corrupted before the second
+# resume) the run ends with the very model of the uninterrupted run.
+ck="--epochs 2 --batch-size 256 --checkpoint-every 50 --seed 5"
+timeout 120 "$dagr" train --workers 2 $ck --out "$tmp/full" > /dev/null 2>&1
+expect "uninterrupted run with checkpoints succeeds" test $? -eq 0
+expect "it keeps two checkpoints" test "$(ls "$tmp/full" | grep -c '^checkpoint-.*\.dagr$')" -eq 2
+timeout 120 "$dagr" train --workers 2 $ck --out "$tmp/part" --stop-after-steps 77 > "$tmp/out" 2>&1
+expect "a run stopped after step 77 stops" grep -q "stopped after step 77" "$tmp/out"
+expect "without writing model.pt" test ! -e "$tmp/part/model.pt"
+timeout 120 "$dagr" train --workers 2 $ck --out "$tmp/part" --resume --stop-after-steps 170 > "$tmp/out" 2>&1
+expect "resuming continues at step 50" grep -q "continuing at epoch 1, sample 25600 of it (step 50)" "$tmp/out"
+newest=$(ls "$tmp/part"/checkpoint-*.dagr | tail -1)
+printf '\x55' | dd of="$newest" bs=1 seek=200 conv=notrunc 2> /dev/null
+timeout 120 "$dagr" train --workers 2 $ck --out "$tmp/part" --resume > "$tmp/out" 2> "$tmp/err"
+expect "the resumed run finishes" test $? -eq 0 -a -s "$tmp/part/model.pt"
+expect "the corrupt newest checkpoint is skipped, named in a warning" grep -q "warning: skipping checkpoint $newest" "$tmp/err"
+expect "and the one before is used (end of epoch 1)" grep -q "continuing at epoch 2, sample 0 of it (step 118)" "$tmp/out"
+diff=$("$compare_models" mlp "$tmp/full/model.pt" "$tmp/part/model.pt" 0)
+expect "stopped twice and resumed: bitwise the uninterrupted model ($diff)" test $? -eq 0
+expect "metrics hold each epoch once and a summary" test "$(wc -l < "$tmp/part/metrics.jsonl")" -eq 3
+
+tp="--epochs 1 --batch-size 256 --checkpoint-every 40 --tensor-parallel 2 --seed 5"
+timeout 120 "$dagr" train --workers 2 $tp --out "$tmp/tpfull" > /dev/null 2>&1
+timeout 120 "$dagr" train --workers 2 $tp --out "$tmp/tppart" --stop-after-steps 100 > /dev/null 2>&1
+timeout 120 "$dagr" train --workers 2 $tp --out "$tmp/tppart" --resume > /dev/null 2>&1
+diff=$("$compare_models" mlp "$tmp/tpfull/model.pt" "$tmp/tppart/model.pt" 0)
+expect "tensor-parallel: stopped and resumed, bitwise the uninterrupted model ($diff)" test $? -eq 0
+
+# Another number of workers (the same global batch): it goes on from the same
+# epoch and sample; the accuracy is the uninterrupted run's within 0.5 point.
+timeout 120 "$dagr" train --workers 2 --epochs 2 --checkpoint-every 250 --out "$tmp/w2" > /dev/null 2>&1
+timeout 120 "$dagr" train --workers 2 --epochs 2 --checkpoint-every 250 --out "$tmp/w21" --stop-after-steps 600 \
+  > /dev/null 2>&1
+timeout 120 "$dagr" train --workers 1 --batch-size 128 --epochs 2 --out "$tmp/w21" --resume > "$tmp/out" 2>&1
+expect "resumed on 1 worker from the checkpoint of 2 (epoch 2, sample 3968)" \
+  grep -q "continuing at epoch 2, sample 3968 of it (step 500)" "$tmp/out"
+a=$(accuracy "$tmp/w2") b=$(accuracy "$tmp/w21")
+expect "and reaches the uninterrupted accuracy within 0.5 point ($b vs $a)" \
+  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 0.005) }'
+
+timeout 60 "$dagr" train --workers 1 --epochs 1 --max-steps 5 --out "$tmp/empty" --resume > "$tmp/out" 2>&1
+expect "--resume with no checkpoint starts from the beginning" grep -q "no checkpoint in $tmp/empty, starting" "$tmp/out"
 
 finish

@@ -20,8 +20,8 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::Range(1, 256));
   app->add_option("--epochs", o->epochs, "Epochs")->check(CLI::Range(1, 100000));
   app->add_option("--batch-size", o->batch_size, "Batch size per rank")->check(CLI::Range(1, 1 << 20));
-  app->add_option("--lr", o->lr, "Learning rate")->check(CLI::PositiveNumber);
-  app->add_option("--momentum", o->momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0));
+  app->add_option("--lr", o->lr, "Learning rate (finite, above 0)");
+  app->add_option("--momentum", o->momentum, "SGD momentum (0 to 1)");
   app->add_option("--optimizer", o->optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}));
   app->add_option("--schedule", o->schedule, "Learning rate schedule: cosine or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));
@@ -29,9 +29,17 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
   app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
       ->check(CLI::Range(1, 256));
-  app->add_option("--out", o->out, "Output folder (model.pt, metrics.jsonl)");
+  app->add_option("--out", o->out, "Output folder (model.pt, metrics.jsonl, checkpoints)");
   app->add_option("--max-steps", o->max_steps, "Stop after this many steps (0: all)")->check(CLI::NonNegativeNumber);
+  app->add_option("--checkpoint-every", o->checkpoint_every,
+                  "Write a training-state checkpoint to --out every this many steps (always after each epoch)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_flag("--resume", o->resume, "Continue from the newest valid checkpoint in --out (from the start if none)");
+  app->add_option("--stop-after-steps", o->stop_after_steps,
+                  "Stop after this step without saving the model, as a crash would (for tests of --resume)")
+      ->check(CLI::NonNegativeNumber);
   return {app, [o, workers, argv] {
+            train::check_options(*o);  // bad options: one line and exit 2 before any worker starts
             if (auto status = run_as_workers(*workers, argv)) return *status;
             return train::run_training(*o);
           }};

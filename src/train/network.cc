@@ -9,7 +9,16 @@ namespace {
 
 Network dense_network(torch::nn::Sequential model) {
   return {model.ptr(), [model](const torch::Tensor& x) mutable { return model->forward(x); },
-          [model] { return model; }};
+          [model] { return model; },
+          [model](torch::nn::Sequential& dense) mutable {
+            torch::NoGradGuard no_grad;
+            const auto to = model->parameters(), from = dense->parameters();
+            const auto to_buffers = model->buffers(), from_buffers = dense->buffers();
+            DAGR_ENFORCE(to.size() == from.size() && to_buffers.size() == from_buffers.size(), InputError,
+                         "the dense model does not have this model's tensors");
+            for (std::size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
+            for (std::size_t i = 0; i < to_buffers.size(); ++i) to_buffers[i].copy_(from_buffers[i]);
+          }};
 }
 
 Network split_network(TensorParallelMlp tp, int hidden) {
@@ -18,7 +27,8 @@ Network split_network(TensorParallelMlp tp, int hidden) {
             auto dense = models::make_model("mlp", hidden);
             tp->gather_into(dense);
             return dense;
-          }};
+          },
+          [tp](torch::nn::Sequential& dense) mutable { tp->load_dense(dense); }};
 }
 
 void check_splittable(const std::string& model, const ParallelGroups& groups) {
@@ -57,6 +67,41 @@ Network load_network(const std::string& model, const std::string& path, const Pa
   TensorParallelMlp tp(hidden, groups.tensor);
   tp->load_dense(dense);
   return split_network(tp, hidden);
+}
+
+std::vector<torch::Tensor> gather_like_parameters(Network& net, const std::vector<torch::Tensor>& shards) {
+  torch::NoGradGuard no_grad;
+  auto params = net.module->parameters();
+  DAGR_ENFORCE(shards.size() == params.size(), Error, "gather_like_parameters: ", shards.size(), " tensors for ",
+               params.size(), " parameters");
+  std::vector<torch::Tensor> saved, out;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    saved.push_back(params[i].clone());
+    params[i].copy_(shards[i]);
+  }
+  for (const auto& p : net.dense()->parameters()) out.push_back(p.clone());  // a dense net returns itself: clone
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+  return out;
+}
+
+std::vector<torch::Tensor> shard_like_parameters(Network& net, const std::vector<torch::Tensor>& dense) {
+  torch::NoGradGuard no_grad;
+  auto params = net.module->parameters();
+  std::vector<torch::Tensor> saved, out;
+  for (const auto& p : params) saved.push_back(p.clone());
+  auto carrier = net.dense();  // collective; its shapes are the dense model's
+  auto carrier_params = carrier->parameters();
+  DAGR_ENFORCE(dense.size() == carrier_params.size(), Error, "shard_like_parameters: ", dense.size(),
+               " tensors for ", carrier_params.size(), " dense parameters");
+  if (carrier.ptr() == net.module) {  // the dense model itself: nothing to split
+    for (const auto& t : dense) out.push_back(t.clone());
+    return out;
+  }
+  for (std::size_t i = 0; i < dense.size(); ++i) carrier_params[i].copy_(dense[i]);
+  net.load_dense(carrier);
+  for (const auto& p : params) out.push_back(p.clone());
+  for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+  return out;
 }
 
 double evaluate(Network& net, const torch::Tensor& images, const torch::Tensor& labels, const ParallelGroups& groups,

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dagr/parallel/groups.h"
 
@@ -17,7 +18,16 @@ struct Network {
   std::function<torch::Tensor(const torch::Tensor&)> forward;
   // The whole model as the dense built-in model (collective over the tensor group).
   std::function<torch::nn::Sequential()> dense;
+  // Takes this rank's part of a dense model's parameters and buffers.
+  std::function<void(torch::nn::Sequential&)> load_dense;
 };
+
+// Tensors shaped like module->parameters(), in its order (e.g. optimizer
+// moments), as they would be for the dense model's parameters, in its order
+// (collective over the tensor group); and back. The model's own parameters
+// carry them through dense() / load_dense(), and are restored after.
+std::vector<torch::Tensor> gather_like_parameters(Network& net, const std::vector<torch::Tensor>& shards);
+std::vector<torch::Tensor> shard_like_parameters(Network& net, const std::vector<torch::Tensor>& dense);
 
 // A fresh model; with groups.tensor.size() > 1 only the MLP can be split.
 Network make_network(const std::string& model, int hidden, const ParallelGroups& groups);

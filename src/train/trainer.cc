@@ -4,24 +4,36 @@
 //   forward, loss, backward (DDP averages gradients as they are produced) →
 //   optimizer step → per-rank and global figures, parallel test evaluation →
 //   rank 0 saves the model atomically and writes metrics.
+// Training-state checkpoints (dagr/train/checkpoint.h) are written every
+// --checkpoint-every steps and after every epoch; --resume starts from the
+// newest one: the model, the optimizer, the position in the epoch's sample
+// order (global, so another number of workers continues from the same place)
+// and the metrics so far.
 #include "trainer.h"
 
 #include <malloc.h>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
+#include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/sampler.h"
+#include "dagr/models/models.h"
 #include "network.h"
 
 namespace dagr::train {
@@ -64,6 +76,106 @@ void apply_schedule(torch::optim::Optimizer& optimizer, const TrainOptions& o, s
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
+// Where a run stands, besides the model and optimizer: what a checkpoint records.
+struct Progress {
+  std::int64_t epoch = 1, samples_in_epoch = 0, steps = 0;
+  std::uint64_t seed = 0;
+  std::vector<std::string> metrics;  // rank 0's lines so far
+  double epoch_sums[3] = {0, 0, 0};   // loss·samples, correct, samples of the epoch so far, each sample once
+  double test_accuracy = 0;
+};
+
+// The parameters of net.module under the dense model's names (the same order).
+torch::OrderedDict<std::string, torch::Tensor> dense_named_parameters(Network& net, torch::nn::Sequential& dense) {
+  const auto names = dense->named_parameters();
+  const auto params = net.module->parameters();
+  DAGR_ENFORCE(names.size() == params.size(), Error, "the model has ", params.size(), " parameters, its dense form ",
+               names.size());
+  torch::OrderedDict<std::string, torch::Tensor> named;
+  for (std::size_t i = 0; i < params.size(); ++i) named.insert(names[i].key(), params[i]);
+  return named;
+}
+
+// Optimizer state kept per element of a parameter (shaped like it): gathered
+// into dense tensors for a checkpoint, split again on resume. Counts (Adam's
+// step) and learning rates are the same on every shard and pass as they are.
+constexpr const char* kPerElementState[] = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+
+// The checkpoint of this step (collective: tensor-parallel shards are gathered).
+TrainingCheckpoint capture(Network& net, torch::optim::Optimizer& optimizer, const Progress& p) {
+  TrainingCheckpoint c;
+  c.epoch = p.epoch;
+  c.samples_in_epoch = p.samples_in_epoch;
+  c.steps = p.steps;
+  c.sampler_seed = p.seed;
+  c.metrics = p.metrics;
+  c.extra = nlohmann::json{{"epoch_sums", p.epoch_sums}, {"test_accuracy", p.test_accuracy}}.dump();
+  {
+    at::Generator generator = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle on the one generator
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    c.rng_state = generator.get_state();
+  }
+  auto dense = net.dense();
+  c.model = module_state(*dense);
+  const auto named = dense_named_parameters(net, dense);
+  c.optimizer = optimizer_state(optimizer, named);
+  for (const char* kind : kPerElementState) {
+    std::vector<torch::Tensor> shards;
+    for (const auto& item : named) {
+      const auto it = c.optimizer.find(item.key() + "/" + kind);
+      if (it != c.optimizer.end()) shards.push_back(it->second);
+    }
+    if (shards.size() != named.size()) continue;  // this optimizer keeps no such state (yet)
+    const auto gathered = gather_like_parameters(net, shards);
+    for (std::size_t i = 0; i < named.size(); ++i) c.optimizer[named[i].key() + "/" + kind] = gathered[i];
+  }
+  return c;
+}
+
+// Puts a checkpoint's model into `net` (collective: each rank keeps its shard).
+void restore_model(Network& net, const TrainOptions& o, const TrainingCheckpoint& c) {
+  auto dense = models::make_model(o.model, o.hidden);
+  load_module_state(*dense, c.model);
+  net.load_dense(dense);
+  at::Generator generator = torch::globalContext().defaultGenerator(torch::kCPU);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  if (c.rng_state.defined()) generator.set_state(c.rng_state);
+}
+
+void restore_optimizer(Network& net, torch::optim::Optimizer& optimizer, const TrainingCheckpoint& c) {
+  auto dense = net.dense();
+  const auto named = dense_named_parameters(net, dense);
+  std::map<std::string, torch::Tensor> state = c.optimizer;
+  for (const char* kind : kPerElementState) {
+    std::vector<torch::Tensor> whole;
+    for (const auto& item : named) {
+      const auto it = state.find(item.key() + "/" + kind);
+      if (it != state.end()) whole.push_back(it->second);
+    }
+    if (whole.size() != named.size()) continue;
+    const auto shards = shard_like_parameters(net, whole);
+    for (std::size_t i = 0; i < named.size(); ++i) state[named[i].key() + "/" + kind] = shards[i];
+  }
+  load_optimizer_state(optimizer, named, state);
+}
+
+// The newest whole checkpoint in `dir`, read by rank 0 and sent to every rank
+// (so all start from the same one, and `dir` need not be shared between hosts).
+std::optional<TrainingCheckpoint> load_everywhere(Communicator& comm, const std::string& dir) {
+  std::optional<CheckpointBytes> bytes;
+  std::int64_t size = -1;
+  if (comm.rank() == 0) {
+    bytes = read_latest_checkpoint_bytes(dir);
+    if (bytes) size = static_cast<std::int64_t>(bytes->payload.size());
+  }
+  comm.broadcast(std::span<std::int64_t>(&size, 1), 0);
+  if (size < 0) return std::nullopt;
+  if (comm.rank() != 0) bytes = CheckpointBytes{dir, std::vector<std::uint8_t>(static_cast<std::size_t>(size))};
+  comm.broadcast(std::span<std::uint8_t>(bytes->payload), 0);
+  if (comm.rank() == 0) std::printf("dagr train: resuming from %s\n", bytes->path.c_str());
+  return decode_checkpoint(bytes->payload, bytes->path);
+}
+
 void save_atomically(torch::nn::Sequential model, const std::string& path) {
   const std::string tmp = path + ".tmp";
   torch::save(model, tmp);
@@ -72,13 +184,30 @@ void save_atomically(torch::nn::Sequential model, const std::string& path) {
 
 }  // namespace
 
-int run_training(const TrainOptions& o) {
-  const auto start = Clock::now();
+void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(o.epochs >= 1, InputError, "--epochs must be at least 1");
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
   DAGR_ENFORCE(o.threads >= 1, InputError, "--threads must be at least 1");
+  DAGR_ENFORCE(o.max_steps >= 0, InputError, "--max-steps must not be negative");
+  DAGR_ENFORCE(o.checkpoint_every >= 0, InputError, "--checkpoint-every must not be negative");
+  DAGR_ENFORCE(o.stop_after_steps >= 0, InputError, "--stop-after-steps must not be negative");
+  DAGR_ENFORCE(std::isfinite(o.lr) && o.lr > 0, InputError, "--lr must be a finite number above 0, not ", o.lr);
+  DAGR_ENFORCE(std::isfinite(o.momentum) && o.momentum >= 0 && o.momentum <= 1, InputError,
+               "--momentum must be a number from 0 to 1, not ", o.momentum);
   DAGR_ENFORCE(o.schedule == "cosine" || o.schedule == "constant", InputError, "unknown schedule '", o.schedule,
                "' (cosine, constant)");
+  DAGR_ENFORCE(!o.out.empty(), InputError, "--out must name a folder");
+  std::error_code error;
+  std::filesystem::create_directories(o.out, error);
+  DAGR_ENFORCE(std::filesystem::is_directory(o.out), InputError, "--out ", o.out, ": not a folder and cannot be made one",
+               error ? " (" + error.message() + ")" : std::string());
+  DAGR_ENFORCE(access(o.out.c_str(), W_OK | X_OK) == 0, InputError, "--out ", o.out, ": cannot write there (",
+               std::strerror(errno), ")");
+}
+
+int run_training(const TrainOptions& o) {
+  const auto start = Clock::now();
+  check_options(o);
   // Keep libtorch's multi-MB temporaries in the heap instead of an mmap/munmap
   // per step (the anchors run with the same thresholds): +30 % for the CNN.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
@@ -93,102 +222,187 @@ int run_training(const TrainOptions& o) {
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).
   const ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
   Network net = make_network(o.model, o.hidden, groups);
+  const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(comm, o.out) : std::nullopt;
+  if (resumed) restore_model(net, o, *resumed);
   DistributedDataParallel ddp(net.module, groups.data);
   auto optimizer = make_optimizer(o, *net.module);
+  if (resumed) restore_optimizer(net, *optimizer, *resumed);
+  Progress progress;
+  progress.seed = resumed ? resumed->sampler_seed : o.seed;
   DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(),
-                              .world_size = groups.data.size(), .seed = o.seed});
+                              .world_size = groups.data.size(), .seed = progress.seed});
+  const std::int64_t per_rank = sampler.samples_per_rank(), data_ranks = groups.data.size();
+  DAGR_ENFORCE(o.batch_size <= per_rank, InputError, "--batch-size ", o.batch_size, " is more than the ", per_rank,
+               " samples each of the ", data_ranks, " data-parallel ranks trains on per epoch");
   const std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
 
+  // Where to start: the checkpoint's global position p in its epoch's sample
+  // order is local position p / D here (rank r takes the order's elements r,
+  // r + D, …); the step count follows from it, so the learning-rate schedule
+  // goes on where it was.
+  std::int64_t first_position = 0;
+  if (resumed) {
+    progress.epoch = resumed->epoch;
+    progress.metrics = resumed->metrics;
+    const auto extra = nlohmann::json::parse(resumed->extra);
+    for (int i = 0; i < 3; ++i) progress.epoch_sums[i] = extra.at("epoch_sums")[i];
+    progress.test_accuracy = extra.at("test_accuracy");
+    first_position = resumed->samples_in_epoch / data_ranks;
+    if (resumed->samples_in_epoch % data_ranks != 0 && rank == 0)
+      std::printf("dagr train: sample %lld of the epoch is not a multiple of %lld ranks; %lld samples are trained twice\n",
+                  static_cast<long long>(resumed->samples_in_epoch), static_cast<long long>(data_ranks),
+                  static_cast<long long>(resumed->samples_in_epoch % data_ranks));
+    progress.steps = (progress.epoch - 1) * steps + (first_position + o.batch_size - 1) / o.batch_size;
+  }
+
+  // This run's metrics go to metrics.jsonl.part, renamed to metrics.jsonl after
+  // model.pt: a run that fails leaves the folder's last complete pair alone. A
+  // fresh run removes the checkpoints of an earlier run in the folder, so that
+  // --resume never continues a run other than the last one started there.
+  const std::string metrics_path = o.out + "/metrics.jsonl", partial_metrics_path = metrics_path + ".part";
   std::ofstream metrics;
   if (rank == 0) {
-    std::filesystem::create_directories(o.out);
-    metrics.open(o.out + "/metrics.jsonl");
-    DAGR_ENFORCE(metrics, InputError, "cannot write ", o.out, "/metrics.jsonl");
+    if (!resumed) remove_checkpoints(o.out);
+    metrics.open(partial_metrics_path, std::ios::trunc);
+    DAGR_ENFORCE(metrics, InputError, "cannot write ", partial_metrics_path);
+    for (const std::string& line : progress.metrics) metrics << line << '\n';
+    metrics.flush();
     std::printf("dagr train: %s on %lld samples, %d workers (tensor-parallel %d × data-parallel %d) × batch %lld, "
                 "%s lr %g, %d epochs\n", o.model.c_str(), static_cast<long long>(train.images.size(0)), world,
                 groups.tensor.size(), groups.data.size(), static_cast<long long>(o.batch_size), o.optimizer.c_str(),
                 o.lr, o.epochs);
+    if (o.resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
+    if (resumed)
+      std::printf("dagr train: continuing at epoch %lld, sample %lld of it (step %lld)\n",
+                  static_cast<long long>(progress.epoch), static_cast<long long>(resumed->samples_in_epoch),
+                  static_cast<long long>(progress.steps));
     std::fflush(stdout);
   }
+  // Collective; rank 0 writes. `global_sums` are the epoch's sums so far.
+  double checkpoint_s = 0;
+  std::int64_t checkpoints = 0, last_checkpoint_steps = -1;
+  auto checkpoint = [&](std::int64_t epoch, std::int64_t samples_in_epoch, const double (&local_sums)[3]) {
+    if (progress.steps == last_checkpoint_steps) return;
+    const auto t0 = Clock::now();
+    double sums[3] = {local_sums[0], local_sums[1], local_sums[2]};
+    comm.allreduce(std::span<double>(sums, 3));
+    for (int i = 0; i < 3; ++i) progress.epoch_sums[i] += sums[i] / groups.tensor.size();
+    progress.epoch = epoch;
+    progress.samples_in_epoch = samples_in_epoch;
+    const TrainingCheckpoint c = capture(net, *optimizer, progress);
+    for (int i = 0; i < 3; ++i) progress.epoch_sums[i] -= sums[i] / groups.tensor.size();
+    if (rank == 0) write_checkpoint(o.out, c);
+    last_checkpoint_steps = progress.steps;
+    checkpoint_s += seconds_since(t0);
+    ++checkpoints;
+  };
 
   // Throughput counts training steps only, after kWarmup steps (as the anchors time it).
   constexpr std::int64_t kWarmup = 20;
-  double first_step_s = -1, compute_s = 0, timed_s = 0, test_accuracy = 0;
-  std::int64_t samples = 0, timed_samples = 0, total_steps = 0;
+  double first_step_s = -1, compute_s = 0, timed_s = 0;
+  std::int64_t samples = 0, timed_samples = 0, run_steps = 0;
   const auto train_start = Clock::now();
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  const auto reached_max_steps = [&] { return o.max_steps > 0 && progress.steps >= o.max_steps; };
+  const std::int64_t first_epoch = progress.epoch;
+  for (std::int64_t epoch = first_epoch; epoch <= o.epochs && !reached_max_steps(); ++epoch) {
     sampler.set_epoch(epoch);
-    double loss_sum = 0;
-    std::int64_t correct = 0, seen = 0;
-    for (std::int64_t step = 0; step < steps; ++step) {
-      if (o.max_steps > 0 && total_steps == o.max_steps) break;
+    const std::vector<std::int64_t>& order = sampler.indices();
+    double sums[3] = {0, 0, 0};  // this rank's loss·samples, correct, samples this epoch
+    std::int64_t position = epoch == first_epoch ? first_position : 0;
+    while (position < per_rank && !reached_max_steps()) {
       const auto step_start = Clock::now();
-      const auto batch = sampler.batch(step, o.batch_size);
-      const auto idx = torch::from_blob(const_cast<std::int64_t*>(batch.data()), {static_cast<std::int64_t>(batch.size())}, torch::kInt64);
+      const std::int64_t end = std::min(per_rank, position + o.batch_size);
+      const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
       const auto x = train.images.index_select(0, idx);
       const auto y = train.labels.index_select(0, idx);
-      apply_schedule(*optimizer, o, total_steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
+      apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
       optimizer->zero_grad();
       const auto logits = net.forward(x);
       const auto loss = torch::nn::functional::cross_entropy(logits, y);
       loss.backward();
       optimizer->step();
       const double l = loss.item<double>();
-      loss_sum += l * static_cast<double>(batch.size());
-      correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
-      seen += static_cast<std::int64_t>(batch.size());
-      ++total_steps;
+      sums[0] += l * static_cast<double>(end - position);
+      sums[1] += static_cast<double>(logits.argmax(1).eq(y).sum().item<std::int64_t>());
+      sums[2] += static_cast<double>(end - position);
+      position = end;
+      ++progress.steps;
+      ++run_steps;
       const double step_s = seconds_since(step_start);
       compute_s += step_s;
-      if (total_steps > kWarmup) {
+      if (run_steps > kWarmup) {
         timed_s += step_s;
-        timed_samples += static_cast<std::int64_t>(batch.size());
+        timed_samples += x.size(0);
       }
       if (first_step_s < 0) {
         const double since_command = seconds_since_command_start();
         first_step_s = since_command >= 0 ? since_command : seconds_since(start);
       }
-      if (rank == 0) show_progress(epoch, o.epochs, step, steps, l);
+      if (rank == 0) show_progress(static_cast<int>(epoch), o.epochs, (position - 1) / o.batch_size, steps, l);
+      if (o.checkpoint_every > 0 && progress.steps % o.checkpoint_every == 0 && position < per_rank)
+        checkpoint(epoch, position * data_ranks, sums);
+      if (o.stop_after_steps > 0 && progress.steps == o.stop_after_steps) {
+        if (rank == 0) {
+          std::printf("dagr train: stopped after step %lld (--stop-after-steps); continue with --resume\n",
+                      static_cast<long long>(progress.steps));
+          std::fflush(stdout);
+        }
+        comm.barrier();
+        return 0;
+      }
     }
-    samples += seen;
-    std::printf("Rank %d training loss: %.4f, training accuracy: %.4f\n", rank, loss_sum / seen,
-                static_cast<double>(correct) / seen);
+    samples += static_cast<std::int64_t>(sums[2]);
+    std::printf("Rank %d training loss: %.4f, training accuracy: %.4f\n", rank, sums[0] / std::max(sums[2], 1.0),
+                sums[1] / std::max(sums[2], 1.0));
     std::fflush(stdout);
-    double global[3] = {loss_sum, static_cast<double>(correct), static_cast<double>(seen)};
+    double global[3] = {sums[0], sums[1], sums[2]};
     comm.allreduce(std::span<double>(global, 3));
-    test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
+    for (int i = 0; i < 3; ++i) global[i] = global[i] / groups.tensor.size() + progress.epoch_sums[i];
+    progress.test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
     if (rank == 0) {
-      std::printf("Epoch %d: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n", epoch,
-                  global[0] / global[2], global[1] / global[2], test_accuracy, seconds_since(train_start));
+      std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
+                  static_cast<long long>(epoch), global[0] / global[2], global[1] / global[2], progress.test_accuracy,
+                  seconds_since(train_start));
       std::fflush(stdout);
-      metrics << nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
-                                {"train_accuracy", global[1] / global[2]}, {"test_accuracy", test_accuracy},
-                                {"seconds", seconds_since(train_start)}}.dump()
-              << std::endl;
+      progress.metrics.push_back(nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
+                                                {"train_accuracy", global[1] / global[2]},
+                                                {"test_accuracy", progress.test_accuracy},
+                                                {"seconds", seconds_since(train_start)}}.dump());
+      metrics << progress.metrics.back() << std::endl;
     }
-    if (o.max_steps > 0 && total_steps == o.max_steps) break;
+    // The epoch's end (or where --max-steps stopped it): its figures are in the metrics now.
+    const double none[3] = {0, 0, 0};
+    for (double& s : progress.epoch_sums) s = 0;
+    if (position == per_rank) checkpoint(epoch + 1, 0, none);
+    else checkpoint(epoch, position * data_ranks, none);
   }
   const double train_s = seconds_since(train_start);
   const DdpStats stats = ddp.stats();
   auto dense = net.dense();  // the whole model, gathered from the tensor group
   if (rank == 0) {
     save_atomically(dense, o.out + "/model.pt");
-    const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(total_steps, 1);
+    const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(run_steps, 1);
     const double wait_ms = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
     // Every data group trains its own samples (the ranks of a tensor group share theirs).
     const int groups_of_samples = groups.data.size();
-    const double throughput = timed_s > 0 ? timed_samples * groups_of_samples / timed_s
-                                          : samples * groups_of_samples / compute_s;
+    const double throughput = timed_s > 0    ? timed_samples * groups_of_samples / timed_s
+                              : compute_s > 0 ? samples * groups_of_samples / compute_s
+                                              : 0;
     std::printf("Summary: %.2f s training (evaluation included), %.0f samples/s in training steps over %d workers, "
-                "first step after %.2f s, test accuracy %.4f\n", train_s, throughput, world, first_step_s, test_accuracy);
+                "first step after %.2f s, test accuracy %.4f\n", train_s, throughput, world, first_step_s,
+                progress.test_accuracy);
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
                 static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp.bucket_count()));
+    std::printf("Checkpoints: %lld, %.1f ms each\n", static_cast<long long>(checkpoints),
+                1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
     metrics << nlohmann::json{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
-                              {"first_step_seconds", first_step_s}, {"test_accuracy", test_accuracy},
+                              {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
                               {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}}.dump()
             << std::endl;
+    metrics.close();
+    std::filesystem::rename(partial_metrics_path, metrics_path);
   }
   comm.barrier();
   if (rank == 0) std::printf("Training finished!\n");

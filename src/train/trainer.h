@@ -21,7 +21,15 @@ struct TrainOptions {
   int tensor_parallel = 1;   // ranks that split the MLP's layers; the rest is data parallel
   std::string out = "runs/train";
   std::int64_t max_steps = 0;  // 0: whole epochs; otherwise stop after this many steps (benchmarks)
+  std::int64_t checkpoint_every = 0;  // steps between training-state checkpoints in `out` (0: only after each epoch)
+  bool resume = false;       // continue from the newest checkpoint in `out` (from the start when there is none)
+  std::int64_t stop_after_steps = 0;  // tests: stop after this step (counted from the run's start), as a crash would
 };
+
+// InputError naming the flag for options no run can use (a learning rate that
+// is not a finite positive number, an --out that is not a writable folder, …);
+// creates --out. `dagr train` calls it before starting its workers.
+void check_options(const TrainOptions& options);
 
 // Runs this process's rank of the job (Communicator::from_env); returns the exit status.
 int run_training(const TrainOptions& options);
