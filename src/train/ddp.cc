@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 
 #include <chrono>
+#include <cmath>
 #include <mutex>
 
 #include "dagr/error.h"
@@ -30,8 +31,15 @@ void broadcast_tensor(Communicator& comm, const torch::Tensor& t, const std::str
   }
 }
 
+// The last bucket carries kTailFloats more floats after the gradients, averaged
+// with them: 1 when this rank finished its backward (0 when it gave it up), and
+// the step number s mod 64 and its square — equal averages on every rank mean
+// every rank reduced the same step (small integers: exact in float32).
+constexpr std::int64_t kTailFloats = 3;
+constexpr std::int64_t kStepModulus = 64;
+
 struct Bucket {
-  torch::Tensor flat;            // float32, every member's gradient side by side
+  torch::Tensor flat;            // float32, every member's gradient side by side (+ the tail in the last)
   std::vector<std::size_t> members;  // parameter indices
   int pending = 0;               // members not yet ready this step
   Work work;
@@ -39,7 +47,7 @@ struct Bucket {
 
 }  // namespace
 
-struct DistributedDataParallel::State {
+struct DistributedDataParallel::State : std::enable_shared_from_this<DistributedDataParallel::State> {
   Communicator comm;
   DdpOptions options;
   std::vector<std::string> names;
@@ -53,6 +61,8 @@ struct DistributedDataParallel::State {
   bool in_backward = false;
   int no_sync_depth = 0;
   bool active = true;
+  std::int64_t generation = 0;             // backward passes begun; the same count on every rank
+  std::string broken;                      // set when a collective failed: every later backward raises
   DdpStats stats;
 
   explicit State(Communicator c) : comm(std::move(c)) {}
@@ -70,11 +80,17 @@ struct DistributedDataParallel::State {
   void on_gradient_ready(std::size_t i) {
     if (!active || comm.size() == 1) return;  // a group of one has nothing to average
     if (!in_backward) {
+      DAGR_ENFORCE(broken.empty(), Error, "DDP: cannot reduce gradients any more: ", broken);
       in_backward = true;
       std::fill(ready.begin(), ready.end(), false);
       for (Bucket& b : buckets) b.pending = static_cast<int>(b.members.size());
       next_bucket = 0;
-      autograd::Engine::get_default_engine().queue_callback([this] { finish_backward(); });
+      ++generation;
+      // The guard lives as long as autograd's record of this backward; when
+      // that ends without the callback having finished the step (an exception
+      // anywhere in backward), its destructor gives the step up (abandon()).
+      auto guard = std::make_shared<BackwardGuard>(weak_from_this(), generation);
+      autograd::Engine::get_default_engine().queue_callback([this, guard] { finish_backward(); });
     }
     adopt_gradient(i);
     if (ready[i]) return;
@@ -90,19 +106,95 @@ struct DistributedDataParallel::State {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
       Bucket& b = buckets[next_bucket++];
       if (next_bucket == buckets.size()) {
+        write_tail(b.flat, /*finished=*/true);
         const auto start = std::chrono::steady_clock::now();
-        comm.allreduce(span_of<float>(b.flat), ReduceOp::avg);
+        collective([&] { comm.allreduce(span_of<float>(b.flat), ReduceOp::avg); });
         stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
-        b.work = comm.allreduce_async(span_of<float>(b.flat), ReduceOp::avg);
+        collective([&] { b.work = comm.allreduce_async(span_of<float>(b.flat), ReduceOp::avg); });
         if (!final) ++stats.buckets_overlapped;  // started while backward still runs
       }
     }
   }
 
-  void finish_backward() {
+  // A collective that fails leaves the ranks at different points of the
+  // step: nothing can be reduced with them again.
+  template <class F>
+  void collective(F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      broken = detail::concat("a collective failed in step ", generation, ": ", e.what());
+      throw;
+    }
+  }
+
+  void write_tail(torch::Tensor& flat, bool finished) {
+    const float s = static_cast<float>(generation % kStepModulus);
+    float* tail = flat.data_ptr<float>() + flat.numel() - kTailFloats;
+    tail[0] = finished ? 1.0f : 0.0f;
+    tail[1] = s;
+    tail[2] = s * s;
+  }
+
+  // After the last bucket: did every rank finish this backward, and was it the
+  // same step everywhere? The tail holds the averages (see kTailFloats).
+  void check_tail() {
+    const Bucket& last = buckets.back();
+    const float* tail = last.flat.data_ptr<float>() + last.flat.numel() - kTailFloats;
+    const double slack = 0.5 / comm.size(), s = static_cast<double>(generation % kStepModulus);
+    if (std::abs(tail[1] - s) > slack || std::abs(tail[2] - s * s) > slack) {
+      broken = detail::concat("the ranks are at different steps (this rank's backward pass ", generation,
+                              " met another pass of some rank, e.g. one ran more backward passes under no_sync)");
+      throw Error(detail::concat("DDP: ", broken));
+    }
+    DAGR_ENFORCE(tail[0] > 1.0 - slack, Error, "DDP: another rank failed during step ", generation,
+                 "'s backward; the gradients were not averaged, so no rank may take this optimizer step (every "
+                 "rank's backward raises, and the next step goes on as usual)");
+  }
+
+  // The backward of this step ended by an exception before finish_backward
+  // completed it. The other ranks are waiting on this step's buckets: wait for
+  // the ones already started, reduce zeros for the others with "gave up" in
+  // the tail, so that every rank's backward raises and none steps. A failure
+  // here (a dead peer) leaves the DDP broken.
+  void abandon(std::int64_t of_generation) noexcept {
+    if (!in_backward || of_generation != generation) return;
     in_backward = false;
-    if (no_sync_depth > 0) return;
+    if (no_sync_depth > 0 || !broken.empty()) return;
+    try {
+      for (std::size_t k = 0; k < buckets.size(); ++k) {
+        Bucket& b = buckets[k];
+        if (k < next_bucket) {
+          b.work.wait();
+          continue;
+        }
+        auto stand_in = torch::zeros_like(b.flat);
+        if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/false);
+        comm.allreduce(span_of<float>(stand_in), ReduceOp::avg);
+      }
+      next_bucket = buckets.size();
+    } catch (const std::exception& e) {
+      broken = detail::concat("a collective failed while giving up step ", generation, ": ", e.what());
+    } catch (...) {
+      broken = detail::concat("giving up step ", generation, " failed");
+    }
+  }
+
+  struct BackwardGuard {
+    std::weak_ptr<State> state;
+    std::int64_t generation;
+    BackwardGuard(std::weak_ptr<State> s, std::int64_t g) : state(std::move(s)), generation(g) {}
+    ~BackwardGuard() {
+      if (auto s = state.lock()) s->abandon(generation);
+    }
+  };
+
+  void finish_backward() {
+    if (no_sync_depth > 0) {
+      in_backward = false;
+      return;
+    }
     std::string unused;
     for (std::size_t i = 0; i < params.size(); ++i) {
       if (ready[i]) continue;
@@ -119,9 +211,11 @@ struct DistributedDataParallel::State {
                  "find_unused_parameters = true if parts of the model are skipped on purpose.");
     const auto start = std::chrono::steady_clock::now();
     start_ready_buckets(/*final=*/true);
-    for (Bucket& b : buckets) b.work.wait();
+    for (Bucket& b : buckets) collective([&] { b.work.wait(); });
     stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    in_backward = false;  // the step is complete on every rank
     ++stats.steps;
+    check_tail();
   }
 };
 
@@ -174,7 +268,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     Bucket b;
     std::int64_t total = 0;
     for (std::size_t i : members) total += s.params[i].numel();
-    b.flat = torch::zeros({total}, torch::kFloat32);
+    const bool last = s.buckets.size() + 1 == groups.size();
+    b.flat = torch::zeros({total + (last ? kTailFloats : 0)}, torch::kFloat32);
     std::int64_t offset = 0;
     for (std::size_t i : members) {
       s.bucket_of[i] = s.buckets.size();

@@ -1,7 +1,7 @@
 // dagr::DistributedDataParallel — data-parallel training of any libtorch module.
 //
-//   auto model = dagr::models::make_model("mlp");
-//   dagr::DistributedDataParallel ddp(model.ptr(), comm);
+//   auto model = dagr::models::make_model("mlp");   // or any module, holder or shared_ptr
+//   dagr::DistributedDataParallel ddp(model, comm);
 //   loss.backward();   // gradients are averaged over the ranks when this returns
 //   optimizer.step();
 //
@@ -19,6 +19,16 @@
 // Parameters that got no gradient in a step: with find_unused_parameters they
 // count as zero; without it backward fails with an error naming them, instead
 // of the hang the other ranks would otherwise wait in.
+//
+// An exception during backward on some rank (user code in a module, a NaN
+// check, the error above) gives that step up on every rank: the failing rank
+// still takes part in the step's remaining allreduces (with zeros) and marks
+// it given up, so every other rank's backward raises too ("another rank
+// failed"); no rank must call optimizer.step() after a backward that raised,
+// and the next step goes on as usual with the ranks still in agreement. Every
+// step's last bucket also carries the step's number: ranks that reduce
+// different backward passes (one ran more under no_sync) all raise, and so do all
+// their later backwards, as after a failed collective.
 #pragma once
 
 #include <torch/torch.h>
@@ -43,8 +53,16 @@ struct DdpStats {
 
 class DistributedDataParallel {
  public:
+  // The module as torch hands it out: a shared_ptr, a module holder (what
+  // TORCH_MODULE makes: `Net net; DistributedDataParallel ddp(net, comm);`),
+  // or a module itself. The first two share ownership of the module; a module
+  // owned by no shared_ptr (on the stack, a member) must outlive the DDP.
   DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, Communicator comm,
                           DdpOptions options = {});
+  template <class M>
+  DistributedDataParallel(const torch::nn::ModuleHolder<M>& holder, Communicator comm, DdpOptions options = {})
+      : DistributedDataParallel(std::shared_ptr<torch::nn::Module>(holder.ptr()), std::move(comm), options) {}
+  DistributedDataParallel(torch::nn::Module& module, Communicator comm, DdpOptions options = {});
   ~DistributedDataParallel();
   DistributedDataParallel(const DistributedDataParallel&) = delete;
   DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;

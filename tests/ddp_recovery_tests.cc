@@ -1,0 +1,131 @@
+// DistributedDataParallel after an exception in backward: the step is given up
+// on every rank (the rank that threw sees its own error, the others an error
+// saying a peer failed), and training goes on with the ranks' parameters
+// bitwise equal; or, when the ranks reduce different backward passes, every
+// later backward raises. Never does one rank train on its own gradients while
+// the others average.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dagr/train/ddp.h"
+#include "rank_threads.h"
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Identity forward; backward throws when told to (user code failing in a module).
+struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, bool fail) {
+    ctx->saved_data["fail"] = fail;
+    return x.clone();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (ctx->saved_data["fail"].toBool()) throw std::runtime_error("planted failure in backward");
+    return {grads[0], torch::Tensor()};
+  }
+};
+
+// fc1 → (may throw in backward) → ReLU → fc2. Backward reaches fc2's
+// parameters first, then throws before fc1's: with small buckets, one bucket
+// has started its allreduce and one never will.
+struct NetImpl : torch::nn::Module {
+  NetImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(8, 64));
+    fc2 = register_module("fc2", torch::nn::Linear(64, 4));
+  }
+  torch::Tensor forward(const torch::Tensor& x, bool fail) {
+    return fc2->forward(torch::relu(ThrowInBackward::apply(fc1->forward(x), fail)));
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(Net);
+
+torch::Tensor batch_of(int rank, int step) {
+  return torch::sin(torch::arange(16 * 8, torch::kFloat32) * 0.01f * static_cast<float>((rank + 1) * (step + 3)))
+      .reshape({16, 8});
+}
+
+torch::Tensor flat_parameters(Net& net) {
+  std::vector<torch::Tensor> parts;
+  for (const auto& p : net->parameters()) parts.push_back(p.detach().flatten().clone());
+  return torch::cat(parts);
+}
+
+struct Outcome {
+  std::vector<std::string> steps;  // "ok" or the error of each step
+  torch::Tensor parameters;
+};
+
+// Runs `steps` SGD steps on 2 ranks; `plan(rank, step)` says what that rank does:
+// 0 a normal step, 1 a step whose backward throws, 2 an extra backward under
+// no_sync before the step's own.
+std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan) {
+  std::vector<Outcome> outcomes(2);
+  dagr::testing::run_ranks(
+      2,
+      [&](dagr::Communicator& comm) {
+        Net net;
+        dagr::DistributedDataParallel ddp(net.ptr(), comm, {.bucket_cap_bytes = 1024, .first_bucket_bytes = 1024});
+        EXPECT_GE(ddp.bucket_count(), 2);
+        torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+        Outcome& out = outcomes[static_cast<std::size_t>(comm.rank())];
+        for (int step = 0; step < steps; ++step) {
+          const int what = plan(comm.rank(), step);
+          optimizer.zero_grad();
+          if (what == 2) {
+            auto guard = ddp.no_sync();
+            net->forward(batch_of(comm.rank(), step), false).pow(2).mean().backward();
+          }
+          const auto loss = net->forward(batch_of(comm.rank(), step), what == 1).pow(2).mean();
+          try {
+            loss.backward();
+            optimizer.step();
+            out.steps.push_back("ok");
+          } catch (const std::exception& e) {
+            out.steps.push_back(e.what());
+          }
+        }
+        out.parameters = flat_parameters(net);
+      },
+      std::chrono::seconds(10));
+  return outcomes;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+TEST(DdpRecovery, AThrowInOneRanksBackwardSkipsTheStepEverywhereAndTrainingGoesOn) {
+  const auto out = train(6, [](int rank, int step) { return rank == 1 && step == 2 ? 1 : 0; });
+  for (int rank = 0; rank < 2; ++rank)
+    for (int step = 0; step < 6; ++step) {
+      const std::string& s = out[static_cast<std::size_t>(rank)].steps[static_cast<std::size_t>(step)];
+      if (step != 2) EXPECT_EQ(s, "ok") << "rank " << rank << " step " << step;
+    }
+  EXPECT_TRUE(contains(out[1].steps[2], "planted failure")) << out[1].steps[2];
+  EXPECT_TRUE(contains(out[0].steps[2], "another rank failed")) << out[0].steps[2];
+  ASSERT_TRUE(out[0].parameters.defined() && out[1].parameters.defined());
+  EXPECT_TRUE(torch::equal(out[0].parameters, out[1].parameters))
+      << "largest difference " << (out[0].parameters - out[1].parameters).abs().max().item<float>();
+}
+
+TEST(DdpRecovery, RanksThatReduceDifferentBackwardPassesRaiseFromThenOn) {
+  // Rank 1 runs one backward more (under no_sync) in step 2: its reducing
+  // backward is its 4th, rank 0's its 3rd. Both must see it and refuse every
+  // step from then on; neither steps alone.
+  const auto out = train(6, [](int rank, int step) { return rank == 1 && step == 2 ? 2 : 0; });
+  for (int rank = 0; rank < 2; ++rank)
+    for (int step = 0; step < 6; ++step) {
+      const std::string& s = out[static_cast<std::size_t>(rank)].steps[static_cast<std::size_t>(step)];
+      if (step < 2) EXPECT_EQ(s, "ok") << "rank " << rank << " step " << step;
+      else EXPECT_TRUE(contains(s, "different steps") || contains(s, "cannot reduce gradients any more"))
+          << "rank " << rank << " step " << step << ": " << s;
+    }
+  EXPECT_TRUE(torch::equal(out[0].parameters, out[1].parameters));
+}
+
+}  // namespace
