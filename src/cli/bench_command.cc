@@ -118,9 +118,13 @@ Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--max", a->max, "Largest size in bytes");
   app->add_option("--dtype", a->dtype, "float32, float64, float16, bfloat16, int32, int64, uint8");
   app->add_option("--op", a->op, "sum, avg, min, max, prod");
-  app->add_option("--iters", a->iters, "Timed calls per size (default: about 0.3 s worth)")->check(CLI::Range(0, 10000000));
-  app->add_option("--warmup", a->warmup, "Untimed calls per size first (default 100 below 64K, 5 above)")->check(CLI::Range(-1, 100000));
-  app->add_option("--backend", a->backend, "shm (default), mpi or hier (these two under mpirun)")
+  app->add_option("--iters", a->iters, "Timed calls per size (auto: about 0.3 s worth)")
+      ->check(CLI::Range(0, 10000000))
+      ->default_str("auto");
+  app->add_option("--warmup", a->warmup, "Untimed calls per size first (auto: 100 below 64K, 5 above)")
+      ->check(CLI::Range(-1, 100000))
+      ->default_str("auto");
+  app->add_option("--backend", a->backend, "shm, mpi or hier (these two under mpirun)")
       ->check(CLI::IsMember({"shm", "mpi", "hier"}));
   app->add_flag("--json", a->json, "One JSON object per size");
   return {app, [a, argv] { return run_bench(*a, argv); }};

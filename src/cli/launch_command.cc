@@ -9,11 +9,11 @@ Command add_launch(CLI::App& root) {
   auto* app = root.add_subcommand("launch", "Start N workers of a program on this machine");
   auto options = std::make_shared<LaunchOptions>();
   auto timeout_s = std::make_shared<int>(0);
-  app->add_option("-n,--workers", options->workers, "Number of worker processes")->required()
+  app->add_option("-n,--workers", options->workers, "Number of worker processes")->required()->default_str("")
       ->check(CLI::Range(1, 256));
-  app->add_option("--timeout", *timeout_s,
-                  "Seconds a collective may wait for a peer before failing (default 300)")
-      ->check(CLI::Range(1, 7 * 86400));
+  app->add_option("--timeout", *timeout_s, "Seconds a collective may wait for a peer before failing")
+      ->check(CLI::Range(1, 7 * 86400))
+      ->default_str("300");
   app->add_option("--job-id", options->job_id, "Name of the job's shared memory (default: random)");
   app->add_flag("!--no-tag", options->tag_output, "Do not prefix output lines with the rank");
   app->add_option("--max-restarts", options->max_restarts,
@@ -26,7 +26,7 @@ Command add_launch(CLI::App& root) {
   app->add_option("--min-workers", options->min_workers,
                   "Elastic: with fewer workers left than this, stop the group (and restart it if allowed)")
       ->check(CLI::Range(1, 256));
-  app->add_option("command", options->command, "PROGRAM ARGS... (after --)")->required();
+  app->add_option("command", options->command, "PROGRAM ARGS... (after --)")->required()->default_str("");
   return {app, [options, timeout_s] {
             if (*timeout_s > 0) options->comm_timeout = std::chrono::seconds(*timeout_s);
             options->on_lost = [](const std::string& what) { std::fprintf(stderr, "dagr launch: %s\n", what.c_str()); };

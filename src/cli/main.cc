@@ -1,13 +1,21 @@
 // dagr: the command line. Each subcommand lives in its own file (commands.h).
+#include <fmt/format.h>
+#include <torch/version.h>
+
 #include <cstdio>
 #include <vector>
 
 #include "commands.h"
+#include "comm/log.h"
+#include "dagr/comm/communicator.h"
 #include "dagr/error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dagr: distributed training and serving of libtorch models"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", fmt::format("dagr {} (libtorch {}, MPI backends {})", dagr::log::version(),
+                                                TORCH_VERSION, dagr::Communicator::mpi_available() ? "built" : "not built"));
+  app.option_defaults()->always_capture_default();  // --help shows each option's default (subcommands inherit it)
   const std::vector<std::string> args(argv, argv + argc);
   std::vector<dagr::cli::Command> commands{dagr::cli::add_launch(app), dagr::cli::add_bench(app, args),
                                             dagr::cli::add_train(app, args),
@@ -20,6 +28,7 @@ int main(int argc, char** argv) {
   for (auto& c : commands) {
     if (!c.app->parsed()) continue;
     try {
+      dagr::log::configure_from_env();  // a bad DAGR_LOG_LEVEL: one line before anything starts
       return c.run();
     } catch (const dagr::InputError& e) {
       std::fprintf(stderr, "dagr %s: %s\n", c.app->get_name().c_str(), e.what());

@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "dagr/error.h"
 #include "executor.h"
+#include "log.h"
 #include "shm/shm_backend.h"
 #ifdef DAGR_HAVE_MPI
 #include "hier/hier_backend.h"
@@ -45,7 +46,14 @@ struct CommState {
       throw Error(concat("communicator unusable after an earlier failure: ", failure));
     }
     try {
+      // DAGR_LOG_LEVEL=debug: one line per call, with its time on this rank.
+      const bool timed = log::enabled(log::Level::debug);
+      const auto start = timed ? Clock::now() : Clock::time_point{};
       backend->run(r);
+      if (timed)
+        DAGR_LOG_DEBUG("{} on {} rank {}/{}: {:.1f} us", Fingerprint::of(r).describe(), backend->name(),
+                       backend->rank(), backend->size(),
+                       std::chrono::duration<double, std::micro>(Clock::now() - start).count());
     } catch (const InputError&) {
       throw;  // caught before anything was exchanged: the group is still in step
     } catch (const std::exception& e) {
@@ -61,6 +69,8 @@ Communicator make_communicator(std::unique_ptr<Backend> backend, std::chrono::mi
   auto state = std::make_shared<CommState>();
   state->backend = std::move(backend);
   state->timeout = timeout;
+  DAGR_LOG_INFO("dagr {} joined: rank {} of {} on {}, timeout {} ms", log::version(), state->backend->rank(),
+                state->backend->size(), state->backend->name(), timeout.count());
   return Communicator(std::move(state));
 }
 
@@ -97,6 +107,7 @@ Communicator::Communicator() : state_(std::make_shared<detail::CommState>()) {
 }
 
 Communicator Communicator::join(const ShmJoin& how) {
+  log::configure_from_env();
   check_job_id(how.job);
   DAGR_ENFORCE(how.size >= 1 && how.size <= kMaxRanks, InputError, "world size ", how.size,
                " is outside [1, ", kMaxRanks, "]");
@@ -136,6 +147,7 @@ bool Communicator::mpi_available() {
 }
 
 Communicator Communicator::from_env() {
+  log::configure_from_env();
   const std::string backend = chosen_backend();
   const auto timeout = timeout_from_env();
   if (backend != "shm") {

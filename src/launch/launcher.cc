@@ -34,6 +34,7 @@
 #include <optional>
 
 #include "dagr/error.h"
+#include "comm/log.h"
 #include "dagr/launch/launcher.h"
 #include "launch/failure_cause.h"
 #include "launch/output_relay.h"
@@ -182,6 +183,7 @@ Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, S
     setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
     w.running = true;
     pids.push_back(w.pid);
+    DAGR_LOG_INFO("job {} attempt {}: rank {} of {} started as pid {}", job, restart, r, o.workers, w.pid);
     if (o.tag_output) {
       close(out[1]);
       close(err[1]);
@@ -249,6 +251,8 @@ Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, S
         workers[r].running = false;
         --running;
         exits.push_back({static_cast<int>(r), pid, status, Clock::now(), stopping});
+        DAGR_LOG_INFO("job {} attempt {}: {} (pid {})", job, restart,
+                      launch_detail::describe_exit(static_cast<int>(r), status), pid);
         if (!launch_detail::failed(status) || attempt.failed_at != Clock::time_point{}) continue;
         if (o.elastic && !stopping && running >= o.min_workers) {
           attempt.lost.push_back(fmt::format("{}; {} carry on", launch_detail::describe_exit(static_cast<int>(r), status),
@@ -294,6 +298,8 @@ LaunchResult launch(const LaunchOptions& o) {
   DAGR_ENFORCE(o.max_restarts >= 0, InputError, "max_restarts must be >= 0, not ", o.max_restarts);
   DAGR_ENFORCE(o.min_workers >= 1 && o.min_workers <= o.workers, InputError, "min_workers must be in [1, ",
                o.workers, "], not ", o.min_workers);
+  log::configure_from_env();  // DAGR_LOG_LEVEL=info: each worker's start and exit, each restart
+  log::set_role("launch");
   const std::string job = o.job_id.empty() ? fresh_job_id() : o.job_id;
 
   if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) detail::throw_errno("pipe");
@@ -316,6 +322,7 @@ LaunchResult launch(const LaunchOptions& o) {
     result.restarts = restart;
     result.lost.insert(result.lost.end(), attempt.lost.begin(), attempt.lost.end());
     if (attempt.failure.empty() || attempt.interrupted || restart == o.max_restarts) break;
+    DAGR_LOG_INFO("job {}: restart {} of {} after {}", job, restart + 1, o.max_restarts, attempt.failure);
     if (o.on_restart) {
       using std::chrono::duration_cast, std::chrono::milliseconds;
       o.on_restart({.restart = restart + 1,

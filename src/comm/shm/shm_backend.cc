@@ -7,6 +7,7 @@
 
 #include "dagr/error.h"
 #include "fault_report.h"
+#include "log.h"
 #include "reduce_kernels.h"
 
 namespace dagr::detail {
@@ -162,6 +163,8 @@ void ShmBackend::collective(const Request& r) {
   const ShmGeometry& g = view_.layout().geometry;
   const std::size_t bytes = payload_bytes(r, size_);
   const bool small = bytes <= g.small_max_bytes && bytes * static_cast<std::size_t>(size_) <= g.small_read_bytes;
+  DAGR_LOG_DEBUG("shm {} collective #{} {}: {}, {} B per rank", name_.empty() ? "solo" : name_, call,
+                 current_.describe(), small ? "one-step" : "pipelined", bytes);
   arrive(r, small);
   if (small)
     small_path(r);
