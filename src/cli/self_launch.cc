@@ -25,7 +25,8 @@ std::string job_launcher() {
   return "";
 }
 
-std::optional<int> run_as_workers(int workers, const std::vector<std::string>& argv) {
+std::optional<int> run_as_workers(int workers, const std::vector<std::string>& argv,
+                                  const LaunchOptions& recovery) {
   const std::string launcher = job_launcher();
   if (launcher == "Slurm") {
     const char* tasks = std::getenv("SLURM_STEP_NUM_TASKS");
@@ -38,11 +39,13 @@ std::optional<int> run_as_workers(int workers, const std::vector<std::string>& a
   // The workers measure their start-up from here (e.g. time to the first step).
   const auto now = std::chrono::system_clock::now().time_since_epoch();
   setenv("DAGR_START_NS", std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()).c_str(), 1);
-  LaunchOptions options;
+  LaunchOptions options = recovery;
   options.workers = workers;
   options.command = argv;
   options.command[0] = "/proc/self/exe";
   options.tag_output = false;  // the workers' lines already say who they are
+  options.on_restart = [](const RestartEvent& e) { std::fprintf(stderr, "dagr: %s\n", describe(e).c_str()); };
+  options.on_lost = [](const std::string& what) { std::fprintf(stderr, "dagr: %s\n", what.c_str()); };
   const LaunchResult result = launch(options);
   if (!result.failure.empty()) std::fprintf(stderr, "dagr: %s\n", result.failure.c_str());
   return result.exit_code;

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "dagr/launch/launcher.h"
+
 namespace dagr::cli {
 
 // The launcher whose environment says this process is one rank of a job, or
@@ -22,6 +24,9 @@ std::string job_launcher();
 // nullopt: the caller is a worker and goes on. InputError when srun started
 // several tasks without a process-management interface (no PMI or PMIx
 // variables): each would train alone.
-std::optional<int> run_as_workers(int workers, const std::vector<std::string>& argv);
+// `recovery` carries what the command asks of the launcher when a worker
+// fails (max_restarts, elastic, min_workers); the rest is filled in here.
+std::optional<int> run_as_workers(int workers, const std::vector<std::string>& argv,
+                                  const LaunchOptions& recovery = {});
 
 }  // namespace dagr::cli

@@ -38,9 +38,21 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--stop-after-steps", o->stop_after_steps,
                   "Stop after this step without saving the model, as a crash would (for tests of --resume)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--max-restarts", o->max_restarts,
+                  "When a worker fails, restart all workers this often; they resume from the newest checkpoint")
+      ->check(CLI::Range(0, 1000));
+  app->add_flag("--elastic", o->elastic,
+                "When a worker fails, the others carry on without it from the last completed step (data parallel only)");
+  app->add_option("--min-workers", o->min_workers,
+                  "With --elastic: fewer workers left than this fails the job (or restarts it, with --max-restarts)")
+      ->check(CLI::Range(1, 256));
   return {app, [o, workers, argv] {
             train::check_options(*o);  // bad options: one line and exit 2 before any worker starts
-            if (auto status = run_as_workers(*workers, argv)) return *status;
+            LaunchOptions recovery;
+            recovery.max_restarts = o->max_restarts;
+            recovery.elastic = o->elastic;
+            recovery.min_workers = std::min(o->min_workers, *workers);
+            if (auto status = run_as_workers(*workers, argv, recovery)) return *status;
             return train::run_training(*o);
           }};
 }

@@ -70,7 +70,9 @@ void fsync_path(const std::string& path, int flags) {
   DAGR_ENFORCE(rc == 0, Error, "cannot fsync ", path, ": ", std::strerror(saved));
 }
 
-std::vector<std::uint8_t> encode(const TrainingCheckpoint& c) {
+}  // namespace
+
+std::vector<std::uint8_t> encode_checkpoint(const TrainingCheckpoint& c) {
   torch::serialize::OutputArchive archive;
   const nlohmann::json meta{{"epoch", c.epoch},       {"samples_in_epoch", c.samples_in_epoch},
                             {"steps", c.steps},       {"sampler_seed", c.sampler_seed},
@@ -84,6 +86,8 @@ std::vector<std::uint8_t> encode(const TrainingCheckpoint& c) {
   const std::string bytes = out.str();
   return {bytes.begin(), bytes.end()};
 }
+
+namespace {
 
 // The payload of `path` when the file is whole; otherwise why not.
 std::variant<std::vector<std::uint8_t>, std::string> read_payload(const fs::path& path) {
@@ -115,7 +119,7 @@ std::string write_checkpoint(const std::string& dir, const TrainingCheckpoint& c
   std::snprintf(name, sizeof name, "%s%06lld-%012lld%s", kPrefix, static_cast<long long>(c.epoch),
                 static_cast<long long>(c.samples_in_epoch), kSuffix);
   const std::string path = (fs::path(dir) / name).string(), tmp = path + ".tmp";
-  const std::vector<std::uint8_t> payload = encode(c);
+  const std::vector<std::uint8_t> payload = encode_checkpoint(c);
   char header[kHeaderBytes];
   const std::uint32_t crc = crc_of(payload.data(), payload.size());
   const std::uint64_t length = payload.size();

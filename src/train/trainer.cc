@@ -196,6 +196,9 @@ void check_options(const TrainOptions& o) {
                "--momentum must be a number from 0 to 1, not ", o.momentum);
   DAGR_ENFORCE(o.schedule == "cosine" || o.schedule == "constant", InputError, "unknown schedule '", o.schedule,
                "' (cosine, constant)");
+  DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
+               "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
+  DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
   DAGR_ENFORCE(!o.out.empty(), InputError, "--out must name a folder");
   std::error_code error;
   std::filesystem::create_directories(o.out, error);
@@ -205,8 +208,25 @@ void check_options(const TrainOptions& o) {
                std::strerror(errno), ")");
 }
 
+// Whether an error means the group lost a rank (what --elastic recovers from).
+bool group_failure(const std::exception& e) {
+  return dynamic_cast<const PeerError*>(&e) || dynamic_cast<const TimeoutError*>(&e) ||
+         std::strstr(e.what(), "communicator unusable after an earlier failure");
+}
+
+// The launcher's restart count (DAGR_RESTART_COUNT): a restarted run resumes.
+int restart_count() {
+  const char* text = std::getenv("DAGR_RESTART_COUNT");
+  return text ? std::atoi(text) : 0;
+}
+
+double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 int run_training(const TrainOptions& o) {
   const auto start = Clock::now();
+  const bool resume = o.resume || restart_count() > 0;
   check_options(o);
   // Keep libtorch's multi-MB temporaries in the heap instead of an mmap/munmap
   // per step (the anchors run with the same thresholds): +30 % for the CNN.
@@ -214,27 +234,31 @@ int run_training(const TrainOptions& o) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   set_compute_threads(o.threads);
   Communicator comm = Communicator::from_env();
-  const int rank = comm.rank(), world = comm.size();
+  int rank = comm.rank(), world = comm.size();
   torch::manual_seed(o.seed);
 
   const data::ImageSet train = data::load_image_set(o.dataset, "train");
   const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).
-  const ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
+  ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
   Network net = make_network(o.model, o.hidden, groups);
-  const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(comm, o.out) : std::nullopt;
+  const std::optional<TrainingCheckpoint> resumed = resume ? load_everywhere(comm, o.out) : std::nullopt;
   if (resumed) restore_model(net, o, *resumed);
-  DistributedDataParallel ddp(net.module, groups.data);
+  std::optional<DistributedDataParallel> ddp;  // re-made on a smaller group by elastic recovery
+  ddp.emplace(net.module, groups.data);
   auto optimizer = make_optimizer(o, *net.module);
   if (resumed) restore_optimizer(net, *optimizer, *resumed);
   Progress progress;
   progress.seed = resumed ? resumed->sampler_seed : o.seed;
-  DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(),
-                              .world_size = groups.data.size(), .seed = progress.seed});
-  const std::int64_t per_rank = sampler.samples_per_rank(), data_ranks = groups.data.size();
+  auto make_sampler = [&] {
+    return DistributedSampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(),
+                               .world_size = groups.data.size(), .seed = progress.seed});
+  };
+  DistributedSampler sampler = make_sampler();
+  std::int64_t per_rank = sampler.samples_per_rank(), data_ranks = groups.data.size();
   DAGR_ENFORCE(o.batch_size <= per_rank, InputError, "--batch-size ", o.batch_size, " is more than the ", per_rank,
                " samples each of the ", data_ranks, " data-parallel ranks trains on per epoch");
-  const std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
+  std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
 
   // Where to start: the checkpoint's global position p in its epoch's sample
   // order is local position p / D here (rank r takes the order's elements r,
@@ -271,7 +295,7 @@ int run_training(const TrainOptions& o) {
                 "%s lr %g, %d epochs\n", o.model.c_str(), static_cast<long long>(train.images.size(0)), world,
                 groups.tensor.size(), groups.data.size(), static_cast<long long>(o.batch_size), o.optimizer.c_str(),
                 o.lr, o.epochs);
-    if (o.resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
+    if (resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
     if (resumed)
       std::printf("dagr train: continuing at epoch %lld, sample %lld of it (step %lld)\n",
                   static_cast<long long>(progress.epoch), static_cast<long long>(resumed->samples_in_epoch),
@@ -303,7 +327,70 @@ int run_training(const TrainOptions& o) {
   std::int64_t samples = 0, timed_samples = 0, run_steps = 0;
   const auto train_start = Clock::now();
   const auto reached_max_steps = [&] { return o.max_steps > 0 && progress.steps >= o.max_steps; };
-  const std::int64_t first_epoch = progress.epoch;
+  std::int64_t first_epoch = progress.epoch;
+  // A resumed or recovered run says when its first step is done (scripts/recovery_bench.sh reads it).
+  std::optional<Clock::time_point> report_first_step;
+  if (resumed) report_first_step = Clock::now();
+
+  // Elastic recovery (--elastic), after an error that means a rank was lost:
+  // the survivors shrink the world to themselves (Communicator::shrink), new
+  // rank 0 sends its state of the last completed step (model, optimizer,
+  // position: the same on every survivor, since a failed step changes only
+  // gradients), DDP is made anew on the smaller group, and the rest of the
+  // epoch's sample order is spread over the survivors.
+  auto recover = [&](const std::string& why) {
+    const auto t0 = Clock::now();
+    ddp.reset();
+    Communicator::Shrunk shrunk = comm.shrink(static_cast<std::uint64_t>(progress.steps));
+    const int lost = world - shrunk.comm.size();
+    comm = shrunk.comm;
+    rank = comm.rank();
+    world = comm.size();
+    DAGR_ENFORCE(world >= o.min_workers, Error, "only ", world, " workers left, fewer than --min-workers ",
+                 o.min_workers, " (after: ", why, ")");
+    groups = make_parallel_groups(comm, 1);
+    std::int64_t size = 0;
+    std::vector<std::uint8_t> bytes;
+    if (rank == 0) {
+      bytes = encode_checkpoint(capture(net, *optimizer, progress));
+      size = static_cast<std::int64_t>(bytes.size());
+    }
+    comm.broadcast(std::span<std::int64_t>(&size, 1), 0);
+    bytes.resize(static_cast<std::size_t>(size));
+    comm.broadcast(std::span<std::uint8_t>(bytes), 0);
+    const TrainingCheckpoint state = decode_checkpoint(bytes, "new rank 0's state");
+    restore_model(net, o, state);
+    restore_optimizer(net, *optimizer, state);
+    progress.epoch = state.epoch;
+    progress.samples_in_epoch = state.samples_in_epoch;
+    progress.steps = state.steps;
+    progress.metrics = state.metrics;
+    ddp.emplace(net.module, groups.data);
+    sampler = make_sampler();
+    per_rank = sampler.samples_per_rank();
+    data_ranks = groups.data.size();
+    steps = sampler.steps_per_epoch(o.batch_size);
+    if (progress.samples_in_epoch >= per_rank * data_ranks) {  // lost at the epoch's end: on to the next
+      ++progress.epoch;
+      progress.samples_in_epoch = 0;
+    }
+    first_epoch = progress.epoch;
+    first_position = progress.samples_in_epoch / data_ranks;
+    if (rank == 0 && !metrics.is_open()) {  // the old rank 0 is gone: this one writes the metrics now
+      metrics.open(partial_metrics_path, std::ios::trunc);
+      for (const std::string& line : progress.metrics) metrics << line << '\n';
+    }
+    if (rank == 0) {
+      std::printf("dagr train: lost %d worker%s (%s); %d carry on from step %lld (epoch %lld, sample %lld), "
+                  "regrouped in %.0f ms\n", lost, lost == 1 ? "" : "s", why.c_str(), world,
+                  static_cast<long long>(progress.steps), static_cast<long long>(progress.epoch),
+                  static_cast<long long>(progress.samples_in_epoch), 1e3 * seconds_since(t0));
+      std::fflush(stdout);
+    }
+    report_first_step = t0;
+  };
+
+  for (bool done = false; !done;) try {
   for (std::int64_t epoch = first_epoch; epoch <= o.epochs && !reached_max_steps(); ++epoch) {
     sampler.set_epoch(epoch);
     const std::vector<std::int64_t>& order = sampler.indices();
@@ -328,6 +415,14 @@ int run_training(const TrainOptions& o) {
       position = end;
       ++progress.steps;
       ++run_steps;
+      progress.epoch = epoch;
+      progress.samples_in_epoch = position * data_ranks;
+      if (report_first_step && rank == 0) {
+        std::printf("dagr train: first step after %s done in %.0f ms, at %.3f (unix time)\n",
+                    run_steps == 1 ? "resuming" : "recovery", 1e3 * seconds_since(*report_first_step), unix_seconds());
+        std::fflush(stdout);
+      }
+      report_first_step.reset();
       const double step_s = seconds_since(step_start);
       compute_s += step_s;
       if (run_steps > kWarmup) {
@@ -359,15 +454,17 @@ int run_training(const TrainOptions& o) {
     comm.allreduce(std::span<double>(global, 3));
     for (int i = 0; i < 3; ++i) global[i] = global[i] / groups.tensor.size() + progress.epoch_sums[i];
     progress.test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
+    // Every rank keeps the metrics lines (rank 0 writes them): a survivor that
+    // becomes rank 0 after --elastic recovery has the history.
+    progress.metrics.push_back(nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
+                                              {"train_accuracy", global[1] / global[2]},
+                                              {"test_accuracy", progress.test_accuracy},
+                                              {"seconds", seconds_since(train_start)}}.dump());
     if (rank == 0) {
       std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
                   static_cast<long long>(epoch), global[0] / global[2], global[1] / global[2], progress.test_accuracy,
                   seconds_since(train_start));
       std::fflush(stdout);
-      progress.metrics.push_back(nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
-                                                {"train_accuracy", global[1] / global[2]},
-                                                {"test_accuracy", progress.test_accuracy},
-                                                {"seconds", seconds_since(train_start)}}.dump());
       metrics << progress.metrics.back() << std::endl;
     }
     // The epoch's end (or where --max-steps stopped it): its figures are in the metrics now.
@@ -376,8 +473,13 @@ int run_training(const TrainOptions& o) {
     if (position == per_rank) checkpoint(epoch + 1, 0, none);
     else checkpoint(epoch, position * data_ranks, none);
   }
+    done = true;
+  } catch (const std::exception& e) {
+    if (!o.elastic || !group_failure(e)) throw;
+    recover(e.what());
+  }
   const double train_s = seconds_since(train_start);
-  const DdpStats stats = ddp.stats();
+  const DdpStats stats = ddp->stats();
   auto dense = net.dense();  // the whole model, gathered from the tensor group
   if (rank == 0) {
     save_atomically(dense, o.out + "/model.pt");
@@ -393,7 +495,7 @@ int run_training(const TrainOptions& o) {
                 progress.test_accuracy);
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
-                static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp.bucket_count()));
+                static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp->bucket_count()));
     std::printf("Checkpoints: %lld, %.1f ms each\n", static_cast<long long>(checkpoints),
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());

@@ -24,6 +24,9 @@ struct TrainOptions {
   std::int64_t checkpoint_every = 0;  // steps between training-state checkpoints in `out` (0: only after each epoch)
   bool resume = false;       // continue from the newest checkpoint in `out` (from the start when there is none)
   std::int64_t stop_after_steps = 0;  // tests: stop after this step (counted from the run's start), as a crash would
+  int max_restarts = 0;      // the launcher restarts the group this often; a restarted run resumes
+  bool elastic = false;      // after losing a rank, the others shrink their group and carry on
+  int min_workers = 1;       // elastic: fewer left than this is a failure (then a restart, if allowed)
 };
 
 // InputError naming the flag for options no run can use (a learning rate that

@@ -65,6 +65,9 @@ struct CheckpointBytes {
 };
 std::optional<CheckpointBytes> read_latest_checkpoint_bytes(const std::string& dir);
 TrainingCheckpoint decode_checkpoint(const std::vector<std::uint8_t>& payload, const std::string& name);
+// The payload of a checkpoint, as in the file (to send a state to other ranks
+// without writing it: what elastic training does after losing a rank).
+std::vector<std::uint8_t> encode_checkpoint(const TrainingCheckpoint& checkpoint);
 
 // Removes every checkpoint file in `dir` (a fresh run into the folder of an old one).
 void remove_checkpoints(const std::string& dir);
