@@ -1,14 +1,13 @@
 #include "dagr/parallel/tensor_parallel.h"
 
 #include "dagr/error.h"
+#include "dagr/torch/tensor.h"
 
 namespace dagr {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-std::span<float> span_of(torch::Tensor& t) { return {t.data_ptr<float>(), static_cast<std::size_t>(t.numel())}; }
 
 // The communicator travels through autograd as an address: the module that
 // owns it outlives the graph it builds.
@@ -19,7 +18,7 @@ std::int64_t handle(Communicator& c) { return reinterpret_cast<std::int64_t>(&c)
 
 torch::Tensor allreduce_sum(torch::Tensor t, Communicator& comm) {
   t = t.contiguous();
-  comm.allreduce(span_of(t));
+  comm.allreduce(span_of<float>(t));
   return t;
 }
 
@@ -32,8 +31,7 @@ torch::Tensor gather_last_dim(const torch::Tensor& local, std::int64_t total, Co
   auto padded = torch::zeros({rows.size(0), widest}, local.options());
   padded.narrow(1, 0, rows.size(1)).copy_(rows);
   auto all = torch::empty({ranks, rows.size(0), widest}, local.options());
-  comm.allgather(std::span<const float>(padded.data_ptr<float>(), static_cast<std::size_t>(padded.numel())),
-                 span_of(all));
+  comm.allgather(std::span<const float>(span_of<float>(padded)), span_of<float>(all));
   std::vector<torch::Tensor> parts;
   for (int r = 0; r < ranks; ++r) parts.push_back(all[r].narrow(1, 0, shard_of(total, ranks, r).length));
   auto sizes = local.sizes().vec();
@@ -103,8 +101,8 @@ std::pair<torch::Tensor, torch::Tensor> dense_init(std::int64_t in, std::int64_t
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
   auto w = torch::empty({out, in}).uniform_(-bound, bound);
   auto b = torch::empty({out}).uniform_(-bound, bound);
-  group.broadcast(span_of(w), 0);
-  group.broadcast(span_of(b), 0);
+  group.broadcast(span_of<float>(w), 0);
+  group.broadcast(span_of<float>(b), 0);
   return {w, b};
 }
 

@@ -1,34 +1,18 @@
 #include "dagr/train/ddp.h"
 
-#include <torch/csrc/autograd/engine.h>
-#include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/function_hook.h>
-
 #include <chrono>
 #include <cmath>
 #include <mutex>
 
 #include "dagr/error.h"
+#include "dagr/torch/compat.h"
+#include "dagr/torch/tensor.h"
 
 namespace dagr {
 namespace {
 
-namespace autograd = torch::autograd;
-
-template <class T>
-std::span<T> span_of(const torch::Tensor& t) {
-  return {t.data_ptr<T>(), static_cast<std::size_t>(t.numel())};
-}
-
 void broadcast_tensor(Communicator& comm, const torch::Tensor& t, const std::string& name) {
-  DAGR_ENFORCE(t.is_contiguous() && t.device().is_cpu(), InputError, "DDP: ", name, " must be a contiguous CPU tensor");
-  switch (t.scalar_type()) {
-    case torch::kFloat32: return comm.broadcast(span_of<float>(t), 0);
-    case torch::kFloat64: return comm.broadcast(span_of<double>(t), 0);
-    case torch::kInt64: return comm.broadcast(span_of<std::int64_t>(t), 0);
-    case torch::kInt32: return comm.broadcast(span_of<std::int32_t>(t), 0);
-    default: throw InputError(detail::concat("DDP: ", name, " has an unsupported dtype ", t.scalar_type()));
-  }
+  visit_span(t, detail::concat("DDP: ", name), [&](auto data) { comm.broadcast(data, 0); });
 }
 
 // The last bucket carries kTailFloats more floats after the gradients, averaged
@@ -56,7 +40,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   std::vector<std::size_t> bucket_of;
   std::vector<Bucket> buckets;
   std::vector<bool> ready;                 // this step
-  std::vector<std::shared_ptr<autograd::Node>> accumulators;  // kept alive: the hooks live on them
+  std::vector<std::shared_ptr<void>> accumulators;  // kept alive: the hooks live on them
   std::size_t next_bucket = 0;             // buckets start strictly in this order
   bool in_backward = false;
   int no_sync_depth = 0;
@@ -90,7 +74,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       // that ends without the callback having finished the step (an exception
       // anywhere in backward), its destructor gives the step up (abandon()).
       auto guard = std::make_shared<BackwardGuard>(weak_from_this(), generation);
-      autograd::Engine::get_default_engine().queue_callback([this, guard] { finish_backward(); });
+      torch_compat::at_end_of_backward([this, guard] { finish_backward(); });
     }
     adopt_gradient(i);
     if (ready[i]) return;
@@ -220,21 +204,23 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
 };
 
 namespace {
-// Runs after autograd accumulated a parameter's gradient.
-struct GradientReadyHook : autograd::FunctionPostHook {
-  std::weak_ptr<DistributedDataParallel::State> state;
-  std::size_t index;
-  GradientReadyHook(std::weak_ptr<DistributedDataParallel::State> s, std::size_t i) : state(std::move(s)), index(i) {}
-  autograd::variable_list operator()(const autograd::variable_list& outputs, const autograd::variable_list&) override {
-    if (auto s = state.lock()) s->on_gradient_ready(index);
-    return outputs;
-  }
-};
+// The module itself when something owns it through a shared_ptr (a module
+// holder, make_shared): the DDP then shares that ownership. Otherwise (a
+// module on the stack or a member) a pointer that owns nothing: the caller
+// keeps the module alive as long as the DDP.
+std::shared_ptr<torch::nn::Module> share_or_borrow(torch::nn::Module& module) {
+  if (auto owned = module.weak_from_this().lock()) return owned;
+  return std::shared_ptr<torch::nn::Module>(std::shared_ptr<torch::nn::Module>(), &module);
+}
 }  // namespace
+
+DistributedDataParallel::DistributedDataParallel(torch::nn::Module& module, Communicator comm, DdpOptions options)
+    : DistributedDataParallel(share_or_borrow(module), std::move(comm), options) {}
 
 DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, Communicator comm,
                                                  DdpOptions options)
     : module_(std::move(module)), comm_(comm), state_(std::make_shared<State>(comm)) {
+  DAGR_ENFORCE(module_ != nullptr, InputError, "DDP: the module is null");
   State& s = *state_;
   s.options = options;
   torch::NoGradGuard no_grad;
@@ -284,9 +270,11 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     s.buckets.push_back(std::move(b));
   }
   for (std::size_t i = 0; i < n; ++i) {
-    auto acc = torch::autograd::impl::grad_accumulator(s.params[i]);
-    acc->add_post_hook(std::make_unique<GradientReadyHook>(state_, i));
-    s.accumulators.push_back(std::move(acc));
+    // Runs after autograd accumulated the parameter's gradient.
+    s.accumulators.push_back(torch_compat::on_gradient_accumulated(
+        s.params[i], [state = std::weak_ptr<State>(state_), i] {
+          if (auto live = state.lock()) live->on_gradient_ready(i);
+        }));
   }
 }
 

@@ -1,0 +1,50 @@
+// The seam between dagr and libtorch's versions: every libtorch call whose
+// spelling differs between the versions dagr supports (Debian's 1.13 and 2.x)
+// goes through here, and nowhere else in dagr names it. docs/DECISIONS.md
+// ("libtorch versions") lists what differs and why each choice below holds
+// for both.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+
+namespace dagr::torch_compat {
+
+namespace detail {
+template <class> struct FirstArgument;
+template <class C, class R, class A>
+struct FirstArgument<R (C::*)(A)> {
+  using type = A;
+};
+template <class> struct Result;
+template <class C, class R, class A>
+struct Result<R (C::*)(A)> {
+  using type = R;
+};
+}  // namespace detail
+
+// The optional types of torch's Sampler interface: c10::optional in 1.13 and
+// 2.0-2.2, std::optional from 2.3 on. Read off the interface itself, so an
+// override matches whichever this libtorch declares. SizeOptional is also
+// what a torch data set's size() returns.
+using Sampler = torch::data::samplers::Sampler<>;
+using SizeOptional = detail::FirstArgument<decltype(&Sampler::reset)>::type;
+using BatchOptional = detail::Result<decltype(&Sampler::next)>::type;
+
+// A tensor's first element, writable (2.1 added mutable_data_ptr() and may
+// deprecate data_ptr() on const tensors; data_ptr() is in both).
+inline void* mutable_data(const torch::Tensor& t) { return t.data_ptr(); }
+
+// Runs `ready` each time autograd has accumulated `param`'s gradient (a post
+// hook on its gradient accumulator; 2.1 also offers
+// register_post_accumulate_grad_hook). The returned handle keeps the
+// accumulator, and so the hook, alive.
+std::shared_ptr<void> on_gradient_accumulated(const torch::Tensor& param, std::function<void()> ready);
+
+// Runs `callback` when the current backward pass has finished (autograd's
+// engine callback queue); only valid while a backward pass runs.
+void at_end_of_backward(std::function<void()> callback);
+
+}  // namespace dagr::torch_compat
