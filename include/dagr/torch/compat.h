@@ -25,9 +25,9 @@ struct Result<R (C::*)(A)> {
 };
 }  // namespace detail
 
-// The optional types of torch's Sampler interface: c10::optional in 1.13 and
-// 2.0-2.2, std::optional from 2.3 on. Read off the interface itself, so an
-// override matches whichever this libtorch declares. SizeOptional is also
+// The optional types of torch's Sampler interface: c10::optional (its own
+// class) in 1.13, std::optional in later 2.x releases. Read off the interface
+// itself, so an override matches whichever this libtorch declares. SizeOptional is also
 // what a torch data set's size() returns.
 using Sampler = torch::data::samplers::Sampler<>;
 using SizeOptional = detail::FirstArgument<decltype(&Sampler::reset)>::type;
