@@ -258,7 +258,10 @@ int run_training(const TrainOptions& o) {
   std::int64_t per_rank = sampler.samples_per_rank(), data_ranks = groups.data.size();
   DAGR_ENFORCE(o.batch_size <= per_rank, InputError, "--batch-size ", o.batch_size, " is more than the ", per_rank,
                " samples each of the ", data_ranks, " data-parallel ranks trains on per epoch");
-  std::int64_t steps = sampler.steps_per_epoch(o.batch_size);
+  // Per rank; --elastic recovery raises it so that the global batch stays the same.
+  std::int64_t batch = o.batch_size;
+  const std::int64_t global_batch = o.batch_size * data_ranks;
+  std::int64_t steps = sampler.steps_per_epoch(batch);
 
   // Where to start: the checkpoint's global position p in its epoch's sample
   // order is local position p / D here (rank r takes the order's elements r,
@@ -337,7 +340,9 @@ int run_training(const TrainOptions& o) {
   // rank 0 sends its state of the last completed step (model, optimizer,
   // position: the same on every survivor, since a failed step changes only
   // gradients), DDP is made anew on the smaller group, and the rest of the
-  // epoch's sample order is spread over the survivors.
+  // epoch's sample order is spread over the survivors, each with a larger
+  // batch so that the global batch (and so the run's steps and learning-rate
+  // schedule) stays what it was.
   auto recover = [&](const std::string& why) {
     const auto t0 = Clock::now();
     ddp.reset();
@@ -369,7 +374,8 @@ int run_training(const TrainOptions& o) {
     sampler = make_sampler();
     per_rank = sampler.samples_per_rank();
     data_ranks = groups.data.size();
-    steps = sampler.steps_per_epoch(o.batch_size);
+    batch = (global_batch + data_ranks - 1) / data_ranks;
+    steps = sampler.steps_per_epoch(batch);
     if (progress.samples_in_epoch >= per_rank * data_ranks) {  // lost at the epoch's end: on to the next
       ++progress.epoch;
       progress.samples_in_epoch = 0;
@@ -381,9 +387,9 @@ int run_training(const TrainOptions& o) {
       for (const std::string& line : progress.metrics) metrics << line << '\n';
     }
     if (rank == 0) {
-      std::printf("dagr train: lost %d worker%s (%s); %d carry on from step %lld (epoch %lld, sample %lld), "
-                  "regrouped in %.0f ms\n", lost, lost == 1 ? "" : "s", why.c_str(), world,
-                  static_cast<long long>(progress.steps), static_cast<long long>(progress.epoch),
+      std::printf("dagr train: lost %d worker%s (%s); %d carry on, batch %lld each, from step %lld (epoch %lld, "
+                  "sample %lld), regrouped in %.0f ms\n", lost, lost == 1 ? "" : "s", why.c_str(), world,
+                  static_cast<long long>(batch), static_cast<long long>(progress.steps), static_cast<long long>(progress.epoch),
                   static_cast<long long>(progress.samples_in_epoch), 1e3 * seconds_since(t0));
       std::fflush(stdout);
     }
@@ -398,7 +404,7 @@ int run_training(const TrainOptions& o) {
     std::int64_t position = epoch == first_epoch ? first_position : 0;
     while (position < per_rank && !reached_max_steps()) {
       const auto step_start = Clock::now();
-      const std::int64_t end = std::min(per_rank, position + o.batch_size);
+      const std::int64_t end = std::min(per_rank, position + batch);
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
       const auto x = train.images.index_select(0, idx);
       const auto y = train.labels.index_select(0, idx);
@@ -433,7 +439,7 @@ int run_training(const TrainOptions& o) {
         const double since_command = seconds_since_command_start();
         first_step_s = since_command >= 0 ? since_command : seconds_since(start);
       }
-      if (rank == 0) show_progress(static_cast<int>(epoch), o.epochs, (position - 1) / o.batch_size, steps, l);
+      if (rank == 0) show_progress(static_cast<int>(epoch), o.epochs, (position - 1) / batch, steps, l);
       if (o.checkpoint_every > 0 && progress.steps % o.checkpoint_every == 0 && position < per_rank)
         checkpoint(epoch, position * data_ranks, sums);
       if (o.stop_after_steps > 0 && progress.steps == o.stop_after_steps) {
@@ -452,6 +458,10 @@ int run_training(const TrainOptions& o) {
     std::fflush(stdout);
     double global[3] = {sums[0], sums[1], sums[2]};
     comm.allreduce(std::span<double>(global, 3));
+    // Each rank's own mean loss, for the per-rank curves (src/cli/train_pictures.h).
+    const double own_loss = sums[0] / std::max(sums[2], 1.0);
+    std::vector<double> rank_loss(static_cast<std::size_t>(comm.size()));
+    comm.allgather(std::span<const double>(&own_loss, 1), std::span<double>(rank_loss));
     for (int i = 0; i < 3; ++i) global[i] = global[i] / groups.tensor.size() + progress.epoch_sums[i];
     progress.test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
     // Every rank keeps the metrics lines (rank 0 writes them): a survivor that
@@ -459,6 +469,7 @@ int run_training(const TrainOptions& o) {
     progress.metrics.push_back(nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
                                               {"train_accuracy", global[1] / global[2]},
                                               {"test_accuracy", progress.test_accuracy},
+                                              {"rank_train_loss", rank_loss},
                                               {"seconds", seconds_since(train_start)}}.dump());
     if (rank == 0) {
       std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
@@ -507,6 +518,7 @@ int run_training(const TrainOptions& o) {
     std::filesystem::rename(partial_metrics_path, metrics_path);
   }
   comm.barrier();
+  if (rank == 0 && o.on_finished) o.on_finished();
   if (rank == 0) std::printf("Training finished!\n");
   return 0;
 }
