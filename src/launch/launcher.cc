@@ -65,6 +65,7 @@ void set_cloexec_nonblock(int fd) {
 struct Worker {
   pid_t pid = -1;
   bool running = false;
+  bool killed_silent = false;  // elastic: killed because the others reported it silent
   std::optional<OutputStream> out, err;
 };
 
@@ -152,8 +153,10 @@ void kill_silent(std::vector<Worker>& workers, FaultPipe& faults) {
   for (const FaultReport& f : faults.reports)
     if (f.kind == "silent")
       for (std::size_t r = 0; r < workers.size(); ++r)
-        if (workers[r].running && (workers[r].pid == f.blamed || static_cast<int>(r) == f.blamed_rank))
+        if (workers[r].running && (workers[r].pid == f.blamed || static_cast<int>(r) == f.blamed_rank)) {
           kill(-workers[r].pid, SIGKILL);
+          workers[r].killed_silent = true;
+        }
 }
 
 struct Attempt {
@@ -255,7 +258,10 @@ Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, S
                       launch_detail::describe_exit(static_cast<int>(r), status), pid);
         if (!launch_detail::failed(status) || attempt.failed_at != Clock::time_point{}) continue;
         if (o.elastic && !stopping && running >= o.min_workers) {
-          attempt.lost.push_back(fmt::format("{}; {} carry on", launch_detail::describe_exit(static_cast<int>(r), status),
+          const std::string what = workers[r].killed_silent
+                                       ? fmt::format("rank {} stopped responding and was killed", r)
+                                       : launch_detail::describe_exit(static_cast<int>(r), status);
+          attempt.lost.push_back(fmt::format("{}; {} carry on", what,
                                              running == 1 ? "1 worker" : fmt::format("{} workers", running)));
           if (o.on_lost) o.on_lost(attempt.lost.back());
           continue;
