@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_plot.h"
 #include "collective_bench.h"
 #include "commands.h"
 #include "dagr/error.h"
@@ -41,6 +42,7 @@ struct BenchArgs {
   std::int64_t features = 8192, batch = 64;  // linear
   std::string backend = "shm";
   bool json = false;
+  std::string plot, peers;  // bench_plot.h
 };
 
 int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
@@ -58,6 +60,10 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
   spec.warmup = a.warmup;
   const std::size_t min = parse_size(a.min), max = parse_size(a.max);
   DAGR_ENFORCE(min >= 1 && min <= max, InputError, "--min ", a.min, " must be at least 1 and at most --max ", a.max);
+  DAGR_ENFORCE(a.peers.empty() || !a.plot.empty(), InputError, "--peers is drawn with --plot FILE.png");
+  Series measured;
+  std::vector<Series> curves;
+  if (!a.peers.empty()) curves = read_peer_curves(a.peers);  // a bad file: one line before any worker starts
   if (a.backend != "shm") {
     DAGR_ENFORCE(Communicator::mpi_available(), InputError, "--backend ", a.backend,
                  " needs MPI, and this dagr was built without it");
@@ -87,6 +93,8 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
     const BenchRow row = bench_collective(comm, spec);
     all_correct = all_correct && row.correct;
     if (!printer) continue;
+    measured.x.push_back(static_cast<double>(row.bytes));
+    measured.y.push_back(row.busbw);
     if (a.json) {
       nlohmann::json j{{"collective", a.collective}, {"backend", comm.backend_name()}, {"ranks", comm.size()}, {"dtype", type}, {"op", redop},
                        {"bytes", row.bytes}, {"count", row.count}, {"time_us", row.time_us},
@@ -99,6 +107,12 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
     std::fflush(stdout);
   }
   DAGR_ENFORCE(all_correct, Error, "some results were wrong (see the correct column)");
+  if (printer && !a.plot.empty()) {
+    measured.label = fmt::format("dagr ({}, {} ranks)", comm.backend_name(), comm.size());
+    curves.insert(curves.begin(), measured);
+    draw_bench_curves(a.plot, fmt::format("{} {} {}", a.collective, type, redop), curves);
+    if (!a.json) fmt::print("# bandwidth curves in {}\n", a.plot);
+  }
   return 0;
 }
 
@@ -127,6 +141,8 @@ Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--backend", a->backend, "shm, mpi or hier (these two under mpirun)")
       ->check(CLI::IsMember({"shm", "mpi", "hier"}));
   app->add_flag("--json", a->json, "One JSON object per size");
+  app->add_option("--plot", a->plot, "Also draw bus bandwidth against size into this PNG");
+  app->add_option("--peers", a->peers, "CSV of other libraries' figures to draw beside dagr's (label,bytes,busbw)");
   return {app, [a, argv] { return run_bench(*a, argv); }};
 }
 

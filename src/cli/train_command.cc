@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
 #include "self_launch.h"
+#include "train_pictures.h"
 #include "train/trainer.h"
 
 namespace dagr::cli {
@@ -46,8 +47,13 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--min-workers", o->min_workers,
                   "With --elastic: fewer workers left than this fails the job (or restarts it, with --max-restarts)")
       ->check(CLI::Range(1, 256));
-  return {app, [o, workers, argv] {
+  // Pictures (train_pictures.h): rank 0 draws OUT/curves.png, and writes TensorBoard events, after training.
+  auto tensorboard = std::make_shared<std::string>();
+  app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");
+  o->on_finished = [out = &o->out, tensorboard] { write_training_pictures(*out, *tensorboard); };
+  return {app, [o, workers, argv, tensorboard] {
             train::check_options(*o);  // bad options: one line and exit 2 before any worker starts
+            if (!tensorboard->empty()) check_tensorboard_dir(*tensorboard);
             LaunchOptions recovery;
             recovery.max_restarts = o->max_restarts;
             recovery.elastic = o->elastic;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace dagr::train {
@@ -27,6 +28,7 @@ struct TrainOptions {
   int max_restarts = 0;      // the launcher restarts the group this often; a restarted run resumes
   bool elastic = false;      // after losing a rank, the others shrink their group and carry on
   int min_workers = 1;       // elastic: fewer left than this is a failure (then a restart, if allowed)
+  std::function<void()> on_finished;  // run by rank 0 once metrics.jsonl is complete (dagr train draws its curves)
 };
 
 // InputError naming the flag for options no run can use (a learning rate that
