@@ -25,6 +25,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
@@ -306,8 +307,15 @@ int run_training(const TrainOptions& o) {
     std::fflush(stdout);
   }
   // Collective; rank 0 writes. `global_sums` are the epoch's sums so far.
+  // The state is captured (cloned) here, on the training thread, and written
+  // (serialised, fsynced, renamed) on a background thread while training goes
+  // on; one write at a time, and the next capture waits for the last write.
   double checkpoint_s = 0;
   std::int64_t checkpoints = 0, last_checkpoint_steps = -1;
+  std::future<void> writing;  // rank 0's checkpoint write in flight; get() rethrows its error
+  auto finish_writing = [&] {
+    if (writing.valid()) writing.get();
+  };
   auto checkpoint = [&](std::int64_t epoch, std::int64_t samples_in_epoch, const double (&local_sums)[3]) {
     if (progress.steps == last_checkpoint_steps) return;
     const auto t0 = Clock::now();
@@ -316,9 +324,12 @@ int run_training(const TrainOptions& o) {
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] += sums[i] / groups.tensor.size();
     progress.epoch = epoch;
     progress.samples_in_epoch = samples_in_epoch;
-    const TrainingCheckpoint c = capture(net, *optimizer, progress);
+    TrainingCheckpoint c = capture(net, *optimizer, progress);
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] -= sums[i] / groups.tensor.size();
-    if (rank == 0) write_checkpoint(o.out, c);
+    if (rank == 0) {
+      finish_writing();
+      writing = std::async(std::launch::async, [dir = o.out, c = std::move(c)] { write_checkpoint(dir, c); });
+    }
     last_checkpoint_steps = progress.steps;
     checkpoint_s += seconds_since(t0);
     ++checkpoints;
@@ -448,6 +459,7 @@ int run_training(const TrainOptions& o) {
                       static_cast<long long>(progress.steps));
           std::fflush(stdout);
         }
+        finish_writing();
         comm.barrier();
         return 0;
       }
@@ -492,6 +504,7 @@ int run_training(const TrainOptions& o) {
   const double train_s = seconds_since(train_start);
   const DdpStats stats = ddp->stats();
   auto dense = net.dense();  // the whole model, gathered from the tensor group
+  finish_writing();
   if (rank == 0) {
     save_atomically(dense, o.out + "/model.pt");
     const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(run_steps, 1);
@@ -507,7 +520,8 @@ int run_training(const TrainOptions& o) {
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
                 static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp->bucket_count()));
-    std::printf("Checkpoints: %lld, %.1f ms each\n", static_cast<long long>(checkpoints),
+    std::printf("Checkpoints: %lld, %.1f ms each on the training thread (written in the background)\n",
+                static_cast<long long>(checkpoints),
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
     metrics << nlohmann::json{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
