@@ -4,7 +4,7 @@
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
 #include "self_launch.h"
-#include "train/inference.h"
+#include "jobs/inference.h"
 
 namespace dagr::cli {
 

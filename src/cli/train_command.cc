@@ -5,7 +5,7 @@
 #include "dagr/data/fashion_mnist.h"
 #include "self_launch.h"
 #include "train_pictures.h"
-#include "train/trainer.h"
+#include "jobs/trainer.h"
 
 namespace dagr::cli {
 

@@ -1,5 +1,5 @@
 // What `dagr train` draws once training is done, from OUT/metrics.jsonl (one
-// JSON line per epoch, written by rank 0; see src/train/trainer.cc):
+// JSON line per epoch, written by rank 0; see src/jobs/trainer.cc):
 //   OUT/curves.png   loss per epoch (global, and each rank's own) and accuracy
 //                    per epoch (train and test)
 //   --tensorboard D  the same figures as TensorBoard scalars (train/loss,
