@@ -70,7 +70,7 @@ void Waiter::fail(int peer, RankState why, const std::string& message, bool time
 // A rank that leaves on purpose stores `left` before it drops its liveness
 // lock; so a lock found free while the state still says `attached` (read again
 // after the lock) means the process is gone without leaving: it died.
-void Waiter::check_alive(int peer, const WaitContext& context) const {
+RankState Waiter::peer_state(int peer) const {
   RankControl& c = view_.control(peer);
   RankState state = c.state.load(std::memory_order_acquire);
   if (state == RankState::attached && !segment_.rank_locked(peer)) {
@@ -78,12 +78,16 @@ void Waiter::check_alive(int peer, const WaitContext& context) const {
     if (c.state.compare_exchange_strong(state, RankState::dead, std::memory_order_acq_rel))
       state = RankState::dead;
   }
+  return state;
+}
+
+void Waiter::fail_peer(int peer, RankState state, const WaitContext& context) const {
+  const int pid = view_.control(peer).pid;
   if (state == RankState::dead)
-    fail(peer, state, concat("rank ", peer, " (pid ", c.pid, ") died while rank ", self_, " waited for it in ",
+    fail(peer, state, concat("rank ", peer, " (pid ", pid, ") died while rank ", self_, " waited for it in ",
                              context.describe()));
-  if (state == RankState::left)
-    fail(peer, state, concat("rank ", peer, " (pid ", c.pid, ") left the group (its communicator was destroyed) while rank ",
-                             self_, " waited for it in ", context.describe()));
+  fail(peer, state, concat("rank ", peer, " (pid ", pid, ") left the group (its communicator was destroyed) while rank ",
+                           self_, " waited for it in ", context.describe()));
 }
 
 void Waiter::check_group(const WaitContext& context) const {
@@ -160,10 +164,19 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
   for (;;) {
     const auto now = Clock::now();
     if (now >= next_check) {
-      if (ready(arg)) return;  // what the peer published before it left still counts
+      if (ready(arg)) return;
       waiting.me.heartbeat_ns.store(ns(now), std::memory_order_relaxed);
-      check_alive(peer, context);
-      check_group(context);
+      // The peer may publish, finish and leave (or the group break) between
+      // the check above and these: what it published before still counts, so
+      // a failure is looked at once more after ready() (the state is read
+      // with acquire, and a rank stores `left` after all it published).
+      const RankState state = peer_state(peer);
+      const bool gone = state == RankState::dead || state == RankState::left;
+      if (gone || view_.header().broken.load(std::memory_order_acquire) > 0) {
+        if (ready(arg)) return;
+        if (gone) fail_peer(peer, state, context);
+        check_group(context);
+      }
       if (now >= context.deadline) {
         const int silent = silent_rank(peer);
         const int pid = view_.control(silent).pid;

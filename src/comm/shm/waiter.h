@@ -45,13 +45,14 @@ class Waiter {
   // Wakes sleeping waiters; call after every store others may wait for.
   void notify() const;
 
-  // PeerError if `peer` died or left.
-  void check_alive(int peer, const WaitContext& context) const;
   // PeerError if another rank already found the group broken.
   void check_group(const WaitContext& context) const;
 
  private:
   int silent_rank(int peer) const;  // the end of the chain of waits from `peer`
+  // `peer`'s state, turned to dead when its liveness lock is gone (segment.h).
+  RankState peer_state(int peer) const;
+  [[noreturn]] void fail_peer(int peer, RankState state, const WaitContext& context) const;
   [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false) const;
   void wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),
                  const void* arg) const;
