@@ -95,7 +95,7 @@ void check_job_id(const std::string& job) {
                InputError, "job id '", job, "' must be 1-64 letters, digits, '-' or '_'");
 }
 
-constexpr int kMaxRanks = 256;  // the shared-memory layout grows with size²
+using detail::kMaxRanks;  // of one shared-memory group (shm/layout.h)
 
 }  // namespace
 

@@ -34,6 +34,10 @@ void futex_wake_all(std::atomic<std::uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
+FaultKind fault_kind(RankState why) {
+  return why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent;
+}
+
 }  // namespace
 
 void Waiter::notify() const {
@@ -61,7 +65,7 @@ void Waiter::fail(int peer, RankState why, const std::string& message, bool time
   if (pid <= 0 && world_)
     report_absent(peer);  // never attached: known only by its rank
   else
-    report_fault(why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent,
+    report_fault(fault_kind(why),
                  pid);
   if (timeout) throw TimeoutError(message);
   throw PeerError(message);
@@ -97,7 +101,7 @@ void Waiter::check_group(const WaitContext& context) const {
   const int peer = broken - 1;
   const RankState why = h.broken_why.load(std::memory_order_relaxed);
   const char* what = why == RankState::dead ? "died" : why == RankState::left ? "left the group" : "went silent";
-  report_fault(why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent,
+  report_fault(fault_kind(why),
                h.broken_pid);
   throw PeerError(concat("rank ", peer, " (pid ", h.broken_pid, ") ", what, ", so the group gave up ",
                          context.describe(), " on rank ", self_));
