@@ -8,6 +8,7 @@
 
 #include <set>
 
+#include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
 #include "dagr/torch/collectives.h"
 #include "dagr/torch/sampler.h"
@@ -194,5 +195,19 @@ TEST(DdpConstruction, FromAHolderAndFromAModule) {
   });
 }
 
+// The trainer keeps the images as bytes and normalises each batch; that must be
+// what load_image_set gives, element for element.
+TEST(FashionMnist, BytesNormalisedPerBatchEqualTheNormalisedSet) {
+  const data::ImageSet bytes = data::load_image_bytes(data::kFashionMnistDir, "t10k");
+  const data::ImageSet set = data::load_image_set(data::kFashionMnistDir, "t10k");
+  ASSERT_EQ(bytes.images.scalar_type(), torch::kUInt8);
+  ASSERT_EQ(bytes.images.sizes(), set.images.sizes());
+  EXPECT_TRUE(torch::equal(bytes.labels, set.labels));
+  const auto idx = torch::tensor({7, 0, 9999, 4242}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images.index_select(0, idx)), set.images.index_select(0, idx)));
+  EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images), set.images));
+}
+
 }  // namespace
 }  // namespace dagr
+

@@ -1,6 +1,7 @@
 #include "dagr/data/fashion_mnist.h"
 
 #include <filesystem>
+#include <vector>
 
 #include "dagr/data/idx.h"
 #include "dagr/error.h"
@@ -21,7 +22,7 @@ std::string find_file(const std::string& dir, const std::string& stem) {
 
 }  // namespace
 
-ImageSet load_image_set(const std::string& dir, const std::string& split) {
+ImageSet load_image_bytes(const std::string& dir, const std::string& split) {
   const std::string images_path = find_file(dir, split + "-images-idx3-ubyte");
   const std::string labels_path = find_file(dir, split + "-labels-idx1-ubyte");
   IdxArray images = read_idx(images_path);
@@ -35,12 +36,20 @@ ImageSet load_image_set(const std::string& dir, const std::string& split) {
     DAGR_ENFORCE(l < 10, InputError, labels_path, ": label ", int(l), " is not a class 0-9");
   const std::int64_t n = images.dims[0];
   ImageSet set;
-  set.images = torch::from_blob(images.data.data(), {n, 1, 28, 28}, torch::kUInt8)
-                   .to(torch::kFloat32)
-                   .div_(255.0f)
-                   .sub_(kMean)
-                   .div_(kStd);
+  // The tensor takes the bytes over (no copy): it frees them when its storage goes.
+  auto* bytes = new std::vector<std::uint8_t>(std::move(images.data));
+  set.images = torch::from_blob(bytes->data(), {n, 1, 28, 28}, [bytes](void*) { delete bytes; }, torch::kUInt8);
   set.labels = torch::from_blob(labels.data.data(), {n}, torch::kUInt8).to(torch::kInt64);
+  return set;
+}
+
+torch::Tensor normalize_images(const torch::Tensor& bytes) {
+  return bytes.to(torch::kFloat32).div_(255.0f).sub_(kMean).div_(kStd);
+}
+
+ImageSet load_image_set(const std::string& dir, const std::string& split) {
+  ImageSet set = load_image_bytes(dir, split);
+  set.images = normalize_images(set.images);
   return set;
 }
 
