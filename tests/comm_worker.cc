@@ -6,6 +6,10 @@
 //   comm_worker steps S [split]  allreduces (also on a sub-group with "split") for S seconds; an error is
 //                             not caught, so it aborts the process as in a program that does not catch it
 //   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
+//   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
+//                             prints "rank R attempt K pid P"; in attempt 0 first waits (10 s at most) until
+//                             the launcher's spares are all waiting, and with "die" the last rank then kills itself
+#include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <fcntl.h>
@@ -15,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -22,6 +27,7 @@
 
 #include "dagr/comm/communicator.h"
 #include "dagr/error.h"
+#include "dagr/launch/standby.h"
 
 using namespace dagr;
 
@@ -170,11 +176,40 @@ int print_sleep_print() {
 
 }  // namespace
 
+// How many processes of our launcher wait as spares (named dagr-standby, standby.h).
+int spares_waiting() {
+  int n = 0;
+  const std::string parent = std::to_string(getppid());
+  if (DIR* proc = opendir("/proc")) {
+    while (const dirent* e = readdir(proc)) {
+      std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
+      std::string pid, comm, state, ppid;
+      if (stat >> pid >> comm >> state >> ppid && comm == "(dagr-standby)" && ppid == parent) ++n;
+    }
+    closedir(proc);
+  }
+  return n;
+}
+
+int standby(bool die) {
+  if (!wait_until_started()) return 0;
+  Communicator comm = Communicator::from_env();
+  const char* attempt = std::getenv("DAGR_RESTART_COUNT") ? std::getenv("DAGR_RESTART_COUNT") : "none";
+  if (std::string(attempt) == "0") {
+    for (int i = 0; i < 200 && spares_waiting() < comm.size(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (die && comm.rank() == comm.size() - 1) raise(SIGKILL);
+  }
+  comm.barrier();
+  std::printf("rank %d attempt %s pid %d\n", comm.rank(), attempt, static_cast<int>(getpid()));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "";
   if (scenario == "steps" && argc > 2) return steps(std::atof(argv[2]), argc > 3 && std::string(argv[3]) == "split");
   if (scenario == "print-sleep-print") return print_sleep_print();
   try {
+    if (scenario == "standby") return standby(argc > 2 && std::string(argv[2]) == "die");
     Communicator comm = Communicator::from_env();
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "mismatch") return mismatch(comm);
@@ -183,6 +218,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "comm_worker: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print\n");
+  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print|standby [die]\n");
   return 2;
 }

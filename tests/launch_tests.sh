@@ -91,6 +91,28 @@ expect "the restart is one line naming the cause" grep -q "restart 1 of 2 after 
 timeout 60 "$dagr" launch -n 2 --max-restarts 2 -- sh -c 'exit 4' > /dev/null 2> "$tmp/err"
 expect "restarts run out" test $? -eq 4 -a "$(grep -c "restart . of 2" "$tmp/err")" -eq 2
 
+# Standby: spares started once the group has joined wait in
+# wait_until_started(); a restart hands them the ranks instead of starting
+# afresh. Spares not needed are killed at the end; none is left behind.
+DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby -- "$worker" standby die \
+  > "$tmp/out" 2> "$tmp/err"
+expect "a job restarted from standby spares succeeds" test $? -eq 0 -a "$(grep -c "attempt 1 pid" "$tmp/out")" -eq 2
+for r in 0 1; do
+  spare=$(sed -n "s/.*attempt 1: rank $r of 2 is standby pid \([0-9]*\).*/\1/p" "$tmp/err")
+  expect "rank $r of the restart is a spare (pid ${spare:-none}) that learned its rank" \
+    grep -qx "\[$r\] rank $r attempt 1 pid ${spare:-none}" "$tmp/out"
+done
+# (by the log's timestamps: the first attempt's ranks joined before the first spare started)
+stamp() { grep -o '^\(\[[01]\] \)\?\[[0-9:.]*\]' | grep -o '[0-9:.]*\]$'; }
+joined=$(for p in $(sed -n 's/.*attempt 0: rank . of 2 started as pid //p' "$tmp/err"); do
+  grep "pid $p info: .* joined: rank . of 2" "$tmp/err" | stamp; done | sort | tail -1)
+first_spare=$(grep "standby pid .* started" "$tmp/err" | stamp | sort | head -1)
+expect "spares start only after the group joined ($joined < $first_spare)" test -n "$joined" -a "$joined" \< "$first_spare"
+DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby -- "$worker" standby > "$tmp/out" 2> "$tmp/err"
+expect "a job that needs no restart ends with its spares unused" \
+  test $? -eq 0 -a "$(grep -c "attempt 0 pid" "$tmp/out")" -eq 2 -a "$(grep -c "standby pid .* started" "$tmp/err")" -eq 2
+expect "no spare is left running" sh -c '! pgrep -x dagr-standby'
+
 # A full /dev/shm (a private 2 MiB one here): one clear error when the group
 # forms, saying what it needs, never a SIGBUS in the middle of a collective.
 timeout 60 unshare -m sh -c 'mount -t tmpfs -o size=2m tmpfs /dev/shm && exec "$0" launch -n 4 -- "$1" collectives' \

@@ -47,6 +47,8 @@ trial() {
     sh -c '! grep -qi "torn\|corrupt\|checksum" "$0.out" "$0.err" && ! ls "$0"/*.tmp 2>/dev/null | grep -q .' "$out"
   expect "$name: SIG$sig rank $victim_rank: nothing left in /dev/shm" test "$(shm_entries)" = "$before"
   expect "$name: SIG$sig rank $victim_rank: no worker left" sh -c '! kill -0 "$0" 2>/dev/null' "$victim"
+  expect "$name: SIG$sig rank $victim_rank: no process of the job left (workers or standby spares)" \
+    sh -c '! pgrep -f -- "--out $0( |\$)"' "$out"
 }
 
 trial restart-kill KILL --max-restarts 2 --checkpoint-every 40

@@ -20,6 +20,9 @@ Command add_launch(CLI::App& root) {
                   "When a worker fails, stop the others and start the whole group again, at most this often "
                   "(workers see DAGR_RESTART_COUNT)")
       ->check(CLI::Range(0, 1000));
+  app->add_flag("--standby", options->standby,
+                "With --max-restarts: keep spare workers started ahead, so that a restart need not wait for "
+                "start-up (only for programs that call dagr::wait_until_started())");
   app->add_flag("--elastic", options->elastic,
                 "A failed worker does not stop the others: they carry on without it (the program shrinks its "
                 "group); a worker the others report silent is killed");

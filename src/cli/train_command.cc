@@ -56,6 +56,7 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
             if (!tensorboard->empty()) check_tensorboard_dir(*tensorboard);
             LaunchOptions recovery;
             recovery.max_restarts = o->max_restarts;
+            recovery.standby = o->max_restarts > 0;  // run_training waits for its rank after loading the data
             recovery.elastic = o->elastic;
             recovery.min_workers = std::min(o->min_workers, *workers);
             if (auto status = run_as_workers(*workers, argv, recovery)) return *status;

@@ -51,4 +51,9 @@ void report_absent(int world_rank) {
                                  world_rank));
 }
 
+void report_joined() {
+  char line[48];
+  write_line(line, std::snprintf(line, sizeof line, "dagr-joined %d\n", static_cast<int>(getpid())));
+}
+
 }  // namespace dagr::detail

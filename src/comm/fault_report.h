@@ -9,6 +9,11 @@
 //   dagr-fault <kind> <reporter pid> <blamed pid>\n      kind: dead | left | silent
 //   dagr-fault silent <reporter pid> rank=<r>\n          a rank of the launched world that never joined
 //
+// and, not a fault, one line when a rank has joined the launched world (the
+// launcher starts its spares once the whole group is up: standby.h):
+//
+//   dagr-joined <pid>\n
+//
 // One write of under PIPE_BUF bytes, so lines from many ranks never interleave.
 // Without the variable (no launcher, mpirun) this does nothing.
 #pragma once
@@ -21,5 +26,7 @@ enum class FaultKind { dead, left, silent };
 void report_fault(FaultKind kind, int blamed_pid);
 // A rank of the world `dagr launch` started (its RANK) that never joined.
 void report_absent(int world_rank);
+// This process has joined the world `dagr launch` started.
+void report_joined();
 
 }  // namespace dagr::detail

@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
+#include "dagr/launch/standby.h"
 #include "dagr/error.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
@@ -227,19 +228,20 @@ double unix_seconds() {
 
 int run_training(const TrainOptions& o) {
   const auto start = Clock::now();
-  const bool resume = o.resume || restart_count() > 0;
   check_options(o);
   // Keep libtorch's multi-MB temporaries in the heap instead of an mmap/munmap
   // per step (the anchors run with the same thresholds): +30 % for the CNN.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   set_compute_threads(o.threads);
+  const data::ImageSet train = data::load_image_bytes(o.dataset, "train");  // normalised batch by batch
+  const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
+  // A standby worker (launched ahead for a restart) waits here for its rank.
+  if (!wait_until_started()) return 0;
+  const bool resume = o.resume || restart_count() > 0;
   Communicator comm = Communicator::from_env();
   int rank = comm.rank(), world = comm.size();
   torch::manual_seed(o.seed);
-
-  const data::ImageSet train = data::load_image_set(o.dataset, "train");
-  const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).
   ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
   Network net = make_network(o.model, o.hidden, groups);
@@ -344,7 +346,7 @@ int run_training(const TrainOptions& o) {
   std::int64_t first_epoch = progress.epoch;
   // A resumed or recovered run says when its first step is done (scripts/recovery_bench.sh reads it).
   std::optional<Clock::time_point> report_first_step;
-  if (resumed) report_first_step = Clock::now();
+  if (resume) report_first_step = Clock::now();
 
   // Elastic recovery (--elastic), after an error that means a rank was lost:
   // the survivors shrink the world to themselves (Communicator::shrink), new
@@ -417,7 +419,7 @@ int run_training(const TrainOptions& o) {
       const auto step_start = Clock::now();
       const std::int64_t end = std::min(per_rank, position + batch);
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
-      const auto x = train.images.index_select(0, idx);
+      const auto x = data::normalize_images(train.images.index_select(0, idx));
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
       optimizer->zero_grad();

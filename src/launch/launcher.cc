@@ -8,7 +8,11 @@
 //   start     fork each worker into its own process group, with its rank in the
 //             environment; it dies with the launcher (PR_SET_PDEATHSIG). Its
 //             stdout is a pseudo-terminal, so a program's stdio flushes every
-//             line as it would on a terminal (as under mpirun); stderr is a pipe
+//             line as it would on a terminal (as under mpirun); stderr is a pipe.
+//             With standby (standby.h), a restart takes the spares started
+//             during the last attempt instead (their rank goes down their
+//             standby pipe), and a new set of spares is started for the next
+//             restart, once every worker has joined, while restarts are left
 //   relay     lines go to our stdout/stderr, prefixed "[rank] " (output_relay.h)
 //   reap      on SIGCHLD, waitpid; after the first failure the others have
 //             `settle` to fail on their own and say why, then get SIGTERM (and
@@ -18,12 +22,15 @@
 //   forward   SIGINT/SIGTERM go to every worker; a second one, or the grace
 //             period running out, is SIGKILL
 //   clean     once all have exited and the output is drained, name the cause
-//             (failure_cause.h) and remove the job's shared memory in /dev/shm
+//             (failure_cause.h) and remove the job's shared memory in /dev/shm;
+//             at the end of the job, spares are killed (they hold nothing yet)
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -32,6 +39,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <optional>
+#include <set>
 
 #include "dagr/error.h"
 #include "comm/log.h"
@@ -66,23 +74,59 @@ struct Worker {
   pid_t pid = -1;
   bool running = false;
   bool killed_silent = false;  // elastic: killed because the others reported it silent
+  int standby_fd = -1;         // a spare's standby pipe (write end): its assignment goes there
   std::optional<OutputStream> out, err;
 };
 
-// What every worker of one attempt shares.
+// What every worker of the job shares.
 struct Spawn {
   const LaunchOptions& options;
   const std::string& job;
-  int restart;
   int fault_fd;  // write end of the fault pipe
+  bool renice_spares;
 };
 
-[[noreturn]] void exec_worker(const Spawn& s, int rank, int out_fd, int err_fd) {
+// The variables that a spare learns only when it is given its place.
+std::vector<std::pair<std::string, std::string>> assignment(int rank, int restart) {
+  const std::string r = std::to_string(rank), k = std::to_string(restart);
+  return {{"RANK", r}, {"LOCAL_RANK", r}, {"DAGR_RESTART_COUNT", k}, {"TORCHELASTIC_RESTART_COUNT", k}};
+}
+
+// Spares start up at the lowest priority (nice 19), so that on a machine
+// without idle cores they take only what the running group leaves; given their
+// place, every thread of theirs gets the launcher's priority back. Only when
+// the launcher may raise it again (root, or RLIMIT_NICE allows): otherwise a
+// restarted group would stay at nice 19, and spares start at the launcher's.
+constexpr int kSpareNice = 19;
+
+bool may_renice_spares() {
+  errno = 0;
+  const int own = getpriority(PRIO_PROCESS, 0);
+  if (errno != 0) return false;
+  if (geteuid() == 0) return true;
+  rlimit limit{};
+  return getrlimit(RLIMIT_NICE, &limit) == 0 && (limit.rlim_cur == RLIM_INFINITY || 20 - static_cast<long>(limit.rlim_cur) <= own);
+}
+
+void restore_priority(pid_t pid) {
+  const int own = getpriority(PRIO_PROCESS, 0);
+  const std::string tasks = fmt::format("/proc/{}/task", pid);
+  if (DIR* dir = opendir(tasks.c_str())) {
+    while (const dirent* e = readdir(dir))
+      if (e->d_name[0] != '.') setpriority(PRIO_PROCESS, static_cast<id_t>(std::atoi(e->d_name)), own);
+    closedir(dir);
+  }
+}
+
+// rank < 0: a spare, which reads its rank from `standby_fd` (standby.h).
+[[noreturn]] void exec_worker(const Spawn& s, int rank, int restart, int standby_fd, int out_fd, int err_fd) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   setpgid(0, 0);
+  if (rank < 0 && s.renice_spares) setpriority(PRIO_PROCESS, 0, kSpareNice);
   if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
   if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
-  fcntl(s.fault_fd, F_SETFD, 0);  // the one descriptor the worker inherits on purpose
+  fcntl(s.fault_fd, F_SETFD, 0);  // the descriptors the worker inherits on purpose
+  if (standby_fd >= 0) fcntl(standby_fd, F_SETFD, 0);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
@@ -91,15 +135,16 @@ struct Spawn {
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
   const LaunchOptions& o = s.options;
-  const std::string n = std::to_string(o.workers), r = std::to_string(rank), k = std::to_string(s.restart);
-  setenv("RANK", r.c_str(), 1);
-  setenv("LOCAL_RANK", r.c_str(), 1);
+  const std::string n = std::to_string(o.workers);
+  if (rank >= 0) {
+    for (const auto& [name, value] : assignment(rank, restart)) setenv(name.c_str(), value.c_str(), 1);
+  } else {
+    setenv("DAGR_STANDBY_FD", std::to_string(standby_fd).c_str(), 1);
+  }
   setenv("WORLD_SIZE", n.c_str(), 1);
   setenv("LOCAL_WORLD_SIZE", n.c_str(), 1);
   setenv("GROUP_RANK", "0", 1);
   setenv("DAGR_JOB_ID", s.job.c_str(), 1);
-  setenv("DAGR_RESTART_COUNT", k.c_str(), 1);
-  setenv("TORCHELASTIC_RESTART_COUNT", k.c_str(), 1);
   setenv("DAGR_FAULT_FD", std::to_string(s.fault_fd).c_str(), 1);
   if (o.comm_timeout) setenv("DAGR_TIMEOUT_S", std::to_string(o.comm_timeout->count()).c_str(), 1);
   std::vector<char*> argv;
@@ -119,11 +164,84 @@ void open_output_pty(int fds[2]) {
   tcsetattr(fds[1], TCSANOW, &t);
 }
 
-// Lines "dagr-fault …" from the workers, kept whole across reads.
+// Forks one worker (rank >= 0) or spare (rank < 0), with its output relayed when tagging.
+Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink& err_sink) {
+  const LaunchOptions& o = s.options;
+  Worker w;
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, standby[2] = {-1, -1};
+  if (o.tag_output) {
+    open_output_pty(out);
+    if (pipe(err) != 0) detail::throw_errno("pipe");
+  }
+  if (rank < 0 && pipe2(standby, O_CLOEXEC) != 0) detail::throw_errno("pipe");
+  w.pid = fork();
+  if (w.pid < 0) detail::throw_errno("fork");
+  if (w.pid == 0) exec_worker(s, rank, restart, standby[0], out[1], err[1]);
+  setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
+  w.running = true;
+  if (rank < 0) {
+    close(standby[0]);
+    w.standby_fd = standby[1];
+  }
+  if (o.tag_output) {
+    close(out[1]);
+    close(err[1]);
+    set_cloexec_nonblock(out[0]);
+    set_cloexec_nonblock(err[0]);
+    const std::string prefix = rank < 0 ? "[standby] " : fmt::format("[{}] ", rank);
+    w.out.emplace(out[0], out_sink, prefix);
+    w.err.emplace(err[0], err_sink, prefix);
+  }
+  return w;
+}
+
+// Gives a spare its place: the assignment down its standby pipe, then end of file.
+void assign(Worker& w, int rank, int restart) {
+  restore_priority(w.pid);
+  kill(-w.pid, SIGCONT);  // a spare someone stopped would hold the new group up
+  std::string message;
+  for (const auto& [name, value] : assignment(rank, restart)) message += name + "=" + value + "\n";
+  const bool sent = write(w.standby_fd, message.data(), message.size()) == static_cast<ssize_t>(message.size());
+  close(w.standby_fd);
+  w.standby_fd = -1;
+  DAGR_ENFORCE(sent, Error, "cannot hand rank ", rank, " to standby pid ", w.pid, ": ", std::strerror(errno));
+  for (auto* s : {&w.out, &w.err})
+    if (*s) (*s)->set_prefix(fmt::format("[{}] ", rank));
+}
+
+// Spares that exited while they waited (reaped by run_group) are not used: their
+// ranks are started afresh. What they printed is relayed first.
+void drop_exited_spares(std::vector<Worker>& spares) {
+  std::vector<Worker> live;
+  for (Worker& w : spares) {
+    if (w.running) {
+      live.push_back(std::move(w));
+      continue;
+    }
+    for (auto* s : {&w.out, &w.err})
+      for (int i = 0; i < 1000 && *s && (*s)->open(); ++i) (*s)->drain();  // it exited: the rest is there
+    if (w.standby_fd >= 0) close(w.standby_fd);
+  }
+  spares = std::move(live);
+}
+
+// Kills the spares left at the end of the job (they have not started their
+// work: nothing is lost) and waits for them.
+void retire_spares(std::vector<Worker>& spares) {
+  for (Worker& w : spares) {
+    if (w.running) kill(-w.pid, SIGKILL);
+    if (w.running) waitpid(w.pid, nullptr, 0);
+    if (w.standby_fd >= 0) close(w.standby_fd);
+  }
+  spares.clear();
+}
+
+// Lines "dagr-fault …" and "dagr-joined <pid>" from the workers, kept whole across reads.
 struct FaultPipe {
   int read_fd = -1, write_fd = -1;
   std::string pending;
   std::vector<FaultReport> reports;
+  std::set<pid_t> joined;
 
   FaultPipe() {
     int fds[2];
@@ -140,8 +258,10 @@ struct FaultPipe {
     char buf[4096];
     for (ssize_t n; (n = read(read_fd, buf, sizeof buf)) > 0;) pending.append(buf, static_cast<std::size_t>(n));
     for (std::size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1)) {
+      const std::string line = pending.substr(0, nl);
       FaultReport f;
-      if (launch_detail::parse_fault_report(pending.substr(0, nl), f)) reports.push_back(f);
+      if (launch_detail::parse_fault_report(line, f)) reports.push_back(f);
+      if (line.rfind("dagr-joined ", 0) == 0) joined.insert(static_cast<pid_t>(std::atol(line.c_str() + 12)));
     }
   }
 };
@@ -167,36 +287,45 @@ struct Attempt {
   std::vector<std::string> lost;  // elastic: workers lost while the others carried on
 };
 
-// Runs the group once, to the exit of every worker.
-Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, Sink& out_sink, Sink& err_sink) {
-  FaultPipe faults;
-  const Spawn spawn{o, job, restart, faults.write_fd};
-  std::vector<Worker> workers(static_cast<std::size_t>(o.workers));
+// Runs the group once, to the exit of every worker. Its ranks are taken from
+// `spares` while there are live ones, else started afresh; with standby, new
+// spares are started for the next restart once the group has been.
+Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vector<Worker>& spares, Sink& out_sink,
+                  Sink& err_sink) {
+  const LaunchOptions& o = spawn.options;
+  const std::string& job = spawn.job;
+  faults.reports.clear();  // the last attempt's workers have all exited: nothing of theirs is still to come
+  std::vector<Worker> workers;
+  workers.reserve(static_cast<std::size_t>(o.workers));
   std::vector<pid_t> pids;
+  drop_exited_spares(spares);
   for (int r = 0; r < o.workers; ++r) {
-    Worker& w = workers[static_cast<std::size_t>(r)];
-    int out[2] = {-1, -1}, err[2] = {-1, -1};
-    if (o.tag_output) {
-      open_output_pty(out);
-      if (pipe(err) != 0) detail::throw_errno("pipe");
+    if (!spares.empty()) {
+      workers.push_back(std::move(spares.back()));
+      spares.pop_back();
+      assign(workers.back(), r, restart);
+      DAGR_LOG_INFO("job {} attempt {}: rank {} of {} is standby pid {}", job, restart, r, o.workers, workers.back().pid);
+    } else {
+      workers.push_back(start_process(spawn, r, restart, out_sink, err_sink));
+      DAGR_LOG_INFO("job {} attempt {}: rank {} of {} started as pid {}", job, restart, r, o.workers, workers.back().pid);
     }
-    w.pid = fork();
-    if (w.pid < 0) detail::throw_errno("fork");
-    if (w.pid == 0) exec_worker(spawn, r, out[1], err[1]);
-    setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
-    w.running = true;
-    pids.push_back(w.pid);
-    DAGR_LOG_INFO("job {} attempt {}: rank {} of {} started as pid {}", job, restart, r, o.workers, w.pid);
-    if (o.tag_output) {
-      close(out[1]);
-      close(err[1]);
-      set_cloexec_nonblock(out[0]);
-      set_cloexec_nonblock(err[0]);
-      const std::string prefix = fmt::format("[{}] ", r);
-      w.out.emplace(out[0], out_sink, prefix);
-      w.err.emplace(err[0], err_sink, prefix);
-    }
+    pids.push_back(workers.back().pid);
   }
+  retire_spares(spares);  // any left over (none, unless the group shrank)
+  faults.joined.clear();
+  // With standby, spares for the next restart start once every worker has
+  // joined, so that they do not slow the group's own start-up.
+  bool want_spares = o.standby && restart < o.max_restarts;
+  auto start_spares_when_joined = [&] {
+    if (!want_spares) return;
+    for (pid_t pid : pids)
+      if (!faults.joined.count(pid)) return;
+    want_spares = false;
+    for (int r = 0; r < o.workers; ++r) {
+      spares.push_back(start_process(spawn, -1, restart, out_sink, err_sink));
+      DAGR_LOG_INFO("job {} attempt {}: standby pid {} started", job, restart, spares.back().pid);
+    }
+  };
 
   Attempt attempt;
   std::vector<WorkerExit> exits;
@@ -222,17 +351,19 @@ Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, S
   while (running > 0 || open_streams()) {
     std::vector<pollfd> fds{{signal_pipe[0], POLLIN, 0}, {faults.read_fd, POLLIN, 0}};
     std::vector<OutputStream*> streams;
-    for (Worker& w : workers)
-      for (auto* s : {&w.out, &w.err})
-        if (*s && (*s)->open()) {
-          fds.push_back({(*s)->fd(), POLLIN, 0});
-          streams.push_back(&**s);
-        }
+    for (auto* group : {&workers, &spares})
+      for (Worker& w : *group)
+        for (auto* s : {&w.out, &w.err})
+          if (*s && (*s)->open()) {
+            fds.push_back({(*s)->fd(), POLLIN, 0});
+            streams.push_back(&**s);
+          }
     poll(fds.data(), fds.size(), 50);
     for (std::size_t i = 2; i < fds.size(); ++i)
       if (fds[i].revents) streams[i - 2]->drain();
     faults.drain();
     if (o.elastic) kill_silent(workers, faults);
+    if (!stopping && running == o.workers) start_spares_when_joined();
 
     unsigned char sig;
     while (read(signal_pipe[0], &sig, 1) == 1) {
@@ -249,6 +380,11 @@ Attempt run_group(const LaunchOptions& o, const std::string& job, int restart, S
     for (int status; running > 0;) {
       const pid_t pid = waitpid(-1, &status, WNOHANG);
       if (pid <= 0) break;
+      for (Worker& w : spares)
+        if (w.pid == pid && w.running) {  // not used again; a restart starts that rank afresh
+          w.running = false;
+          DAGR_LOG_INFO("job {}: standby pid {} ended while it waited (wait status {})", job, pid, status);
+        }
       for (std::size_t r = 0; r < workers.size(); ++r) {
         if (workers[r].pid != pid || !workers[r].running) continue;
         workers[r].running = false;
@@ -320,8 +456,11 @@ LaunchResult launch(const LaunchOptions& o) {
 
   Sink out_sink{stdout}, err_sink{stderr};
   LaunchResult result;
+  FaultPipe faults;  // one for the job, so that spares started during one attempt report in the next
+  const Spawn spawn{o, job, faults.write_fd, may_renice_spares()};
+  std::vector<Worker> spares;
   for (int restart = 0;; ++restart) {
-    const Attempt attempt = run_group(o, job, restart, out_sink, err_sink);
+    const Attempt attempt = run_group(spawn, restart, faults, spares, out_sink, err_sink);
     remove_job_shared_memory(job);
     result.exit_code = attempt.exit_code;
     result.failure = attempt.failure;
@@ -339,6 +478,7 @@ LaunchResult launch(const LaunchOptions& o) {
     }
   }
 
+  retire_spares(spares);
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
   sigaction(SIGCHLD, &old_chld, nullptr);

@@ -28,6 +28,7 @@ class OutputStream {
 
   int fd() const { return fd_; }
   bool open() const { return fd_ >= 0; }
+  void set_prefix(std::string prefix) { prefix_ = std::move(prefix); }  // a spare given its rank
   // Reads what is there (the descriptor is non-blocking), relays complete
   // lines; at end of file relays the rest and closes.
   void drain();

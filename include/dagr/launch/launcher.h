@@ -11,8 +11,8 @@
 // naming the cause: a rank that died or failed by itself, or else the rank the
 // others' errors name as dead or silent (see failure_cause.h). With
 // max_restarts > 0 the whole group is then started again, up to that many
-// times. In elastic mode the others carry on instead while at least
-// min_workers are left. Afterwards any shared memory of the job left in
+// times (from spares started ahead, with `standby`: standby.h). In elastic
+// mode the others carry on instead while at least min_workers are left. Afterwards any shared memory of the job left in
 // /dev/shm is removed.
 #pragma once
 
@@ -51,6 +51,10 @@ struct LaunchOptions {
   bool elastic = false;
   int min_workers = 1;
   std::function<void(const std::string&)> on_lost;  // told of each worker lost in elastic mode
+  // With max_restarts > 0: keep a spare group started ahead, so that a restart
+  // does not wait for the workers' start-up. Only for programs that call
+  // wait_until_started() (standby.h).
+  bool standby = false;
 };
 
 struct LaunchResult {

@@ -70,6 +70,7 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
     }
   }
   self->attach();
+  if (world) report_joined();
   if (rank == 0) {
     // Once everyone has it mapped, the name has done its job: remove it.
     SegmentHeader& h = self->view_.header();
