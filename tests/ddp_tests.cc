@@ -1,7 +1,9 @@
 // DistributedDataParallel, with ranks as threads: N ranks with batch b hold,
 // after K steps, the parameters one process gets with batch N·b on the same
 // samples in the same order; all ranks hold the same bits; unused parameters;
-// rank 0's buffers on every rank after construction.
+// rank 0's buffers on every rank after construction and (broadcast_buffers)
+// after each step; float64/float16/bfloat16 parameters averaged; buckets
+// rebuilt in the order gradients come.
 #include <gtest/gtest.h>
 
 #include <mutex>
@@ -211,6 +213,189 @@ TEST(Ddp, UnusedParametersWithoutTheOptionAreAClearError) {
       EXPECT_NE(m.find("find_unused_parameters"), std::string::npos) << m;
     }
   });
+}
+
+// Linear → BatchNorm: the running statistics follow each rank's own data.
+struct Normed : torch::nn::Module {
+  torch::nn::Linear fc{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+  Normed() {
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+    bn = register_module("bn", torch::nn::BatchNorm1d(3));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return bn->forward(fc->forward(x)); }
+};
+
+torch::Tensor rank_data(int rank, int step, std::int64_t rows, std::int64_t cols) {
+  return torch::sin(torch::arange(rows * cols, torch::kFloat32) * 0.37f * static_cast<float>(rank + 1) +
+                    static_cast<float>(step)) * static_cast<float>(rank + 1) +
+         static_cast<float>(rank);
+}
+
+// Ranks fed different data: with broadcast_buffers every rank holds rank 0's
+// running statistics after each step (bitwise); without, they differ.
+TEST(Ddp, BroadcastBuffersGivesEveryRankRankZerosRunningStatisticsAfterEachStep) {
+  for (bool on : {true, false}) {
+    SCOPED_TRACE(on ? "broadcast_buffers on" : "broadcast_buffers off");
+    constexpr int kWorld = 3, kSteps = 3;
+    std::mutex mutex;
+    std::vector<std::vector<torch::Tensor>> buffers(kWorld);  // [rank][step]: every buffer, as float64
+    run_ranks(kWorld, [&](Communicator& comm) {
+      std::shared_ptr<Normed> model;
+      {
+        std::lock_guard lock(mutex);
+        model = std::make_shared<Normed>();
+      }
+      DistributedDataParallel ddp(model, comm, {.broadcast_buffers = on});
+      torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.1));
+      for (int s = 0; s < kSteps; ++s) {
+        opt.zero_grad();
+        model->forward(rank_data(comm.rank(), s, 8, 4).reshape({8, 4})).pow(2).sum().backward();
+        opt.step();
+        std::vector<torch::Tensor> parts;
+        for (const auto& b : model->buffers()) parts.push_back(b.to(torch::kFloat64).flatten());
+        std::lock_guard lock(mutex);
+        buffers[comm.rank()].push_back(torch::cat(parts));
+      }
+    });
+    for (int s = 0; s < kSteps; ++s)
+      for (int r = 1; r < kWorld; ++r) {
+        // running_mean, running_var (3 each), num_batches_tracked
+        EXPECT_EQ(buffers[r][s][6].item<double>(), s + 1.0);
+        if (on) EXPECT_TRUE(torch::equal(buffers[r][s], buffers[0][s])) << "rank " << r << " step " << s;
+        else EXPECT_FALSE(torch::equal(buffers[r][s], buffers[0][s])) << "rank " << r << " step " << s;
+      }
+  }
+}
+
+// Parameters of every float dtype, interleaved; the loss is Σ (p · x_p) in
+// float64, so p's gradient is x_p exactly (x_p drawn in p's dtype) and the
+// average DDP leaves must be the average over the ranks of their x_p.
+struct Mixed : torch::nn::Module {
+  std::vector<torch::Tensor> ps;
+  explicit Mixed(const std::vector<torch::ScalarType>& types) {
+    for (std::size_t i = 0; i < types.size(); ++i)
+      ps.push_back(register_parameter("p" + std::to_string(i), torch::zeros({300}, types[i])));
+  }
+};
+
+torch::Tensor grad_input(int rank, int step, std::size_t i, torch::ScalarType type) {
+  return (torch::sin(torch::arange(300, torch::kFloat64) * 0.11 * static_cast<double>(i + 1) +
+                     static_cast<double>(rank) * 1.7 + step) * (rank + 1.5))
+      .to(type);
+}
+
+// The tolerance of the comparison with a manual float64 average rounded to the
+// parameter's dtype, relative to the inputs' magnitude (up to 3.5: the error of
+// a sum scales with its terms): float64 2^-50 and float32 2^-22 (a few units in
+// the last place, reduction order), float16 2^-10 and bfloat16 2^-7 (one unit
+// in the last place: the shared-memory backend adds the 16-bit values in
+// float32 and rounds once).
+double tolerance(torch::ScalarType type) {
+  if (type == torch::kFloat64) return 1.0 / (1ll << 50);
+  if (type == torch::kFloat32) return 1.0 / (1 << 22);
+  if (type == torch::kFloat16) return 1.0 / 1024;
+  return 1.0 / 128;
+}
+
+TEST(Ddp, AveragesFloat64Float16AndBfloat16Parameters) {
+  using torch::kBFloat16, torch::kFloat16, torch::kFloat32, torch::kFloat64;
+  // The second list ends (in bucket order) with a 16-bit bucket: the step check gets a float32 bucket of its own.
+  for (const std::vector<torch::ScalarType>& types :
+       {std::vector{kFloat32, kFloat64, kFloat16, kBFloat16, kFloat16, kFloat32, kBFloat16},
+        std::vector{kBFloat16, kFloat64, kFloat16, kFloat32}, std::vector{kFloat16, kFloat16}}) {
+    constexpr int kWorld = 3, kSteps = 3;
+    std::mutex mutex;
+    std::vector<torch::Tensor> finals(kWorld);
+    run_ranks(kWorld, [&](Communicator& comm) {
+      auto model = std::make_shared<Mixed>(types);
+      DistributedDataParallel ddp(model, comm, {.bucket_cap_bytes = 1000, .first_bucket_bytes = 500});
+      EXPECT_GE(ddp.bucket_count(), 2);
+      torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.5));
+      for (int s = 0; s < kSteps; ++s) {
+        opt.zero_grad();
+        torch::Tensor loss = torch::zeros({}, kFloat64);
+        for (std::size_t i = 0; i < types.size(); ++i)
+          loss = loss + (model->ps[i].to(kFloat64) * grad_input(comm.rank(), s, i, types[i]).to(kFloat64)).sum();
+        loss.backward();
+        for (std::size_t i = 0; i < types.size(); ++i) {
+          torch::Tensor sum = torch::zeros({300}, kFloat64);
+          for (int r = 0; r < kWorld; ++r) sum += grad_input(r, s, i, types[i]).to(kFloat64);
+          const torch::Tensor expected = (sum / kWorld).to(types[i]).to(kFloat64);
+          const torch::Tensor got = model->ps[i].grad();
+          ASSERT_EQ(got.scalar_type(), types[i]);
+          const double tol = tolerance(types[i]);
+          EXPECT_TRUE(torch::allclose(got.to(kFloat64), expected, tol, 4 * tol))
+              << "p" << i << " (" << types[i] << ") step " << s << " max diff "
+              << (got.to(kFloat64) - expected).abs().max().item<double>();
+        }
+        opt.step();
+      }
+      std::vector<torch::Tensor> parts;
+      for (const auto& p : model->parameters()) parts.push_back(p.detach().to(kFloat64).flatten());
+      std::lock_guard lock(mutex);
+      finals[comm.rank()] = torch::cat(parts);
+    });
+    for (int r = 1; r < kWorld; ++r) EXPECT_TRUE(torch::equal(finals[r], finals[0])) << "rank " << r;
+  }
+}
+
+// Four layers registered l0..l3 and applied l3 first: backward produces l0's
+// gradients first, but the buckets, made in reverse registration order, start
+// with l3's: no bucket can start while backward runs. After the first step the
+// buckets follow the order the gradients came, and all but the last start
+// during backward; the parameters are the bits they are without the rebuild.
+struct Reversed : torch::nn::Module {
+  std::vector<torch::nn::Linear> layers;
+  Reversed() {
+    for (int i = 0; i < 4; ++i) layers.push_back(register_module("l" + std::to_string(i), torch::nn::Linear(32, 32)));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (int i = 3; i >= 0; --i) x = torch::tanh(layers[static_cast<std::size_t>(i)]->forward(x));
+    return x;
+  }
+};
+
+TEST(Ddp, RebuildsBucketsInTheOrderGradientsCome) {
+  constexpr int kWorld = 2, kSteps = 4;
+  std::vector<torch::Tensor> finals[2];  // [rebuild][rank]
+  for (bool rebuild : {false, true}) {
+    SCOPED_TRACE(rebuild ? "rebuild_buckets on" : "rebuild_buckets off");
+    std::mutex mutex;
+    finals[rebuild].resize(kWorld);
+    run_ranks(kWorld, [&](Communicator& comm) {
+      std::shared_ptr<Reversed> model;
+      {
+        std::lock_guard lock(mutex);
+        torch::manual_seed(5);
+        model = std::make_shared<Reversed>();
+      }
+      // One layer (4224 bytes) per bucket.
+      DistributedDataParallel ddp(model, comm,
+                                  {.bucket_cap_bytes = 4096, .first_bucket_bytes = 4096, .rebuild_buckets = rebuild});
+      ASSERT_EQ(ddp.bucket_count(), 4);
+      torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+      std::int64_t overlapped = 0;
+      for (int s = 0; s < kSteps; ++s) {
+        opt.zero_grad();
+        model->forward(rank_data(comm.rank(), s, 6, 32).reshape({6, 32})).pow(2).sum().backward();
+        opt.step();
+        const std::int64_t now = ddp.stats().buckets_overlapped - overlapped;
+        overlapped = ddp.stats().buckets_overlapped;
+        if (s == 0 || !rebuild) EXPECT_EQ(now, 0) << "step " << s;
+        else EXPECT_EQ(now, ddp.bucket_count() - 1) << "step " << s;
+      }
+      EXPECT_EQ(ddp.bucket_count(), 4);
+      std::vector<torch::Tensor> parts;
+      for (const auto& p : model->parameters()) parts.push_back(p.detach().flatten());
+      std::lock_guard lock(mutex);
+      finals[rebuild][comm.rank()] = torch::cat(parts);
+    });
+  }
+  for (int r = 0; r < kWorld; ++r) {
+    EXPECT_TRUE(torch::equal(finals[1][r], finals[0][r])) << "rank " << r << " differs with the rebuild";
+    EXPECT_TRUE(torch::equal(finals[1][r], finals[1][0])) << "rank " << r << " differs from rank 0";
+  }
 }
 
 }  // namespace

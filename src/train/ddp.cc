@@ -1,7 +1,9 @@
 #include "dagr/train/ddp.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <mutex>
 
 #include "dagr/error.h"
@@ -15,19 +17,76 @@ void broadcast_tensor(Communicator& comm, const torch::Tensor& t, const std::str
   visit_span(t, detail::concat("DDP: ", name), [&](auto data) { comm.broadcast(data, 0); });
 }
 
-// The last bucket carries kTailFloats more floats after the gradients, averaged
-// with them: 1 when this rank finished its backward (0 when it gave it up), and
-// the step number s mod 64 and its square — equal averages on every rank mean
-// every rank reduced the same step (small integers: exact in float32).
+// The last bucket carries kTailFloats more elements after the gradients,
+// averaged with them: 1 when this rank finished its backward (0 when it gave it
+// up), and the step number s mod 64 and its square — equal averages on every
+// rank mean every rank reduced the same step (small integers: exact in float32
+// and float64, not in the 16-bit formats, so a model whose last bucket is
+// 16-bit gets a float32 bucket of its own for them).
 constexpr std::int64_t kTailFloats = 3;
 constexpr std::int64_t kStepModulus = 64;
 
 struct Bucket {
-  torch::Tensor flat;            // float32, every member's gradient side by side (+ the tail in the last)
+  torch::Tensor flat;                // one dtype, every member's gradient side by side (+ the tail in the last)
   std::vector<std::size_t> members;  // parameter indices
-  int pending = 0;               // members not yet ready this step
+  int pending = 0;                   // members not yet ready this step
   Work work;
 };
+
+// Buffers of one dtype, sent by rank 0 in one broadcast through `flat`.
+struct BufferGroup {
+  torch::Tensor flat;
+  std::vector<torch::Tensor> members;
+};
+
+// Calls f(pointer to the tail's first element) of the last bucket (float32 or float64).
+template <class F>
+void with_tail(const torch::Tensor& flat, F&& f) {
+  if (flat.scalar_type() == torch::kFloat64) f(flat.data_ptr<double>() + flat.numel() - kTailFloats);
+  else f(flat.data_ptr<float>() + flat.numel() - kTailFloats);
+}
+
+bool is_float_type(torch::ScalarType t) {
+  return t == torch::kFloat32 || t == torch::kFloat64 || t == torch::kFloat16 || t == torch::kBFloat16;
+}
+
+// PyTorch's bucket assignment (compute_bucket_assignment_by_size): the
+// parameters are taken in `order`; each dtype has one open bucket, which closes
+// once it holds at least its cap (first_bucket_bytes for a dtype's first
+// bucket, bucket_cap_bytes after). The buckets are sorted by the position in
+// `order` of their first member, so the bucket that fills first starts first.
+std::vector<std::vector<std::size_t>> assign_buckets(const std::vector<std::size_t>& order,
+                                                     const std::vector<torch::Tensor>& params,
+                                                     const DdpOptions& options) {
+  struct Open {
+    std::vector<std::size_t> members;
+    std::size_t bytes = 0;
+    int closed = 0;  // buckets of this dtype closed so far
+  };
+  std::map<torch::ScalarType, Open> open;
+  std::vector<std::pair<std::size_t, std::vector<std::size_t>>> done;  // (first position, members)
+  std::map<std::size_t, std::size_t> position;
+  for (std::size_t k = 0; k < order.size(); ++k) position[order[k]] = k;
+  auto close = [&](Open& o) {
+    done.emplace_back(position[o.members.front()], std::move(o.members));
+    o.members.clear();
+    o.bytes = 0;
+    ++o.closed;
+  };
+  for (std::size_t i : order) {
+    Open& o = open[params[i].scalar_type()];
+    const std::size_t cap = o.closed == 0 ? options.first_bucket_bytes : options.bucket_cap_bytes;
+    if (!o.members.empty() && o.bytes >= cap) close(o);
+    o.members.push_back(i);
+    o.bytes += static_cast<std::size_t>(params[i].numel()) * params[i].element_size();
+  }
+  for (auto& [type, o] : open)
+    if (!o.members.empty()) close(o);
+  std::sort(done.begin(), done.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::vector<std::size_t>> groups;
+  for (auto& d : done) groups.push_back(std::move(d.second));
+  return groups;
+}
 
 }  // namespace
 
@@ -39,7 +98,11 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   std::vector<torch::Tensor> views;        // params[i]'s slice of its bucket
   std::vector<std::size_t> bucket_of;
   std::vector<Bucket> buckets;
+  std::vector<BufferGroup> buffer_groups;  // empty unless broadcast_buffers
   std::vector<bool> ready;                 // this step
+  std::vector<std::size_t> ready_order;    // this step's parameters in the order their gradients came
+  std::size_t outstanding = 0;             // parameters whose gradient has not come yet this step
+  bool rebuilt = false;                    // buckets already rebuilt in the order gradients come
   std::vector<std::shared_ptr<void>> accumulators;  // kept alive: the hooks live on them
   std::size_t next_bucket = 0;             // buckets start strictly in this order
   bool in_backward = false;
@@ -50,6 +113,46 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   DdpStats stats;
 
   explicit State(Communicator c) : comm(std::move(c)) {}
+
+  // Makes the flat buckets for `groups` (see assign_buckets) and points every
+  // parameter's gradient at its slice, carrying over the gradient it holds.
+  void make_buckets(const std::vector<std::vector<std::size_t>>& groups) {
+    std::vector<Bucket> made;
+    for (const auto& members : groups) {
+      const torch::ScalarType type = params[members.front()].scalar_type();
+      const bool last = made.size() + 1 == groups.size();
+      const bool tail_here = last && (type == torch::kFloat32 || type == torch::kFloat64);
+      std::int64_t total = 0;
+      for (std::size_t i : members) total += params[i].numel();
+      Bucket b;
+      b.flat = torch::zeros({total + (tail_here ? kTailFloats : 0)}, type);
+      b.members = members;
+      made.push_back(std::move(b));
+    }
+    if (made.empty() ||
+        (made.back().flat.scalar_type() != torch::kFloat32 && made.back().flat.scalar_type() != torch::kFloat64)) {
+      Bucket tail;  // no members: only the tail, after the last bucket of gradients
+      tail.flat = torch::zeros({kTailFloats}, torch::kFloat32);
+      made.push_back(std::move(tail));
+    }
+    for (std::size_t k = 0; k < made.size(); ++k) {
+      std::int64_t offset = 0;
+      for (std::size_t i : made[k].members) {
+        bucket_of[i] = k;
+        // Shares the bucket's storage without being an autograd view (which
+        // optimizers could not detach_ in zero_grad).
+        torch::Tensor view = torch::empty({0}, made[k].flat.options())
+                                 .set_(made[k].flat.storage(), offset, params[i].sizes(),
+                                       params[i].contiguous().strides());
+        offset += params[i].numel();
+        torch::Tensor& grad = params[i].mutable_grad();
+        if (grad.defined()) view.copy_(grad);
+        grad = view;
+        views[i] = view;
+      }
+    }
+    buckets = std::move(made);
+  }
 
   // The gradient must live in the bucket. It does unless the optimizer reset it
   // (set_to_none) and autograd made a fresh tensor: then move it in.
@@ -67,6 +170,8 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       DAGR_ENFORCE(broken.empty(), Error, "DDP: cannot reduce gradients any more: ", broken);
       in_backward = true;
       std::fill(ready.begin(), ready.end(), false);
+      ready_order.clear();
+      outstanding = params.size();
       for (Bucket& b : buckets) b.pending = static_cast<int>(b.members.size());
       next_bucket = 0;
       ++generation;
@@ -78,25 +183,39 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     }
     adopt_gradient(i);
     if (ready[i]) return;
-    ready[i] = true;
+    mark_ready(i);
     if (no_sync_depth > 0) return;
-    --buckets[bucket_of[i]].pending;
     start_ready_buckets(/*final=*/false);
+  }
+
+  void mark_ready(std::size_t i) {
+    ready[i] = true;
+    ready_order.push_back(i);
+    --outstanding;
+    --buckets[bucket_of[i]].pending;
+  }
+
+  void allreduce_now(const torch::Tensor& flat) {
+    visit_span(flat, "DDP bucket", [&](auto data) { comm.allreduce(data, ReduceOp::avg); });
   }
 
   // Starts, in order, every bucket whose gradients are all in. The last bucket
   // runs on this thread: once it is ready, backward has nothing left to overlap.
+  // A bucket counts as overlapped when it starts while some parameter's
+  // gradient is still to come (backward has work left to hide it behind).
   void start_ready_buckets(bool final) {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
       Bucket& b = buckets[next_bucket++];
       if (next_bucket == buckets.size()) {
         write_tail(b.flat, /*finished=*/true);
         const auto start = std::chrono::steady_clock::now();
-        collective([&] { comm.allreduce(span_of<float>(b.flat), ReduceOp::avg); });
+        collective([&] { allreduce_now(b.flat); });
         stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
-        collective([&] { b.work = comm.allreduce_async(span_of<float>(b.flat), ReduceOp::avg); });
-        if (!final) ++stats.buckets_overlapped;  // started while backward still runs
+        collective([&] {
+          b.work = visit_span(b.flat, "DDP bucket", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
+        });
+        if (!final && outstanding > 0) ++stats.buckets_overlapped;
       }
     }
   }
@@ -114,18 +233,20 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   }
 
   void write_tail(torch::Tensor& flat, bool finished) {
-    const float s = static_cast<float>(generation % kStepModulus);
-    float* tail = flat.data_ptr<float>() + flat.numel() - kTailFloats;
-    tail[0] = finished ? 1.0f : 0.0f;
-    tail[1] = s;
-    tail[2] = s * s;
+    const double s = static_cast<double>(generation % kStepModulus);
+    with_tail(flat, [&](auto* tail) {
+      using T = std::remove_pointer_t<decltype(tail)>;
+      tail[0] = finished ? T(1) : T(0);
+      tail[1] = static_cast<T>(s);
+      tail[2] = static_cast<T>(s * s);
+    });
   }
 
   // After the last bucket: did every rank finish this backward, and was it the
   // same step everywhere? The tail holds the averages (see kTailFloats).
   void check_tail() {
-    const Bucket& last = buckets.back();
-    const float* tail = last.flat.data_ptr<float>() + last.flat.numel() - kTailFloats;
+    double tail[kTailFloats];
+    with_tail(buckets.back().flat, [&](auto* t) { std::copy(t, t + kTailFloats, tail); });
     const double slack = 0.5 / comm.size(), s = static_cast<double>(generation % kStepModulus);
     if (std::abs(tail[1] - s) > slack || std::abs(tail[2] - s * s) > slack) {
       broken = detail::concat("the ranks are at different steps (this rank's backward pass ", generation,
@@ -155,7 +276,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
         }
         auto stand_in = torch::zeros_like(b.flat);
         if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/false);
-        comm.allreduce(span_of<float>(stand_in), ReduceOp::avg);
+        allreduce_now(stand_in);
       }
       next_bucket = buckets.size();
     } catch (const std::exception& e) {
@@ -174,6 +295,43 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     }
   };
 
+  // Rank 0's buffers to every rank, one broadcast per dtype.
+  void broadcast_buffers() {
+    const bool root = comm.rank() == 0;
+    for (BufferGroup& g : buffer_groups) {
+      std::int64_t offset = 0;
+      if (root)
+        for (const torch::Tensor& t : g.members) {
+          g.flat.narrow(0, offset, t.numel()).copy_(t.reshape({-1}));
+          offset += t.numel();
+        }
+      collective([&] { broadcast_tensor(comm, g.flat, "buffers"); });
+      if (root) continue;
+      offset = 0;
+      for (const torch::Tensor& t : g.members) {
+        t.copy_(g.flat.narrow(0, offset, t.numel()).view(t.sizes()));
+        offset += t.numel();
+      }
+    }
+  }
+
+  // PyTorch's rebuild_buckets: once, after the first complete step, the
+  // buckets are made again with the parameters taken in the order their
+  // gradients came in that step (rank 0's order, broadcast, since every rank
+  // must hold the same buckets), so a bucket fills, and starts, as early as
+  // backward allows even when that order is not the reverse of registration.
+  void rebuild_buckets() {
+    rebuilt = true;
+    if (ready_order.size() != params.size()) return;  // cannot happen after a complete step; keep the buckets
+    std::vector<std::int64_t> order(ready_order.begin(), ready_order.end());
+    collective([&] { comm.broadcast(std::span<std::int64_t>(order), 0); });
+    const std::vector<std::size_t> by_readiness(order.begin(), order.end());
+    auto groups = assign_buckets(by_readiness, params, options);
+    bool same = groups.size() <= buckets.size();
+    for (std::size_t k = 0; same && k < groups.size(); ++k) same = groups[k] == buckets[k].members;
+    if (!same) make_buckets(groups);
+  }
+
   void finish_backward() {
     if (no_sync_depth > 0) {
       in_backward = false;
@@ -187,8 +345,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
         continue;
       }
       adopt_gradient(i);  // no gradient this step counts as its accumulated value (zero after zero_grad)
-      ready[i] = true;
-      --buckets[bucket_of[i]].pending;
+      mark_ready(i);
     }
     DAGR_ENFORCE(unused.empty(), Error, "DDP: these parameters got no gradient in this step: ", unused,
                  ". Every rank must reduce every bucket; construct DistributedDataParallel with "
@@ -200,6 +357,8 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     in_backward = false;  // the step is complete on every rank
     ++stats.steps;
     check_tail();
+    broadcast_buffers();
+    if (!rebuilt && options.rebuild_buckets) rebuild_buckets();
   }
 };
 
@@ -227,48 +386,32 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   for (const auto& item : module_->named_parameters()) {
     broadcast_tensor(comm_, item.value(), item.key());
     if (!item.value().requires_grad()) continue;
-    DAGR_ENFORCE(item.value().scalar_type() == torch::kFloat32, InputError, "DDP: parameter ", item.key(),
-                 " is ", item.value().scalar_type(), "; only float32 parameters are supported");
+    DAGR_ENFORCE(is_float_type(item.value().scalar_type()), InputError, "DDP: parameter ", item.key(), " is ",
+                 item.value().scalar_type(), "; DDP averages float32, float64, float16 and bfloat16 parameters");
     s.names.push_back(item.key());
     s.params.push_back(item.value());
   }
-  for (const auto& item : module_->named_buffers()) broadcast_tensor(comm_, item.value(), item.key());
+  std::map<torch::ScalarType, BufferGroup> buffers;
+  for (const auto& item : module_->named_buffers()) {
+    broadcast_tensor(comm_, item.value(), item.key());
+    if (options.broadcast_buffers && comm_.size() > 1) buffers[item.value().scalar_type()].members.push_back(item.value());
+  }
+  for (auto& [type, group] : buffers) {
+    std::int64_t total = 0;
+    for (const auto& t : group.members) total += t.numel();
+    group.flat = torch::empty({total}, torch::TensorOptions().dtype(type));
+    s.buffer_groups.push_back(std::move(group));
+  }
 
-  // Buckets, from the last parameter to the first.
+  // Buckets, from the last parameter to the first (rebuilt after the first
+  // step in the order the gradients came).
   const std::size_t n = s.params.size();
   s.bucket_of.assign(n, 0);
   s.views.resize(n);
   s.ready.assign(n, false);
-  std::vector<std::vector<std::size_t>> groups;
-  std::size_t bytes = 0;
-  for (std::size_t k = n; k-- > 0;) {
-    const std::size_t cap = groups.size() <= 1 ? options.first_bucket_bytes : options.bucket_cap_bytes;
-    if (groups.empty() || bytes >= cap) {
-      groups.emplace_back();
-      bytes = 0;
-    }
-    groups.back().push_back(k);
-    bytes += static_cast<std::size_t>(s.params[k].numel()) * sizeof(float);
-  }
-  for (auto& members : groups) {
-    Bucket b;
-    std::int64_t total = 0;
-    for (std::size_t i : members) total += s.params[i].numel();
-    const bool last = s.buckets.size() + 1 == groups.size();
-    b.flat = torch::zeros({total + (last ? kTailFloats : 0)}, torch::kFloat32);
-    std::int64_t offset = 0;
-    for (std::size_t i : members) {
-      s.bucket_of[i] = s.buckets.size();
-      // Shares the bucket's storage without being an autograd view (which
-      // optimizers could not detach_ in zero_grad).
-      s.views[i] = torch::empty({0}, torch::kFloat32)
-                       .set_(b.flat.storage(), offset, s.params[i].sizes(), s.params[i].contiguous().strides());
-      offset += s.params[i].numel();
-      s.params[i].mutable_grad() = s.views[i];
-    }
-    b.members = std::move(members);
-    s.buckets.push_back(std::move(b));
-  }
+  std::vector<std::size_t> reverse(n);
+  for (std::size_t k = 0; k < n; ++k) reverse[k] = n - 1 - k;
+  s.make_buckets(assign_buckets(reverse, s.params, options));
   for (std::size_t i = 0; i < n; ++i) {
     // Runs after autograd accumulated the parameter's gradient.
     s.accumulators.push_back(torch_compat::on_gradient_accumulated(

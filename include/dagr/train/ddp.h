@@ -7,14 +7,19 @@
 //
 // At construction the parameters and buffers of rank 0 are broadcast. Every
 // parameter's gradient lives in a slice of a flat bucket ("bucket view": the
-// optimizer reads the bucket, no copy back). Buckets are filled in reverse
-// order of registration (roughly the order backward produces gradients), the
-// first one small so communication starts early, the others up to
-// bucket_cap_bytes. A hook after each parameter's gradient accumulation counts
-// down its bucket; a full bucket starts an async allreduce (avg) at once, in
-// bucket order on every rank, overlapping the rest of backward. At the end of
-// backward (an autograd callback) the remaining buckets are reduced and every
-// one is waited for, so loss.backward() returns with averaged gradients.
+// optimizer reads the bucket, no copy back). Parameters may be float32,
+// float64, float16 or bfloat16; a bucket holds one dtype. Buckets are filled
+// in reverse order of registration (roughly the order backward produces
+// gradients), each dtype's first one small so communication starts early, the
+// others up to bucket_cap_bytes; after the first complete step they are
+// rebuilt once in the order the gradients actually came (rank 0's order), as
+// PyTorch's reducer does. A hook after each parameter's gradient accumulation
+// counts down its bucket; a full bucket starts an async allreduce (avg) at
+// once, in bucket order on every rank, overlapping the rest of backward. At
+// the end of backward (an autograd callback) the remaining buckets are reduced
+// and every one is waited for, then (broadcast_buffers) rank 0's buffers are
+// broadcast, so loss.backward() returns with averaged gradients and every rank
+// holding rank 0's buffers.
 //
 // Parameters that got no gradient in a step: with find_unused_parameters they
 // count as zero; without it backward fails with an error naming them, instead
@@ -43,11 +48,17 @@ struct DdpOptions {
   std::size_t bucket_cap_bytes = 25u << 20;
   std::size_t first_bucket_bytes = 1u << 20;
   bool find_unused_parameters = false;
+  // Rank 0's buffers (BatchNorm's running statistics, ...) to every rank at
+  // the end of each step's backward, so every rank's next forward starts from them.
+  bool broadcast_buffers = true;
+  // After the first complete step, rebuild the buckets in the order the
+  // gradients actually came (rank 0's), as PyTorch's reducer does.
+  bool rebuild_buckets = true;
 };
 
 struct DdpStats {
   std::int64_t steps = 0;
-  std::int64_t buckets_overlapped = 0;  // started before backward ended
+  std::int64_t buckets_overlapped = 0;  // started while some parameter's gradient was still to come
   double wait_seconds = 0;              // backward blocked on communication (the last bucket, and waits)
 };
 
