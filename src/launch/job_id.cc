@@ -5,6 +5,9 @@
 #include <fstream>
 #include <random>
 
+#include <fmt/format.h>
+
+#include "comm/job_secret.h"
 #include "dagr/error.h"
 #include "dagr/launch/launcher.h"
 
@@ -15,6 +18,14 @@ std::string fresh_job_id() {
   std::uint64_t bits = (static_cast<std::uint64_t>(device()) << 32) | device();
   char text[17];
   std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(bits));
+  return text;
+}
+
+std::string fresh_job_secret() {
+  unsigned char bytes[32];
+  detail::fill_random(bytes, sizeof bytes);
+  std::string text;
+  for (unsigned char b : bytes) text += fmt::format("{:02x}", b);
   return text;
 }
 

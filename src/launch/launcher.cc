@@ -6,7 +6,9 @@
 // (SIGCHLD, SIGINT, SIGTERM):
 //
 //   start     fork each worker into its own process group, with its rank in the
-//             environment; it dies with the launcher (PR_SET_PDEATHSIG). Its
+//             environment and the job's secret on a pipe of its own
+//             (DAGR_SECRET_FD, job_secret.h in comm); it dies with the
+//             launcher (PR_SET_PDEATHSIG). Its
 //             stdout is a pseudo-terminal, so a program's stdio flushes every
 //             line as it would on a terminal (as under mpirun); stderr is a pipe.
 //             With standby (standby.h), a restart takes the spares started
@@ -82,6 +84,7 @@ struct Worker {
 struct Spawn {
   const LaunchOptions& options;
   const std::string& job;
+  const std::string& secret;  // admits the job's workers (and spares) to its groups
   int fault_fd;  // write end of the fault pipe
   bool renice_spares;
 };
@@ -119,7 +122,8 @@ void restore_priority(pid_t pid) {
 }
 
 // rank < 0: a spare, which reads its rank from `standby_fd` (standby.h).
-[[noreturn]] void exec_worker(const Spawn& s, int rank, int restart, int standby_fd, int out_fd, int err_fd) {
+[[noreturn]] void exec_worker(const Spawn& s, int rank, int restart, int standby_fd, int secret_fd, int out_fd,
+                              int err_fd) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   setpgid(0, 0);
   if (rank < 0 && s.renice_spares) setpriority(PRIO_PROCESS, 0, kSpareNice);
@@ -127,6 +131,7 @@ void restore_priority(pid_t pid) {
   if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
   fcntl(s.fault_fd, F_SETFD, 0);  // the descriptors the worker inherits on purpose
   if (standby_fd >= 0) fcntl(standby_fd, F_SETFD, 0);
+  fcntl(secret_fd, F_SETFD, 0);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   signal(SIGCHLD, SIG_DFL);
@@ -146,6 +151,7 @@ void restore_priority(pid_t pid) {
   setenv("GROUP_RANK", "0", 1);
   setenv("DAGR_JOB_ID", s.job.c_str(), 1);
   setenv("DAGR_FAULT_FD", std::to_string(s.fault_fd).c_str(), 1);
+  setenv("DAGR_SECRET_FD", std::to_string(secret_fd).c_str(), 1);
   if (o.comm_timeout) setenv("DAGR_TIMEOUT_S", std::to_string(o.comm_timeout->count()).c_str(), 1);
   std::vector<char*> argv;
   for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
@@ -164,6 +170,24 @@ void open_output_pty(int fds[2]) {
   tcsetattr(fds[1], TCSANOW, &t);
 }
 
+// A pipe holding the job's secret and closed for writing: the read end, which
+// the worker reads to its end once (job_secret.h). The secret fits in the pipe's
+// buffer, so the write never waits.
+int secret_pipe(const std::string& secret) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) detail::throw_errno("pipe");
+  const std::string line = secret + "\n";
+  const bool written = write(fds[1], line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  const int saved = errno;
+  close(fds[1]);
+  if (!written) {
+    close(fds[0]);
+    errno = saved;
+    detail::throw_errno("writing the job secret to a worker's pipe");
+  }
+  return fds[0];
+}
+
 // Forks one worker (rank >= 0) or spare (rank < 0), with its output relayed when tagging.
 Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink& err_sink) {
   const LaunchOptions& o = s.options;
@@ -174,9 +198,11 @@ Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink
     if (pipe(err) != 0) detail::throw_errno("pipe");
   }
   if (rank < 0 && pipe2(standby, O_CLOEXEC) != 0) detail::throw_errno("pipe");
+  const int secret_fd = secret_pipe(s.secret);
   w.pid = fork();
   if (w.pid < 0) detail::throw_errno("fork");
-  if (w.pid == 0) exec_worker(s, rank, restart, standby[0], out[1], err[1]);
+  if (w.pid == 0) exec_worker(s, rank, restart, standby[0], secret_fd, out[1], err[1]);
+  close(secret_fd);
   setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
   w.running = true;
   if (rank < 0) {
@@ -443,6 +469,7 @@ LaunchResult launch(const LaunchOptions& o) {
   log::configure_from_env();  // DAGR_LOG_LEVEL=info: each worker's start and exit, each restart
   log::set_role("launch");
   const std::string job = o.job_id.empty() ? fresh_job_id() : o.job_id;
+  const std::string secret = fresh_job_secret();  // fresh for every job, even one with a given id
 
   if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) detail::throw_errno("pipe");
   struct sigaction sa {};
@@ -457,7 +484,7 @@ LaunchResult launch(const LaunchOptions& o) {
   Sink out_sink{stdout}, err_sink{stderr};
   LaunchResult result;
   FaultPipe faults;  // one for the job, so that spares started during one attempt report in the next
-  const Spawn spawn{o, job, faults.write_fd, may_renice_spares()};
+  const Spawn spawn{o, job, secret, faults.write_fd, may_renice_spares()};
   std::vector<Worker> spares;
   for (int restart = 0;; ++restart) {
     const Attempt attempt = run_group(spawn, restart, faults, spares, out_sink, err_sink);

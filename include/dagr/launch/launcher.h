@@ -2,8 +2,10 @@
 //
 // Each worker gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, dagr's own
 // DAGR_JOB_ID (which names the job's shared memory), DAGR_RESTART_COUNT (and
-// torchrun's TORCHELASTIC_RESTART_COUNT) and DAGR_FAULT_FD, the pipe on which
-// dagr reports whom a PeerError or TimeoutError is about. Output lines can be
+// torchrun's TORCHELASTIC_RESTART_COUNT), DAGR_FAULT_FD, the pipe on which
+// dagr reports whom a PeerError or TimeoutError is about, and DAGR_SECRET_FD,
+// a pipe holding the job's secret (fresh for each job; without it a process
+// is refused by the job's shared-memory groups, see job_secret.h in comm). Output lines can be
 // prefixed with the rank. Ctrl-C / SIGTERM are forwarded.
 //
 // When a worker fails (non-zero exit or a signal) the others get a moment to
@@ -72,6 +74,9 @@ LaunchResult launch(const LaunchOptions& options);
 
 // 16 random hex digits.
 std::string fresh_job_id();
+
+// 64 random hex digits (32 bytes from getrandom): a job's secret.
+std::string fresh_job_secret();
 
 // Removes /dev/shm/dagr-<job>* left behind by a job; returns how many.
 int remove_job_shared_memory(const std::string& job_id);

@@ -1,6 +1,6 @@
 // What lies where in a group's shared-memory segment.
 //
-//   SegmentHeader                      magic, geometry, attach count, futex word
+//   SegmentHeader                      magic, geometry, admission tag, attach count, futex word
 //   RankControl[size]                  per rank: pipeline counters, liveness
 //   slot[size][2]                      per rank, per parity of the call number:
 //                                      the call's fingerprint + small payload
@@ -10,6 +10,7 @@
 // Every field one rank writes and others poll sits on its own cache line.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -71,12 +72,18 @@ struct MessageHeader {  // precedes every send/recv message in its channel
   std::int64_t tag;
 };
 
-constexpr std::uint64_t kSegmentReady = 0x64616772'00000001ull;  // "dagr" v1
+constexpr std::uint64_t kSegmentReady = 0x64616772'00000002ull;  // "dagr" v2 (v2: admission fields)
 
 struct SegmentHeader {
   std::atomic<std::uint64_t> magic;  // kSegmentReady once rank 0 initialised everything
   std::int32_t size;
   ShmGeometry geometry;
+  // Admission (job_secret.h): whether rank 0 was given a job secret and, if it
+  // was, a random salt and the secret's tag. A joining rank compares its own
+  // tag with this one before it takes a place.
+  std::uint32_t secured;
+  std::array<std::uint8_t, 16> salt;
+  std::array<std::uint8_t, 32> tag;
   std::atomic<std::uint32_t> attached;
   // Set once, by the first rank that finds a peer dead, departed or silent:
   // 1 + that peer's rank, and why (RankState::dead/left, or absent for silent).

@@ -53,6 +53,9 @@ struct flock rank_byte(int rank, short type) {
 
 Segment Segment::create(const std::string& name, std::size_t bytes) {
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  DAGR_ENFORCE(fd >= 0 || errno != EEXIST, Error, "shared memory /dev/shm", name,
+               " exists already: another process set up this group first (two processes with RANK=0, "
+               "or one that is not this job's)");
   if (fd < 0) throw_errno(concat("creating shared memory /dev/shm", name));
   Fd guard{fd};
   // Reserve every page now (this also sizes the file): tmpfs is sparse, and a
@@ -84,6 +87,9 @@ Segment Segment::open(const std::string& name, Clock::time_point deadline) {
         const auto bytes = static_cast<std::size_t>(st.st_size);
         return Segment(map_fd(fd, bytes, name), bytes, guard.release());
       }
+    } else if (errno == EACCES) {
+      throw Error(concat("shared memory /dev/shm", name, " belongs to another user (permission denied: a group's ",
+                         "segment is readable and writable by its owner only, mode 0600): refusing to join it"));
     } else if (errno != ENOENT) {
       throw_errno(concat("opening shared memory /dev/shm", name));
     }

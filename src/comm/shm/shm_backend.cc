@@ -7,28 +7,56 @@
 
 #include "dagr/error.h"
 #include "fault_report.h"
+#include "job_secret.h"
 #include "log.h"
 #include "reduce_kernels.h"
 
 namespace dagr::detail {
 namespace {
 
-// Rank 0 fills in what zeroed memory does not already say, then marks the segment ready.
-void initialise(std::byte* base, const Layout& layout) {
+// Rank 0 fills in what zeroed memory does not already say (with the tag of
+// its job secret, if it was given one), then marks the segment ready.
+void initialise(std::byte* base, const Layout& layout, const std::string& secret) {
   auto* header = reinterpret_cast<SegmentHeader*>(base);
   header->size = layout.size;
   header->geometry = layout.geometry;
+  if (!secret.empty()) {
+    header->secured = 1;
+    fill_random(header->salt.data(), header->salt.size());
+    header->tag = admission_tag(secret, header->salt);
+  }
   header->magic.store(kSegmentReady, std::memory_order_release);
 }
 
-// The geometry a joining rank must use: rank 0's, read from the segment.
-Layout layout_of(const Segment& segment, const std::string& name, int expected_size,
-                 Clock::time_point deadline) {
+// A joining rank's own check, before it takes a place: its secret must be the
+// one rank 0 was given (the same tag for the same salt), or both have none.
+void admit(const SegmentHeader& header, const std::string& name, int rank, const std::string& secret) {
+  const std::string refused = concat("rank ", rank, " refused by group /dev/shm", name, ": ");
+  if (!header.secured) {
+    DAGR_ENFORCE(secret.empty(), InputError, refused,
+                 "this process holds a job secret but the group's rank 0 was given none (not this job's rank 0?)");
+    return;
+  }
+  DAGR_ENFORCE(!secret.empty(), InputError, refused,
+               "the job admits only its own workers, which hold its secret (handed by dagr launch on "
+               "DAGR_SECRET_FD), and this process was given none");
+  const Sha256Digest mine = admission_tag(secret, header.salt);
+  unsigned char differ = 0;  // every byte looked at, whatever the first difference
+  for (std::size_t i = 0; i < mine.size(); ++i) differ |= static_cast<unsigned char>(mine[i] ^ header.tag[i]);
+  DAGR_ENFORCE(differ == 0, InputError, refused,
+               "the job admits only its own workers, and this process's secret (DAGR_SECRET_FD) is not the job's");
+}
+
+// The geometry a joining rank must use: rank 0's, read from the segment, once
+// the rank is admitted.
+Layout layout_of(const Segment& segment, const std::string& name, int rank, int expected_size,
+                 const std::string& secret, Clock::time_point deadline) {
   auto* header = reinterpret_cast<SegmentHeader*>(segment.data());
   while (header->magic.load(std::memory_order_acquire) != kSegmentReady) {
     DAGR_ENFORCE(Clock::now() < deadline, TimeoutError, "timed out waiting for rank 0 to set up /dev/shm", name);
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
+  admit(*header, name, rank, secret);
   DAGR_ENFORCE(header->size == expected_size, MismatchError, "group /dev/shm", name,
                ": rank 0 created it for ", header->size, " ranks but this rank was told ",
                expected_size);
@@ -53,16 +81,17 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
                                              Clock::time_point deadline, bool world) {
   DAGR_ENFORCE(size >= 1 && rank >= 0 && rank < size, InputError, "rank ", rank,
                " is not in a group of size ", size);
+  const std::string& secret = job_secret();
   std::unique_ptr<ShmBackend> self;
   if (rank == 0) {
     const Layout layout(size, geometry_from_env(size));
     Segment segment = Segment::create(name, layout.total);
-    initialise(segment.data(), layout);
+    initialise(segment.data(), layout, secret);
     self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
   } else {
     try {
       Segment segment = Segment::open(name, deadline);
-      const Layout layout = layout_of(segment, name, size, deadline);
+      const Layout layout = layout_of(segment, name, rank, size, secret, deadline);
       self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
     } catch (const TimeoutError&) {
       if (world) report_absent(0);  // rank 0 never set the group up
@@ -97,7 +126,7 @@ std::unique_ptr<ShmBackend> ShmBackend::solo() {
   const Layout layout(1, ShmGeometry{.small_max_bytes = 0, .small_read_bytes = 0, .segment_bytes = 1u << 20, .buffers = 2,
                                      .channel_bytes = 4096});
   Segment segment = Segment::anonymous(layout.total);
-  initialise(segment.data(), layout);
+  initialise(segment.data(), layout, "");  // private memory: nobody joins it
   std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0, false));
   self->attach();
   return self;
