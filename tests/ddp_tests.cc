@@ -3,9 +3,10 @@
 // samples in the same order; all ranks hold the same bits; unused parameters;
 // rank 0's buffers on every rank after construction and (broadcast_buffers)
 // after each step; float64/float16/bfloat16 parameters averaged; buckets
-// rebuilt in the order gradients come.
+// rebuilt in the order gradients come; join() for uneven inputs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "dagr/error.h"
@@ -395,6 +396,74 @@ TEST(Ddp, RebuildsBucketsInTheOrderGradientsCome) {
   for (int r = 0; r < kWorld; ++r) {
     EXPECT_TRUE(torch::equal(finals[1][r], finals[0][r])) << "rank " << r << " differs with the rebuild";
     EXPECT_TRUE(torch::equal(finals[1][r], finals[1][0])) << "rank " << r << " differs from rank 0";
+  }
+}
+
+// Uneven inputs: rank r trains counts[r] batches, then joins. Every rank
+// returns from join() (no hang: a wait would time out after 20 s and fail the
+// test) holding the same bits, equal to one model that takes, at each step k,
+// the sum of the gradients of the ranks that still train divided by the world
+// size (PyTorch's default); BatchNorm's buffers, broadcast each step, equal too.
+TEST(Ddp, JoinLetsRanksWithFewerBatchesShadowTheOthers) {
+  constexpr int kWorld = 3;
+  for (const std::vector<int>& counts : {std::vector{2, 5, 3}, std::vector{0, 3, 1}, std::vector{2, 2, 2}}) {
+    SCOPED_TRACE(::testing::Message() << "batches per rank " << counts[0] << " " << counts[1] << " " << counts[2]);
+    auto batch = [](int rank, int step) { return rank_data(rank, step, 8, 4).reshape({8, 4}); };
+    torch::manual_seed(3);
+    auto reference = std::make_shared<Normed>();
+    auto initial = std::make_shared<Normed>();
+    {
+      torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < reference->parameters().size(); ++i)
+        initial->parameters()[i].copy_(reference->parameters()[i]);
+    }
+    {
+      torch::optim::SGD opt(reference->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+      for (int k = 0; k < *std::max_element(counts.begin(), counts.end()); ++k) {
+        opt.zero_grad();
+        torch::Tensor loss = torch::zeros({});
+        for (int r = 0; r < kWorld; ++r)
+          if (k < counts[static_cast<std::size_t>(r)]) loss = loss + reference->forward(batch(r, k)).pow(2).sum();
+        (loss / kWorld).backward();
+        opt.step();
+      }
+    }
+    std::mutex mutex;
+    std::vector<torch::Tensor> params(kWorld), buffers(kWorld);
+    run_ranks(
+        kWorld,
+        [&](Communicator& comm) {
+          auto model = std::make_shared<Normed>();
+          if (comm.rank() == 0) {
+            torch::NoGradGuard no_grad;
+            for (std::size_t i = 0; i < model->parameters().size(); ++i)
+              model->parameters()[i].copy_(initial->parameters()[i]);
+          }
+          DistributedDataParallel ddp(model, comm);
+          torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+          for (int k = 0; k < counts[static_cast<std::size_t>(comm.rank())]; ++k) {
+            opt.zero_grad();
+            model->forward(batch(comm.rank(), k)).pow(2).sum().backward();
+            opt.step();
+          }
+          ddp.join();
+          std::vector<torch::Tensor> p, b;
+          for (const auto& t : model->parameters()) p.push_back(t.detach().flatten().clone());
+          for (const auto& t : model->buffers()) b.push_back(t.to(torch::kFloat64).flatten());
+          std::lock_guard lock(mutex);
+          params[comm.rank()] = torch::cat(p);
+          buffers[comm.rank()] = torch::cat(b);
+        },
+        std::chrono::seconds(20));
+    std::vector<torch::Tensor> expected;
+    for (const auto& t : reference->parameters()) expected.push_back(t.detach().flatten());
+    const torch::Tensor want = torch::cat(expected);
+    for (int r = 0; r < kWorld; ++r) {
+      EXPECT_TRUE(torch::equal(params[r], params[0])) << "rank " << r << " parameters differ from rank 0's";
+      EXPECT_TRUE(torch::equal(buffers[r], buffers[0])) << "rank " << r << " buffers differ from rank 0's";
+      EXPECT_TRUE(torch::allclose(params[r], want, 1e-4, 1e-5))
+          << "rank " << r << " max diff " << (params[r] - want).abs().max().item<float>();
+    }
   }
 }
 

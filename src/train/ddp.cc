@@ -19,11 +19,12 @@ void broadcast_tensor(Communicator& comm, const torch::Tensor& t, const std::str
 
 // The last bucket carries kTailFloats more elements after the gradients,
 // averaged with them: 1 when this rank finished its backward (0 when it gave it
-// up), and the step number s mod 64 and its square — equal averages on every
-// rank mean every rank reduced the same step (small integers: exact in float32
-// and float64, not in the 16-bit formats, so a model whose last bucket is
-// 16-bit gets a float32 bucket of its own for them).
-constexpr std::int64_t kTailFloats = 3;
+// up), the step number s mod 64 and its square — equal averages on every rank
+// mean every rank reduced the same step — and 1 when this rank trained in this
+// step (0 when it shadows the step from join()). Small integers: exact in
+// float32 and float64, not in the 16-bit formats, so a model whose last bucket
+// is 16-bit gets a float32 bucket of its own for them.
+constexpr std::int64_t kTailFloats = 4;
 constexpr std::int64_t kStepModulus = 64;
 
 struct Bucket {
@@ -232,28 +233,39 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     }
   }
 
-  void write_tail(torch::Tensor& flat, bool finished) {
+  void write_tail(torch::Tensor& flat, bool finished, bool trained = true) {
     const double s = static_cast<double>(generation % kStepModulus);
     with_tail(flat, [&](auto* tail) {
       using T = std::remove_pointer_t<decltype(tail)>;
       tail[0] = finished ? T(1) : T(0);
       tail[1] = static_cast<T>(s);
       tail[2] = static_cast<T>(s * s);
+      tail[3] = trained ? T(1) : T(0);
     });
   }
 
-  // After the last bucket: did every rank finish this backward, and was it the
-  // same step everywhere? The tail holds the averages (see kTailFloats).
-  void check_tail() {
+  struct Tail {
+    bool all_finished;  // no rank gave this step up
+    bool any_trained;   // some rank trained in this step (not all shadowed it from join())
+  };
+
+  // After the last bucket: was it the same step everywhere (else every rank
+  // raises, now and later)? The tail holds the averages (see kTailFloats).
+  Tail read_tail(const torch::Tensor& flat) {
     double tail[kTailFloats];
-    with_tail(buckets.back().flat, [&](auto* t) { std::copy(t, t + kTailFloats, tail); });
+    with_tail(flat, [&](auto* t) { std::copy(t, t + kTailFloats, tail); });
     const double slack = 0.5 / comm.size(), s = static_cast<double>(generation % kStepModulus);
     if (std::abs(tail[1] - s) > slack || std::abs(tail[2] - s * s) > slack) {
       broken = detail::concat("the ranks are at different steps (this rank's backward pass ", generation,
                               " met another pass of some rank, e.g. one ran more backward passes under no_sync)");
       throw Error(detail::concat("DDP: ", broken));
     }
-    DAGR_ENFORCE(tail[0] > 1.0 - slack, Error, "DDP: another rank failed during step ", generation,
+    return {tail[0] > 1.0 - slack, tail[3] > slack};
+  }
+
+  // The same, on a training rank: did every rank finish this backward?
+  void check_tail() {
+    DAGR_ENFORCE(read_tail(buckets.back().flat).all_finished, Error, "DDP: another rank failed during step ", generation,
                  "'s backward; the gradients were not averaged, so no rank may take this optimizer step (every "
                  "rank's backward raises, and the next step goes on as usual)");
   }
@@ -322,14 +334,58 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   // backward allows even when that order is not the reverse of registration.
   void rebuild_buckets() {
     rebuilt = true;
-    if (ready_order.size() != params.size()) return;  // cannot happen after a complete step; keep the buckets
-    std::vector<std::int64_t> order(ready_order.begin(), ready_order.end());
+    // Rank 0's order, or (rank 0 trained no step: it called join() at once) the buckets' own.
+    std::vector<std::int64_t> order;
+    if (ready_order.size() == params.size()) order.assign(ready_order.begin(), ready_order.end());
+    else
+      for (const Bucket& b : buckets) order.insert(order.end(), b.members.begin(), b.members.end());
     collective([&] { comm.broadcast(std::span<std::int64_t>(order), 0); });
     const std::vector<std::size_t> by_readiness(order.begin(), order.end());
     auto groups = assign_buckets(by_readiness, params, options);
     bool same = groups.size() <= buckets.size();
     for (std::size_t k = 0; same && k < groups.size(); ++k) same = groups[k] == buckets[k].members;
     if (!same) make_buckets(groups);
+  }
+
+  // One step of join(): this rank's share of the step the others take, as
+  // abandon() does but with "finished" and "did not train" in the tail, then
+  // what a training rank does after a complete step (buffers, the rebuild).
+  // Returns whether some rank trained in it.
+  bool shadow_step() {
+    ++generation;
+    torch::Tensor last;
+    for (std::size_t k = 0; k < buckets.size(); ++k) {
+      auto stand_in = torch::zeros_like(buckets[k].flat);
+      if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/true, /*trained=*/false);
+      collective([&] { allreduce_now(stand_in); });
+      last = stand_in;
+    }
+    const Tail tail = read_tail(last);
+    if (!tail.all_finished) return true;  // a training rank gave the step up: so do the others, nothing follows
+    broadcast_buffers();
+    if (!rebuilt && options.rebuild_buckets) rebuild_buckets();
+    return tail.any_trained;
+  }
+
+  // PyTorch's Join for DDP: shadow the others' steps until a step in which no
+  // rank trained (every rank is in join()), then every rank takes the
+  // parameters and buffers of a rank that trained the most steps (the lowest
+  // rank among those that shadowed no step in which another trained).
+  void join(torch::nn::Module& module) {
+    DAGR_ENFORCE(!in_backward && no_sync_depth == 0, InputError,
+                 "DDP: join() inside a backward pass or a no_sync() scope");
+    if (comm.size() == 1) return;
+    DAGR_ENFORCE(broken.empty(), Error, "DDP: cannot join any more: ", broken);
+    std::int64_t behind = 0;  // steps others trained after this rank's last
+    while (shadow_step()) ++behind;
+    std::int64_t key = behind * comm.size() + comm.rank();
+    collective([&] { comm.allreduce(std::span<std::int64_t>(&key, 1), ReduceOp::min); });
+    const int root = static_cast<int>(key % comm.size());
+    torch::NoGradGuard no_grad;
+    for (const auto& item : module.named_parameters())
+      collective([&] { visit_span(item.value(), item.key(), [&](auto data) { comm.broadcast(data, root); }); });
+    for (const auto& item : module.named_buffers())
+      collective([&] { visit_span(item.value(), item.key(), [&](auto data) { comm.broadcast(data, root); }); });
   }
 
   void finish_backward() {
@@ -422,6 +478,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
 }
 
 DistributedDataParallel::~DistributedDataParallel() { state_->active = false; }
+
+void DistributedDataParallel::join() { state_->join(*module_); }
 
 int DistributedDataParallel::bucket_count() const { return static_cast<int>(state_->buckets.size()); }
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }

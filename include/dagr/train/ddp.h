@@ -83,6 +83,15 @@ class DistributedDataParallel {
   int bucket_count() const;
   DdpStats stats() const;
 
+  // Uneven inputs (PyTorch's Join): a rank that has run out of batches calls
+  // join(); until every rank has, it takes part in the others' steps with zero
+  // gradients (the average still divides by the world size, as PyTorch's
+  // default), their buffer broadcasts and the bucket rebuild. When all have
+  // joined, every rank takes the parameters and buffers of a rank that trained
+  // the most steps, and join() returns on every rank. Optimizer state is not
+  // sent: an early-joined rank's (momentum, Adam moments) is its own last one.
+  void join();
+
   // While the returned guard lives, backward only accumulates gradients locally;
   // the next backward outside it reduces everything accumulated.
   class NoSync {
