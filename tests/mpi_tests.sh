@@ -28,6 +28,12 @@ mpirun_lo -np 4 --oversubscribe -x DAGR_BACKEND=hier sh -c 'DAGR_HOST=host$((OMP
 expect "hierarchical allreduce gives the flat bits" test $? -eq 0 -a "$(grep -c 'hierarchical equals flat' "$tmp/out")" -eq 4
 mpirun_lo -np 3 --oversubscribe "$worker" mismatch > "$tmp/out" 2>&1
 expect "mismatch over MPI is a MismatchError on every rank" test $? -eq 0 -a "$(grep -c 'caught MismatchError' "$tmp/out")" -eq 3
+for n in 2 3 4; do  # every way of differing, across the size classes of the checked exchange
+  mpirun_lo -np $n --oversubscribe "$mpi_worker" mismatches > "$tmp/out" 2>&1
+  expect "every kind of mismatch is a MismatchError on all $n ranks, MPI healthy after" \
+    test $? -eq 0 -a "$(grep -c 'mismatches caught, MPI still healthy' "$tmp/out")" -eq $n
+  grep -v 'still healthy' "$tmp/out" | head -5
+done
 start=$(date +%s)
 mpirun_lo -np 3 --oversubscribe "$worker" die > "$tmp/out" 2>&1
 status=$?
@@ -106,6 +112,12 @@ if ip netns add "$h1" 2>/dev/null && ip netns add "$h2" && ip link add v1-$$ typ
     --mca oob_tcp_if_include 10.231.0.0/24 "$worker" collectives > "$tmp/out" 2>&1
   expect "two hosts over veth: all collectives correct" test $? -eq 0 -a "$(grep -c 'all collectives correct' "$tmp/out")" -eq 2
   grep -v 'all collectives correct' "$tmp/out" | head -20
+  timeout 120 ip netns exec "$h1" mpirun --allow-run-as-root --hostfile "$tmp/hosts" -np 2 \
+    --mca plm_rsh_agent "$tmp/agent" --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include 10.231.0.0/24 \
+    --mca oob_tcp_if_include 10.231.0.0/24 "$mpi_worker" mismatches > "$tmp/out" 2>&1
+  expect "two hosts over veth: every kind of mismatch is a MismatchError on both" \
+    test $? -eq 0 -a "$(grep -c 'mismatches caught, MPI still healthy' "$tmp/out")" -eq 2
+  grep -v 'still healthy' "$tmp/out" | head -5
 else
   echo "SKIP: two-host test: this machine cannot make named network namespaces with a veth pair"
 fi

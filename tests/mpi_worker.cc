@@ -8,6 +8,11 @@
 //                                 allreduce must time out too. Every rank prints what it caught; exit 1.
 //   mpi_worker stop               the last rank stops itself (SIGSTOP) before an allreduce the others wait
 //                                 in with a 2 s timeout. They print their TimeoutError and exit 1.
+//   mpi_worker mismatches         the last rank calls another collective than the others, in each of the
+//                                 ways the fingerprint check must catch (counts across every size class of
+//                                 the checked exchange, op, dtype, kind, root), each on a fresh communicator;
+//                                 every rank must get a MismatchError naming both calls. Then MPI must
+//                                 still work. Exit 0 when all were caught.
 #include <signal.h>
 #include <unistd.h>
 
@@ -118,6 +123,95 @@ int stop() {
   return 1;
 }
 
+// One collective with its arguments, as the ranks of a case call it.
+struct Call {
+  OpKind kind;
+  std::size_t count;
+  DType dtype = DType::float32;
+  ReduceOp op = ReduceOp::sum;
+  int root = 0;
+  std::string text;  // what the MismatchError must name
+};
+
+void make_call(Communicator& comm, const Call& c) {
+  const CallOptions timeout{.timeout = std::chrono::seconds(20)};
+  const int n = comm.size();
+  if (c.kind == OpKind::barrier) return comm.barrier(timeout);
+  if (c.dtype == DType::float64) {
+    std::vector<double> v(c.count, 1.0);
+    return comm.allreduce(std::span<double>(v), c.op, timeout);
+  }
+  if (c.dtype == DType::int32) {
+    std::vector<std::int32_t> v(c.count, 1);
+    return comm.allreduce(std::span<std::int32_t>(v), c.op, timeout);
+  }
+  std::vector<float> v(c.count * n, 1.0f), out(c.count * n);
+  switch (c.kind) {
+    case OpKind::allreduce: return comm.allreduce(std::span<float>(v.data(), c.count), c.op, timeout);
+    case OpKind::broadcast: return comm.broadcast(std::span<float>(v.data(), c.count), c.root, timeout);
+    case OpKind::allgather:
+      return comm.allgather(std::span<const float>(v.data(), c.count), std::span<float>(out), timeout);
+    case OpKind::reduce_scatter:
+      return comm.reduce_scatter(std::span<const float>(v), std::span<float>(out.data(), c.count), c.op, timeout);
+    default: throw InputError("make_call: unsupported kind");
+  }
+}
+
+int mismatches() {
+  using K = OpKind;
+  const Call ar10{K::allreduce, 10, DType::float32, ReduceOp::sum, 0, "allreduce(sum, float32, count=10)"};
+  // {what most ranks call, what the last rank calls}: sizes on both sides of the inline limit (8 KiB), the
+  // chunked limit (256 KiB) and the exchange limit (64 KiB, past which more than two ranks use MPI's own).
+  const std::vector<std::pair<Call, Call>> cases = {
+      {ar10, {K::allreduce, 11, DType::float32, ReduceOp::sum, 0, "count=11"}},
+      {ar10, {K::allreduce, 100000, DType::float32, ReduceOp::sum, 0, "count=100000"}},
+      {{K::allreduce, 5000, DType::float32, ReduceOp::sum, 0, "count=5000"},
+       {K::allreduce, 20000, DType::float32, ReduceOp::sum, 0, "count=20000"}},
+      {{K::allreduce, 1 << 20, DType::float32, ReduceOp::sum, 0, "count=1048576"},
+       {K::allreduce, (1 << 20) + 1, DType::float32, ReduceOp::sum, 0, "count=1048577"}},
+      {{K::allreduce, 20000, DType::float32, ReduceOp::sum, 0, "count=20000"},
+       {K::allreduce, 1000, DType::float32, ReduceOp::sum, 0, "count=1000"}},
+      {ar10, {K::allreduce, 10, DType::float32, ReduceOp::max, 0, "allreduce(max"}},
+      {ar10, {K::allreduce, 10, DType::int32, ReduceOp::sum, 0, "int32"}},
+      {{K::allreduce, 5, DType::float64, ReduceOp::sum, 0, "float64, count=5"},
+       {K::allreduce, 10, DType::float32, ReduceOp::sum, 0, "float32, count=10"}},
+      {ar10, {K::broadcast, 10, DType::float32, ReduceOp::sum, 0, "broadcast(float32, count=10, root=0)"}},
+      {{K::broadcast, 30000, DType::float32, ReduceOp::sum, 0, "root=0"},
+       {K::broadcast, 30000, DType::float32, ReduceOp::sum, 1, "root=1"}},
+      {{K::barrier, 0, DType::float32, ReduceOp::sum, 0, "barrier()"},
+       {K::allreduce, 1, DType::float32, ReduceOp::sum, 0, "allreduce(sum, float32, count=1)"}},
+      {{K::allgather, 100, DType::float32, ReduceOp::sum, 0, "allgather(float32, count=100)"},
+       {K::allgather, 101, DType::float32, ReduceOp::sum, 0, "allgather(float32, count=101)"}},
+      {{K::reduce_scatter, 100, DType::float32, ReduceOp::sum, 0, "reduce_scatter(sum, float32, count=100)"},
+       {K::allreduce, 100, DType::float32, ReduceOp::sum, 0, "allreduce(sum, float32, count=100)"}},
+  };
+  Communicator world = wrap_mpi(MPI_COMM_WORLD);
+  const bool odd = world.rank() == world.size() - 1;
+  int caught = 0;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    Communicator comm = wrap_mpi(MPI_COMM_WORLD);
+    const Call& mine = odd ? cases[i].second : cases[i].first;
+    try {
+      make_call(comm, mine);
+      std::printf("rank %d: case %zu: no error\n", world.rank(), i);
+    } catch (const MismatchError& e) {
+      const std::string m = e.what();
+      const bool names_both = m.find(cases[i].first.text) != std::string::npos &&
+                              m.find(cases[i].second.text) != std::string::npos;
+      if (names_both) ++caught;
+      else std::printf("rank %d: case %zu: %s\n", world.rank(), i, e.what());
+    }
+  }
+  // MPI itself is still healthy: a correct allreduce on a fresh communicator.
+  std::vector<float> v(1000, 1.0f);
+  world.allreduce(std::span<float>(v));
+  const bool healthy = v[999] == static_cast<float>(world.size());
+  const bool ok = caught == static_cast<int>(cases.size()) && healthy;
+  std::printf("rank %d: %d of %zu mismatches caught%s\n", world.rank(), caught, cases.size(),
+              ok ? ", MPI still healthy" : healthy ? "" : ", then a WRONG allreduce");
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -127,10 +221,11 @@ int main(int argc, char** argv) {
     if (scenario == "two-groups") return two_groups();
     if (scenario == "late") return late();
     if (scenario == "stop") return stop();
+    if (scenario == "mismatches") return mismatches();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mpi_worker: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: mpi_worker hier-equals-flat|two-groups|late|stop\n");
+  std::fprintf(stderr, "usage: mpi_worker hier-equals-flat|two-groups|late|stop|mismatches\n");
   return 2;
 }

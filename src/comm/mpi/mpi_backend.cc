@@ -1,11 +1,11 @@
 #include "mpi/mpi_backend.h"
 
-#include <array>
 #include <climits>
 #include <cstring>
 #include <vector>
 
 #include "dagr/error.h"
+#include "mpi/checked_exchange.h"
 #include "reduce_kernels.h"
 
 namespace dagr::detail {
@@ -34,6 +34,13 @@ MPI_Op mpi_op(MpiRuntime& runtime, DType t, ReduceOp op) {
   }
 }
 
+// An allreduce is reduced inside the checked exchange (one round trip for two
+// ranks) up to this size; larger ones, on more than two ranks, go to MPI's own
+// allreduce after the check, whose algorithms send fewer bytes than recursive
+// doubling does there. For two ranks recursive doubling is one swap of the
+// whole buffer, as much as any algorithm sends, so it is used at every size.
+constexpr std::size_t kExchangeAllreduceBytes = 64 << 10;
+
 int as_int(std::size_t count) {
   DAGR_ENFORCE(count <= static_cast<std::size_t>(INT_MAX), InputError, "the MPI backend moves at most ",
                INT_MAX, " elements per call, not ", count);
@@ -51,8 +58,13 @@ MpiBackend::MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm, Clock
   post_and_wait([dup, comm](MPI_Request* q) { return MPI_Comm_idup(comm, dup.get(), q); }, like,
                 [] { return std::string("MPI_Comm_idup (making the communicator)"); });
   comm_ = *dup;
+  auto dup2 = std::make_shared<MPI_Comm>(MPI_COMM_NULL);
+  post_and_wait([dup2, comm](MPI_Request* q) { return MPI_Comm_idup(comm, dup2.get(), q); }, like,
+                [] { return std::string("MPI_Comm_idup (making the communicator)"); });
+  exchange_comm_ = *dup2;
   runtime_->call([&] {
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(exchange_comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
   });
@@ -60,7 +72,10 @@ MpiBackend::MpiBackend(std::shared_ptr<MpiRuntime> runtime, MPI_Comm comm, Clock
 
 MpiBackend::~MpiBackend() {
   try {
-    runtime_->call([&] { MPI_Comm_free(&comm_); });
+    runtime_->call([&] {
+      MPI_Comm_free(&exchange_comm_);
+      MPI_Comm_free(&comm_);
+    });
   } catch (const Error&) {
     // MPI failed earlier and is not called again: the handle goes with the process.
   }
@@ -99,24 +114,21 @@ void MpiBackend::run(const Request& r) {
     return concat(Fingerprint::of(r).describe(), " (collective #", call, ")");
   };
   if (r.kind == OpKind::send || r.kind == OpKind::recv) return point_to_point(r, what);
-  check_fingerprints(r, what);
-  collective(r, what);
+  const bool reduced_in_check = r.kind == OpKind::allreduce && r.bytes() <= static_cast<std::size_t>(INT_MAX) &&
+                                (r.bytes() <= kExchangeAllreduceBytes || size_ == 2);
+  check_fingerprints(r, what, reduced_in_check);
+  if (!reduced_in_check) return collective(r, what);
+  if (r.op == ReduceOp::avg) divide(r.out, r.count, r.dtype, size_);
 }
 
-// The buffers of both exchanges belong to their steps (shared_ptr), not to
-// this frame: a timed-out exchange is abandoned with them.
-void MpiBackend::check_fingerprints(const Request& r, const std::function<std::string()>& what) {
+// The exchange and the gathered fingerprints belong to their steps
+// (shared_ptr), not to this frame: a timed-out exchange is abandoned with them.
+void MpiBackend::check_fingerprints(const Request& r, const std::function<std::string()>& what, bool with_data) {
+  auto exchange = std::make_shared<CheckedExchange>(r, with_data, exchange_comm_, rank_, size_);
+  runtime_->run([exchange] { return exchange->step(); }, r.deadline, what);
+  if (exchange->agreed()) return;
   const auto mine = std::make_shared<const Fingerprint>(Fingerprint::of(r));
-  std::uint64_t words[2];
-  std::memcpy(words, mine.get(), sizeof words);
-  auto check = std::make_shared<std::array<std::uint64_t, 4>>(
-      std::array<std::uint64_t, 4>{words[0], words[1], ~words[0], ~words[1]});
   const MPI_Comm comm = comm_;
-  post_and_wait([check, comm](MPI_Request* q) {
-    return MPI_Iallreduce(MPI_IN_PLACE, check->data(), 4, MPI_UINT64_T, MPI_MAX, comm, q);
-  }, r, what);
-  const auto& c = *check;
-  if (c[0] == ~c[2] && c[1] == ~c[3]) return;  // max == min: all equal
   auto all = std::make_shared<std::vector<Fingerprint>>(static_cast<std::size_t>(size_));
   post_and_wait([mine, all, comm](MPI_Request* q) {
     return MPI_Iallgather(mine.get(), sizeof(Fingerprint), MPI_BYTE, all->data(), sizeof(Fingerprint), MPI_BYTE,
@@ -130,11 +142,12 @@ void MpiBackend::check_fingerprints(const Request& r, const std::function<std::s
                              mine->describe(), ")"));
 }
 
-// Every collective is MPI's non-blocking one, polled to its deadline like any
-// other operation (see mpi_runtime.h: a blocking MPI collective under the lock
-// would stop this process's other groups and can deadlock two groups used from
-// two threads). The fingerprint check before it has met every rank, so a
-// collective that times out here means a peer stopped in the middle.
+// Every collective not done by the check itself is MPI's non-blocking one,
+// polled to its deadline like any other operation (see mpi_runtime.h: a
+// blocking MPI collective under the lock would stop this process's other groups
+// and can deadlock two groups used from two threads). The fingerprint check
+// before it has met every rank, so a collective that times out here means a
+// peer stopped in the middle.
 void MpiBackend::collective(const Request& r, const std::function<std::string()>& what) {
   const MPI_Datatype type = mpi_type(r.dtype);
   const int count = as_int(r.count);
