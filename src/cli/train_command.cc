@@ -47,6 +47,16 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--min-workers", o->min_workers,
                   "With --elastic: fewer workers left than this fails the job (or restarts it, with --max-restarts)")
       ->check(CLI::Range(1, 256));
+  // DP-SGD (trainer.h): per-example clipping, Gaussian noise in shares, ε printed after each epoch.
+  app->add_option("--dp-clip", o->dp_clip, "DP-SGD: clip each example's gradient to this L2 norm (0: no DP-SGD)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--dp-noise", o->dp_noise,
+                  "DP-SGD: noise multiplier σ (the sum of clipped gradients gets N(0, σ²·clip²), in shares over the ranks)");
+  app->add_option("--dp-epsilon", o->dp_epsilon, "DP-SGD: choose σ so that the whole run spends at most this ε");
+  app->add_option("--dp-delta", o->dp_delta, "DP-SGD: the δ at which ε is reported (and --dp-epsilon met)");
+  app->add_option("--dp-noise-seed", o->dp_noise_seed,
+                  "DP-SGD: draw the noise from this seed, for reproducible runs (default: a secret key from /dev/urandom)")
+      ->check(CLI::NonNegativeNumber);
   // Pictures (train_pictures.h): rank 0 draws OUT/curves.png, and writes TensorBoard events, after training.
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");

@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
@@ -34,6 +35,8 @@
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
+#include "dagr/train/dp_sgd.h"
+#include "dagr/train/privacy_accountant.h"
 #include "dagr/train/sampler.h"
 #include "dagr/models/models.h"
 #include "network.h"
@@ -201,6 +204,20 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
                "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
   DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
+  DAGR_ENFORCE(std::isfinite(o.dp_clip) && o.dp_clip >= 0, InputError, "--dp-clip must be a finite number above 0, not ",
+               o.dp_clip);
+  if (o.dp_clip > 0) {
+    DAGR_ENFORCE((o.dp_noise >= 0) != (o.dp_epsilon > 0), InputError,
+                 "--dp-clip needs one of --dp-noise (σ ≥ 0) and --dp-epsilon (ε > 0)");
+    DAGR_ENFORCE(std::isfinite(o.dp_noise) && std::isfinite(o.dp_epsilon), InputError,
+                 "--dp-noise and --dp-epsilon must be finite");
+    DAGR_ENFORCE(o.dp_delta > 0 && o.dp_delta < 1, InputError, "--dp-delta must be between 0 and 1, not ", o.dp_delta);
+    DAGR_ENFORCE(o.tensor_parallel == 1, InputError, "--dp-clip needs --tensor-parallel 1 (per-example clipping "
+                 "works on the dense model)");
+  } else {
+    DAGR_ENFORCE(o.dp_noise < 0 && o.dp_epsilon == 0 && o.dp_noise_seed < 0, InputError,
+                 "--dp-noise, --dp-epsilon and --dp-noise-seed need --dp-clip");
+  }
   DAGR_ENFORCE(!o.out.empty(), InputError, "--out must name a folder");
   std::error_code error;
   std::filesystem::create_directories(o.out, error);
@@ -266,6 +283,27 @@ int run_training(const TrainOptions& o) {
   const std::int64_t global_batch = o.batch_size * data_ranks;
   std::int64_t steps = sampler.steps_per_epoch(batch);
 
+  // DP-SGD: the same on every rank but the noise key. A batch of the global
+  // sample order is taken as a sample at rate q = global batch / N (the
+  // accountant's assumption; see docs/DECISIONS.md on shuffling vs Poisson).
+  const bool dp = o.dp_clip > 0;
+  const double dp_q = static_cast<double>(global_batch) / static_cast<double>(train.images.size(0));
+  const std::int64_t total_steps = o.max_steps > 0 ? std::min(o.max_steps, steps * o.epochs) : steps * o.epochs;
+  const double dp_sigma = !dp ? 0 : o.dp_epsilon > 0 ? noise_for_epsilon(o.dp_epsilon, o.dp_delta, dp_q, total_steps)
+                                                     : o.dp_noise;
+  // The noise key: from --dp-noise-seed (every run draws the same noise), else
+  // from the kernel's random source, never shown (nobody can recompute the noise).
+  const std::uint64_t dp_key = o.dp_noise_seed >= 0 ? static_cast<std::uint64_t>(o.dp_noise_seed)
+                                                    : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^
+                                                          std::random_device{}();
+  torch::nn::Sequential dp_model{nullptr};
+  if (dp) {
+    auto sequential = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(net.module);
+    DAGR_ENFORCE(sequential, InputError, "--dp-clip needs a built-in (Sequential) model");
+    dp_model = torch::nn::Sequential(sequential);
+  }
+  const auto dp_spent = [&] { return dp_epsilon(dp_q, dp_sigma, progress.steps, o.dp_delta); };
+
   // Where to start: the checkpoint's global position p in its epoch's sample
   // order is local position p / D here (rank r takes the order's elements r,
   // r + D, …); the step count follows from it, so the learning-rate schedule
@@ -301,6 +339,12 @@ int run_training(const TrainOptions& o) {
                 "%s lr %g, %d epochs\n", o.model.c_str(), static_cast<long long>(train.images.size(0)), world,
                 groups.tensor.size(), groups.data.size(), static_cast<long long>(o.batch_size), o.optimizer.c_str(),
                 o.lr, o.epochs);
+    if (dp)
+      std::printf("dagr train: DP-SGD, clip %g, noise multiplier %.4f%s, sampling rate %.5f, %lld steps: "
+                  "ε %.3f at δ %g at the end; noise %s\n", o.dp_clip, dp_sigma,
+                  o.dp_epsilon > 0 ? " (chosen for --dp-epsilon)" : "", dp_q, static_cast<long long>(total_steps),
+                  dp_epsilon(dp_q, dp_sigma, total_steps, o.dp_delta), o.dp_delta,
+                  o.dp_noise_seed >= 0 ? "from --dp-noise-seed (reproducible)" : "keyed from /dev/urandom");
     if (resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
     if (resumed)
       std::printf("dagr train: continuing at epoch %lld, sample %lld of it (step %lld)\n",
@@ -423,9 +467,22 @@ int run_training(const TrainOptions& o) {
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
       optimizer->zero_grad();
-      const auto logits = net.forward(x);
-      const auto loss = torch::nn::functional::cross_entropy(logits, y);
-      loss.backward();
+      torch::Tensor logits, loss;
+      if (dp) {
+        // Per-example clipping, this rank's share of the noise, and the scale that
+        // makes DDP's average (Σ clipped sums + noise) / global batch.
+        ClippedBatch clipped = clip_per_example(dp_model, x, y, o.dp_clip);
+        at::Generator noise = dp_noise_generator(dp_key, groups.data.rank(), progress.steps);
+        add_noise_share(clipped.clipped_sum, dp_sigma * o.dp_clip, static_cast<int>(data_ranks), noise);
+        for (auto& g : clipped.clipped_sum) g.mul_(static_cast<double>(data_ranks) / static_cast<double>(global_batch));
+        backward_with_gradients(*net.module, clipped.clipped_sum);
+        logits = clipped.logits;
+        loss = clipped.loss;
+      } else {
+        logits = net.forward(x);
+        loss = torch::nn::functional::cross_entropy(logits, y);
+        loss.backward();
+      }
       optimizer->step();
       const double l = loss.item<double>();
       sums[0] += l * static_cast<double>(end - position);
@@ -480,15 +537,19 @@ int run_training(const TrainOptions& o) {
     progress.test_accuracy = evaluate(net, test.images, test.labels, groups, comm);
     // Every rank keeps the metrics lines (rank 0 writes them): a survivor that
     // becomes rank 0 after --elastic recovery has the history.
-    progress.metrics.push_back(nlohmann::json{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
-                                              {"train_accuracy", global[1] / global[2]},
-                                              {"test_accuracy", progress.test_accuracy},
-                                              {"rank_train_loss", rank_loss},
-                                              {"seconds", seconds_since(train_start)}}.dump());
+    nlohmann::json line{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
+                        {"train_accuracy", global[1] / global[2]}, {"test_accuracy", progress.test_accuracy},
+                        {"rank_train_loss", rank_loss}, {"seconds", seconds_since(train_start)}};
+    if (dp) line["dp_epsilon"] = dp_spent();
+    progress.metrics.push_back(line.dump());
     if (rank == 0) {
       std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
                   static_cast<long long>(epoch), global[0] / global[2], global[1] / global[2], progress.test_accuracy,
                   seconds_since(train_start));
+      if (dp)
+        std::printf("Epoch %lld: privacy spent ε = %.4f at δ = %g (σ %.4f, q %.5f, %lld steps)\n",
+                    static_cast<long long>(epoch), dp_spent(), o.dp_delta, dp_sigma, dp_q,
+                    static_cast<long long>(progress.steps));
       std::fflush(stdout);
       metrics << progress.metrics.back() << std::endl;
     }

@@ -28,6 +28,15 @@ struct TrainOptions {
   int max_restarts = 0;      // the launcher restarts the group this often; a restarted run resumes
   bool elastic = false;      // after losing a rank, the others shrink their group and carry on
   int min_workers = 1;       // elastic: fewer left than this is a failure (then a restart, if allowed)
+  // DP-SGD (dagr/train/dp_sgd.h) when dp_clip > 0: each example's gradient clipped to norm dp_clip,
+  // Gaussian noise of standard deviation dp_noise·dp_clip on the global sum (each data-parallel rank
+  // adds its share); with dp_epsilon > 0 the noise multiplier is chosen so that the whole run spends
+  // at most that ε at dp_delta. The accountant prints ε after each epoch.
+  double dp_clip = 0;
+  double dp_noise = -1;      // σ; -1: not given
+  double dp_epsilon = 0;     // target ε instead of dp_noise; 0: not given
+  double dp_delta = 1e-5;
+  std::int64_t dp_noise_seed = -1;  // ≥ 0: noise drawn from this seed (reproducible runs); -1: from /dev/urandom
   std::function<void()> on_finished;  // run by rank 0 once metrics.jsonl is complete (dagr train draws its curves)
 };
 
