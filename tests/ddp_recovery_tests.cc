@@ -3,7 +3,8 @@
 // saying a peer failed), and training goes on with the ranks' parameters
 // bitwise equal; or, when the ranks reduce different backward passes, every
 // later backward raises. Never does one rank train on its own gradients while
-// the others average.
+// the others average. A step that fails while another rank shadows it from
+// join() is skipped by the ranks that train; join() goes on.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -64,8 +65,9 @@ struct Outcome {
 
 // Runs `steps` SGD steps on 2 ranks; `plan(rank, step)` says what that rank does:
 // 0 a normal step, 1 a step whose backward throws, 2 an extra backward under
-// no_sync before the step's own.
-std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan) {
+// no_sync before the step's own. With rank0_steps >= 0, rank 0 runs that many
+// steps instead and both ranks call join() after their last.
+std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan, int rank0_steps = -1) {
   std::vector<Outcome> outcomes(2);
   dagr::testing::run_ranks(
       2,
@@ -75,7 +77,8 @@ std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan) 
         EXPECT_GE(ddp.bucket_count(), 2);
         torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
         Outcome& out = outcomes[static_cast<std::size_t>(comm.rank())];
-        for (int step = 0; step < steps; ++step) {
+        const int own_steps = comm.rank() == 0 && rank0_steps >= 0 ? rank0_steps : steps;
+        for (int step = 0; step < own_steps; ++step) {
           const int what = plan(comm.rank(), step);
           optimizer.zero_grad();
           if (what == 2) {
@@ -91,6 +94,7 @@ std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan) 
             out.steps.push_back(e.what());
           }
         }
+        if (rank0_steps >= 0) ddp.join();
         out.parameters = flat_parameters(net);
       },
       std::chrono::seconds(10));
@@ -110,6 +114,23 @@ TEST(DdpRecovery, AThrowInOneRanksBackwardSkipsTheStepEverywhereAndTrainingGoesO
     }
   EXPECT_TRUE(contains(out[1].steps[2], "planted failure")) << out[1].steps[2];
   EXPECT_TRUE(contains(out[0].steps[2], "another rank failed")) << out[0].steps[2];
+  ASSERT_TRUE(out[0].parameters.defined() && out[1].parameters.defined());
+  EXPECT_TRUE(torch::equal(out[0].parameters, out[1].parameters))
+      << "largest difference " << (out[0].parameters - out[1].parameters).abs().max().item<float>();
+}
+
+// Rank 0 joins after 2 steps; rank 1's backward throws in step 3, while rank 0
+// shadows it: rank 1 skips that step, rank 0's join() goes on, both leave
+// join() with the same parameters.
+TEST(DdpRecovery, AThrowWhileAnotherRankHasJoinedSkipsOnlyThatStep) {
+  const auto out = train(6, [](int rank, int step) { return rank == 1 && step == 3 ? 1 : 0; }, 2);
+  ASSERT_EQ(out[0].steps.size(), 2u);
+  ASSERT_EQ(out[1].steps.size(), 6u);
+  for (int step = 0; step < 6; ++step) {
+    if (step < 2) EXPECT_EQ(out[0].steps[static_cast<std::size_t>(step)], "ok") << "rank 0 step " << step;
+    if (step != 3) EXPECT_EQ(out[1].steps[static_cast<std::size_t>(step)], "ok") << "rank 1 step " << step;
+  }
+  EXPECT_TRUE(contains(out[1].steps[3], "planted failure")) << out[1].steps[3];
   ASSERT_TRUE(out[0].parameters.defined() && out[1].parameters.defined());
   EXPECT_TRUE(torch::equal(out[0].parameters, out[1].parameters))
       << "largest difference " << (out[0].parameters - out[1].parameters).abs().max().item<float>();
