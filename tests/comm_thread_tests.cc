@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "dagr/comm/secure_aggregation.h"
 #include "dagr/error.h"
 #include "rank_threads.h"
 
@@ -392,6 +393,39 @@ TEST(Input, SizesThatDoNotFitAreInputErrors) {
   EXPECT_THROW(solo.send(std::span<const float>(a), 0), InputError);
   solo.allreduce(std::span<float>(a));  // still usable
   EXPECT_EQ(solo.size(), 1);
+}
+
+}  // namespace
+}  // namespace dagr
+
+namespace dagr {
+namespace {
+
+// Secure aggregation's bad inputs are InputErrors naming the problem; the
+// encoding is monotone and decodes to within half a quantum.
+TEST(SecureAggregation, RefusesWhatCouldOverflowOrIsNotASum) {
+  testing::run_ranks(4, [](Communicator& comm) {
+    try {
+      SecureAggregator too_fine(comm, {.clip = 8.0f, .level_bits = 31});
+      ADD_FAILURE() << "4 ranks of 2^31 levels must be refused";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("at most level_bits = 30"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(SecureAggregator(comm, {.clip = -1.0f}), InputError);
+    SecureAggregator secure(comm, {.clip = 4.0f, .level_bits = 20});
+    std::vector<float> v(8, 1.0f);
+    EXPECT_THROW(secure.allreduce(std::span<float>(v), ReduceOp::max), InputError);
+    EXPECT_EQ(secure.encode(-4.0f), 0u);
+    EXPECT_EQ(secure.encode(-100.0f), 0u);
+    EXPECT_EQ(secure.encode(4.0f), (1u << 20) - 1);
+    EXPECT_EQ(secure.encode(100.0f), (1u << 20) - 1);
+    for (float x : {-3.9f, -0.001f, 0.0f, 0.3f, 2.5f}) {
+      EXPECT_LE(secure.encode(x - 0.01f), secure.encode(x));
+      EXPECT_NEAR(secure.decode(secure.encode(x), 1), x, 0.5 / secure.scale() + 1e-6);
+    }
+    secure.allreduce(std::span<float>(v), ReduceOp::avg);  // the group is still usable after the refusals
+    for (float x : v) EXPECT_NEAR(x, 1.0f, 1e-5);
+  });
 }
 
 }  // namespace

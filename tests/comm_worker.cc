@@ -6,6 +6,9 @@
 //   comm_worker steps S [split]  allreduces (also on a sub-group with "split") for S seconds; an error is
 //                             not caught, so it aborts the process as in a program that does not catch it
 //   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
+//   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats)
+//   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
+//   comm_worker secure-wrong-key  rank 1's key pair is inconsistent: every rank must detect it
 //   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
 //                             prints "rank R attempt K pid P"; in attempt 0 first waits (10 s at most) until
 //                             the launcher's spares are all waiting, and with "die" the last rank then kills itself
@@ -15,7 +18,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include "dagr/comm/communicator.h"
+#include "dagr/comm/secure_aggregation.h"
 #include "dagr/error.h"
 #include "dagr/launch/standby.h"
 
@@ -176,6 +182,109 @@ int print_sleep_print() {
 
 }  // namespace
 
+// ---- secure aggregation ----
+
+// Rank r's k-th value: spread over [-12, 12], so some are clipped at ±8.
+float secure_value(int r, std::size_t k) { return 12.0f * std::sin(0.37f * static_cast<float>(k) + 1.3f * r); }
+
+// The secure sum equals the fixed-point sum of everyone's values (each rank
+// knows them all here), bitwise, for sum and avg, at several sizes.
+int secure(Communicator& comm) {
+  SecureAggregator secure(comm);
+  const int n = comm.size(), me = comm.rank();
+  for (std::size_t count : {std::size_t{1}, std::size_t{1000}, std::size_t{300000}})
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
+      std::vector<float> v(count), want(count);
+      for (std::size_t k = 0; k < count; ++k) {
+        v[k] = secure_value(me, k);
+        std::uint32_t sum = 0;
+        for (int r = 0; r < n; ++r) sum += secure.encode(secure_value(r, k));
+        want[k] = secure.decode(sum, n, op);
+      }
+      secure.allreduce(std::span<float>(v), op);
+      check(std::memcmp(v.data(), want.data(), count * sizeof(float)) == 0, "secure allreduce = fixed-point sum", me);
+      bool close = true;  // and that is the real sum of the clipped values, to n half-quanta (and float rounding)
+      for (std::size_t k = 0; k < count; ++k) {
+        double exact = 0;
+        for (int r = 0; r < n; ++r) exact += std::clamp(secure_value(r, k), -8.0f, 8.0f);
+        if (op == ReduceOp::avg) exact /= n;
+        close = close && std::abs(v[k] - exact) <= n * 0.5 / secure.scale() + 1e-6 * (1 + std::abs(exact));
+      }
+      check(close, "secure allreduce = the sum of the clipped values, to the encoding's quantum", me);
+    }
+  if (failures == 0) std::printf("rank %d: secure sums exact\n", me);
+  return failures ? 1 : 0;
+}
+
+// Whether any /dev/shm/dagr-* mapping of this process holds `run` consecutive copies of `word`.
+bool shared_memory_holds(std::uint32_t word, std::size_t run) {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/dev/shm/dagr-") == std::string::npos) continue;
+    const auto begin = reinterpret_cast<const std::uint32_t*>(std::stoull(line.substr(0, line.find('-')), nullptr, 16));
+    const auto end = reinterpret_cast<const std::uint32_t*>(
+        std::stoull(line.substr(line.find('-') + 1, line.find(' ') - line.find('-') - 1), nullptr, 16));
+    std::size_t same = 0;
+    for (const std::uint32_t* p = begin; p < end; ++p)
+      if ((same = *p == word ? same + 1 : 0) >= run) return true;
+  }
+  return false;
+}
+
+// Rank 1 contributes a constant; rank 0 then looks for it in the shared memory
+// every rank writes to: a plain allreduce of the encodings leaves it there (the
+// scan works), a secure one must not (neither the float nor its encoding).
+int secure_scan(Communicator& comm) {
+  SecureAggregator secure(comm);
+  const int me = comm.rank();
+  constexpr std::size_t kCount = 1 << 16;
+  constexpr float kSecret = 1.2345f;
+  const float mine = me == 1 ? kSecret : 0.25f * (me + 1);
+  std::uint32_t float_bits;
+  std::memcpy(&float_bits, &kSecret, 4);
+  const std::uint32_t encoded = secure.encode(kSecret);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<float> v(kCount, mine);
+    secure.allreduce(std::span<float>(v));
+    comm.barrier();
+    if (me == 0) {
+      check(!shared_memory_holds(encoded, 64) && !shared_memory_holds(float_bits, 64),
+            "no rank's plain contribution in shared memory during secure allreduces", me);
+    }
+    comm.barrier();
+  }
+  std::vector<std::int32_t> plain(kCount, static_cast<std::int32_t>(secure.encode(mine)));
+  comm.allreduce(std::span<std::int32_t>(plain));
+  comm.barrier();
+  if (me == 0) check(shared_memory_holds(encoded, 64), "the scan finds rank 1's encoding after a plain allreduce", me);
+  comm.barrier();
+  if (me == 0 && failures == 0) std::printf("secure allreduce: no plain contribution in shared memory (plain: found)\n");
+  return failures ? 1 : 0;
+}
+
+// Rank 1 publishes one public key and uses another's secret key: every rank's
+// result fails its checksum (an Error), none returns a wrong sum silently.
+int secure_wrong_key(Communicator& comm) {
+  std::optional<SecureKeyPair> keys;
+  if (comm.rank() == 1) {
+    keys = SecureKeyPair::generate();
+    keys->secret_key = SecureKeyPair::generate().secret_key;
+  }
+  SecureAggregator secure(comm, {}, keys);
+  std::vector<float> v(5000, 1.0f);
+  try {
+    secure.allreduce(std::span<float>(v));
+  } catch (const Error& e) {
+    if (std::string(e.what()).find("masks did not cancel") != std::string::npos) {
+      std::printf("rank %d: wrong key detected\n", comm.rank());
+      return 0;
+    }
+    throw;
+  }
+  std::fprintf(stderr, "rank %d: FAILED: a wrong key went unnoticed\n", comm.rank());
+  return 1;
+}
+
 // How many processes of our launcher wait as spares (named dagr-standby, standby.h).
 int spares_waiting() {
   int n = 0;
@@ -214,10 +323,13 @@ int main(int argc, char** argv) {
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "mismatch") return mismatch(comm);
     if (scenario == "die") return die(comm);
+    if (scenario == "secure") return secure(comm);
+    if (scenario == "secure-scan") return secure_scan(comm);
+    if (scenario == "secure-wrong-key") return secure_wrong_key(comm);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "comm_worker: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print|standby [die]\n");
+  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print|standby [die]|secure|secure-scan|secure-wrong-key\n");
   return 2;
 }

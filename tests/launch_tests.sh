@@ -113,6 +113,20 @@ expect "a job that needs no restart ends with its spares unused" \
   test $? -eq 0 -a "$(grep -c "attempt 0 pid" "$tmp/out")" -eq 2 -a "$(grep -c "standby pid .* started" "$tmp/err")" -eq 2
 expect "no spare is left running" sh -c '! pgrep -x dagr-standby'
 
+# Secure aggregation (real processes): the masked fixed-point sum is exact, no
+# rank's plain contribution is ever in the shared memory, a wrong key is caught.
+for n in 2 3 4; do
+  timeout 60 "$dagr" launch -n $n -- "$worker" secure > "$tmp/out" 2> "$tmp/err"
+  expect "secure allreduce on $n ranks equals the fixed-point sum, bitwise" \
+    test $? -eq 0 -a "$(grep -c "secure sums exact" "$tmp/out")" -eq $n
+done
+timeout 60 "$dagr" launch -n 3 -- "$worker" secure-scan > "$tmp/out" 2> "$tmp/err"
+expect "a secure allreduce leaves no rank's plain contribution in shared memory (a plain one does)" \
+  grep -q "no plain contribution in shared memory (plain: found)" "$tmp/out"
+timeout 60 "$dagr" launch -n 3 -- "$worker" secure-wrong-key > "$tmp/out" 2> "$tmp/err"
+expect "a rank with the wrong key: every rank reports it, none uses the result" \
+  test $? -eq 0 -a "$(grep -c "wrong key detected" "$tmp/out")" -eq 3
+
 # A full /dev/shm (a private 2 MiB one here): one clear error when the group
 # forms, saying what it needs, never a SIGBUS in the middle of a collective.
 timeout 60 unshare -m sh -c 'mount -t tmpfs -o size=2m tmpfs /dev/shm && exec "$0" launch -n 4 -- "$1" collectives' \

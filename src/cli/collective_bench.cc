@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <vector>
 
+#include "dagr/comm/secure_aggregation.h"
 #include "dagr/error.h"
 
 namespace dagr::cli {
@@ -45,7 +47,21 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
     for (std::size_t i = 0; i < in_count; ++i)
       in[i] = element_from_double<T>(spec.kind == OpKind::broadcast && me != 0 ? 0 : input_value(me, i));
   };
+  // --secure: the same inputs, masked and summed in fixed point (clip 64 holds them: at most 40).
+  std::optional<SecureAggregator> secure;
+  if (spec.secure) {
+    DAGR_ENFORCE((std::is_same_v<T, float> && spec.kind == OpKind::allreduce &&
+                  (spec.op == ReduceOp::sum || spec.op == ReduceOp::avg)),
+                 InputError, "--secure is for allreduce of float32, sum or avg");
+    secure.emplace(comm, SecureAggregationOptions{.clip = 64.0f});
+  }
   auto call = [&] {
+    if constexpr (std::is_same_v<T, float>) {
+      if (secure) {  // in place: the input is copied to the output first, as an out-of-place call reads it
+        std::copy(in.begin(), in.end(), out.begin());
+        return secure->allreduce(std::span<float>(out), spec.op);
+      }
+    }
     switch (spec.kind) {
       case OpKind::allreduce: return comm.allreduce(std::span<const T>(in), std::span<T>(out), spec.op);
       case OpKind::allgather: return comm.allgather(std::span<const T>(in), std::span<T>(out));

@@ -16,6 +16,7 @@ struct BenchSpec {
   int iters = 0;          // 0: as many as fit in about `seconds`
   int warmup = -1;        // -1: 100 calls below 64 KiB, 5 above (as the anchors do)
   double seconds = 0.3;
+  bool secure = false;  // allreduce float32 sum/avg through a SecureAggregator (clip 64)
 };
 
 struct BenchRow {

@@ -1,0 +1,82 @@
+// Secure aggregation inside the allreduce: every rank learns the sum of the
+// ranks' vectors and nothing else about another rank's vector.
+//
+//   dagr::SecureAggregator secure(comm);            // collective: exchanges keys
+//   secure.allreduce(std::span<float>(grads), dagr::ReduceOp::avg);
+//
+// Each rank encodes its floats in fixed point (uint32), adds a mask, and the
+// ordinary 32-bit integer sum runs through the communicator's allreduce (shared
+// memory or MPI); the masks cancel in the sum, exactly. Every pair of ranks
+// shares a key (X25519, public keys exchanged through the communicator when
+// the aggregator is made); the pair's mask stream is ChaCha20 under that key,
+// with the collective's sequence number as nonce, so no stream is ever used
+// twice. Rank i adds the streams it shares with higher ranks and subtracts
+// those it shares with lower ones (mod 2^32), so the masks sum to zero.
+// What crosses shared memory or the network is masked: uniform noise to anyone
+// without the keys. Two checksum lanes (linear, so they sum as the data does)
+// travel with the data: masks that did not cancel (a rank with the wrong key)
+// are an Error, never a silent wrong result. See docs/DECISIONS.md for the
+// threat model and its limits.
+//
+// Fixed point: a value is clipped to [-clip, clip] and mapped to
+// round((x + clip) · scale), an integer in [0, L] with L = 2 · clip · scale, so
+// the sum of `size` ranks fits in 32 bits when size · L < 2^32 (checked when
+// the aggregator is made). By default L is the largest the group allows;
+// a result is exact to the encoding's quantum 1 / scale (per rank, rounded).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "dagr/comm/communicator.h"
+
+namespace dagr {
+
+struct SecureAggregationOptions {
+  float clip = 8.0f;   // values are clipped to [-clip, clip]
+  int level_bits = 0;  // L = 2^level_bits - 1 levels per rank; 0: the most the group size allows
+};
+
+// An X25519 key pair (libsodium's crypto_box / crypto_scalarmult format).
+struct SecureKeyPair {
+  std::array<std::uint8_t, 32> public_key{};
+  std::array<std::uint8_t, 32> secret_key{};
+  static SecureKeyPair generate();
+};
+
+class SecureAggregator {
+ public:
+  // Collective over `comm`: every rank publishes its public key (a fresh pair
+  // unless `keys` is given). InputError when the encoding could overflow.
+  explicit SecureAggregator(Communicator comm, SecureAggregationOptions options = {},
+                            std::optional<SecureKeyPair> keys = std::nullopt);
+  ~SecureAggregator();
+  SecureAggregator(SecureAggregator&&) noexcept;
+  SecureAggregator& operator=(SecureAggregator&&) noexcept;
+
+  // In place, sum or avg (InputError for other ops). Collective. Error when the
+  // checksums show that the masks did not cancel.
+  void allreduce(std::span<float> data, ReduceOp op = ReduceOp::sum);
+
+  // The fixed-point encoding this aggregator uses (the same on every rank).
+  std::uint32_t encode(float x) const;
+  // The float that `sum` (a sum of `count` encodings) stands for; its avg with ReduceOp::avg.
+  // allreduce's result is decode(Σ encode(x_rank), size(), op), element for element.
+  float decode(std::uint32_t sum, int count, ReduceOp op = ReduceOp::sum) const;
+  double scale() const;  // encodings per unit: the quantum is 1 / scale()
+  const Communicator& communicator() const;
+
+ private:
+  // Encodes m values (indices first_index…), adding to the checksum lanes; nan set when one is NaN.
+  void encode_into(const float* x, std::size_t m, std::uint32_t* out, std::size_t first_index, std::uint32_t& c1,
+                   std::uint32_t& c2, bool& nan) const;
+
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace dagr

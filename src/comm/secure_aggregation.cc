@@ -1,0 +1,230 @@
+// Secure aggregation (secure_aggregation.h).
+//
+// One allreduce of n floats, on rank i of W:
+//   1. encode: q_k = round((clip(x_k) + clip) · scale) in [0, L]; two checksum
+//      lanes c1 = Σ q_k and c2 = Σ (k + 1) · q_k (mod 2^32) follow the data;
+//   2. mask: for every other rank j, the ChaCha20 keystream of the pair's key
+//      under nonce = this aggregator's collective sequence number, read as
+//      uint32 words, is added (j > i) or subtracted (j < i), mod 2^32, over all
+//      n + 2 words, in cache-sized chunks;
+//   3. the communicator's int32 sum (which wraps, so it is the sum mod 2^32);
+//   4. check: the summed lanes must equal Σ S_k and Σ (k + 1) · S_k of the
+//      summed data S — true when the masks cancelled, false with probability
+//      1 - 2^-64 otherwise (the lanes are as garbled as the data);
+//   5. decode: Σ_i x_ik = S_k / scale - W · clip (÷ W for avg), computed as
+//      products with the inverses (decode() is the same function, element-wise).
+#include "dagr/comm/secure_aggregation.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "dagr/error.h"
+
+namespace dagr {
+
+using detail::concat;
+
+SecureKeyPair SecureKeyPair::generate() {
+  DAGR_ENFORCE(sodium_init() >= 0, Error, "libsodium failed to initialise");
+  SecureKeyPair k;
+  crypto_box_keypair(k.public_key.data(), k.secret_key.data());
+  return k;
+}
+
+struct SecureAggregator::State {
+  Communicator comm;
+  SecureAggregationOptions options;
+  std::uint32_t levels = 0;  // L: an encoding is in [0, L]
+  double scale = 0;
+  std::vector<std::array<std::uint8_t, crypto_stream_chacha20_ietf_KEYBYTES>> pair_keys;  // by peer rank
+  std::uint64_t sequence = 0;                                                             // nonce of the next call
+  std::vector<std::uint32_t> words;      // encodings, then the two checksum lanes
+  std::vector<std::uint32_t> keystream;  // one chunk
+
+  explicit State(Communicator c) : comm(std::move(c)) {}
+};
+
+namespace {
+
+constexpr std::size_t kChunkWords = 4096;  // 16 KiB of keystream at a time: stays in L1/L2
+static_assert(kChunkWords * 4 % 64 == 0, "chunks must be whole ChaCha20 blocks");
+// The stream cipher XORs its keystream into an input: zeros give the keystream itself.
+const std::array<std::uint32_t, kChunkWords> kZeros{};
+
+// The loops over every element are built for AVX2 as well where the CPU has it
+// (GCC function multiversioning: chosen once, at load time).
+#define DAGR_VECTOR_LOOP __attribute__((target_clones("avx2", "default")))
+
+// The summed lanes must be the checksums of the summed data.
+DAGR_VECTOR_LOOP bool checksums_hold(const std::uint32_t* w, std::size_t n) {
+  std::uint32_t sum1 = 0, sum2 = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    sum1 += w[k];
+    sum2 += static_cast<std::uint32_t>(k + 1) * w[k];
+  }
+  return sum1 == w[n] && sum2 == w[n + 1];
+}
+
+// x = (S / scale - world · clip) / divisor, as multiplications by the inverses.
+DAGR_VECTOR_LOOP void decode_all(const std::uint32_t* w, std::size_t n, double inverse_scale, double offset,
+                                 double inverse_divisor, float* out) {
+  for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>((w[k] * inverse_scale - offset) * inverse_divisor);
+}
+
+// round((clip(x) + clip) · scale), without a call to nearbyint so that the
+// loop vectorises: adding 1.5 · 2^52 leaves the rounded integer (to nearest,
+// ties to even) in the low bits of the double's mantissa, for |v| < 2^51.
+std::uint32_t encode_value(float x, double clip, double scale) {
+  constexpr double kMagic = 6755399441055744.0;  // 1.5 · 2^52
+  const double v = (std::min(std::max(static_cast<double>(x), -clip), clip) + clip) * scale + kMagic;
+  std::uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return static_cast<std::uint32_t>(bits);
+}
+
+}  // namespace
+
+SecureAggregator::SecureAggregator(Communicator comm, SecureAggregationOptions options,
+                                   std::optional<SecureKeyPair> keys)
+    : state_(std::make_unique<State>(std::move(comm))) {
+  State& s = *state_;
+  s.options = options;
+  const int world = s.comm.size(), me = s.comm.rank();
+  DAGR_ENFORCE(std::isfinite(options.clip) && options.clip > 0, InputError,
+               "secure aggregation: clip must be a positive number, not ", options.clip);
+  DAGR_ENFORCE(options.level_bits >= 0 && options.level_bits <= 32, InputError,
+               "secure aggregation: level_bits must be in [0, 32], not ", options.level_bits);
+  // W · L <= 2^32 - 1: the sum of every rank's largest encoding still fits.
+  const std::uint64_t most = std::numeric_limits<std::uint32_t>::max() / static_cast<std::uint64_t>(world);
+  if (options.level_bits == 0) {
+    s.levels = static_cast<std::uint32_t>(most);
+  } else {
+    const std::uint64_t wanted = (std::uint64_t{1} << options.level_bits) - 1;
+    const int allowed = static_cast<int>(std::floor(std::log2(static_cast<double>(most) + 1)));
+    DAGR_ENFORCE(wanted <= most, InputError, "secure aggregation: ", world, " ranks of 2^", options.level_bits,
+                 " levels each could overflow the 32-bit sum; this group allows at most level_bits = ", allowed);
+    s.levels = static_cast<std::uint32_t>(wanted);
+  }
+  s.scale = s.levels / (2.0 * options.clip);
+
+  const SecureKeyPair own = keys ? *keys : SecureKeyPair::generate();
+  DAGR_ENFORCE(sodium_init() >= 0, Error, "libsodium failed to initialise");
+  std::vector<std::uint8_t> publics(32 * static_cast<std::size_t>(world));
+  s.comm.allgather(std::span<const std::uint8_t>(own.public_key), std::span<std::uint8_t>(publics));
+  s.pair_keys.resize(static_cast<std::size_t>(world));
+  for (int j = 0; j < world; ++j) {
+    if (j == me) continue;
+    const std::uint8_t* theirs = publics.data() + 32 * j;
+    std::uint8_t shared[crypto_scalarmult_BYTES];
+    DAGR_ENFORCE(crypto_scalarmult(shared, own.secret_key.data(), theirs) == 0, Error,
+                 "secure aggregation: rank ", j, "'s public key is not a valid X25519 key");
+    // The pair's key: a hash of the shared point and both public keys, lower rank's first.
+    const std::uint8_t* lo = publics.data() + 32 * std::min(me, j);
+    const std::uint8_t* hi = publics.data() + 32 * std::max(me, j);
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, nullptr, 0, crypto_stream_chacha20_ietf_KEYBYTES);
+    crypto_generichash_update(&h, shared, sizeof shared);
+    crypto_generichash_update(&h, lo, 32);
+    crypto_generichash_update(&h, hi, 32);
+    crypto_generichash_final(&h, s.pair_keys[static_cast<std::size_t>(j)].data(),
+                             crypto_stream_chacha20_ietf_KEYBYTES);
+    sodium_memzero(shared, sizeof shared);
+  }
+}
+
+SecureAggregator::~SecureAggregator() {
+  if (state_) sodium_memzero(state_->pair_keys.data(), state_->pair_keys.size() * crypto_stream_chacha20_ietf_KEYBYTES);
+}
+SecureAggregator::SecureAggregator(SecureAggregator&&) noexcept = default;
+SecureAggregator& SecureAggregator::operator=(SecureAggregator&&) noexcept = default;
+
+const Communicator& SecureAggregator::communicator() const { return state_->comm; }
+double SecureAggregator::scale() const { return state_->scale; }
+
+
+std::uint32_t SecureAggregator::encode(float x) const {
+  return encode_value(x, state_->options.clip, state_->scale);
+}
+
+DAGR_VECTOR_LOOP void SecureAggregator::encode_into(const float* x, std::size_t m, std::uint32_t* out, std::size_t first_index,
+                                   std::uint32_t& c1, std::uint32_t& c2, bool& nan) const {
+  const double clip = state_->options.clip, scale = state_->scale;
+  std::uint32_t s1 = 0, s2 = 0;
+  bool bad = false;
+  for (std::size_t i = 0; i < m; ++i) {
+    bad |= x[i] != x[i];
+    const std::uint32_t q = encode_value(x[i], clip, scale);
+    out[i] = q;
+    s1 += q;
+    s2 += static_cast<std::uint32_t>(first_index + i + 1) * q;
+  }
+  c1 += s1;
+  c2 += s2;
+  nan |= bad;
+}
+
+float SecureAggregator::decode(std::uint32_t sum, int count, ReduceOp op) const {
+  const State& s = *state_;
+  float out;
+  decode_all(&sum, 1, 1.0 / s.scale, count * static_cast<double>(s.options.clip), op == ReduceOp::avg ? 1.0 / count : 1.0,
+             &out);
+  return out;
+}
+
+void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
+  State& s = *state_;
+  DAGR_ENFORCE(op == ReduceOp::sum || op == ReduceOp::avg, InputError,
+               "a secure allreduce sums or averages; it cannot ", name(op));
+  const std::size_t n = data.size();
+  const int world = s.comm.size(), me = s.comm.rank();
+  std::uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES] = {};
+  const std::uint64_t sequence = s.sequence++;  // never reused, even if this call fails
+  std::memcpy(nonce, &sequence, sizeof sequence);
+
+  // 1 and 2, a chunk at a time (it stays in cache): encode, then each pair's
+  // mask stream added or subtracted. The checksum lanes are the last chunk's tail.
+  s.words.resize(n + 2);
+  s.keystream.resize(kChunkWords);
+  std::uint32_t c1 = 0, c2 = 0;
+  bool nan = false;
+  for (std::size_t base = 0; base < n + 2; base += kChunkWords) {
+    const std::size_t m = std::min(kChunkWords, n + 2 - base);
+    std::uint32_t* w = s.words.data() + base;
+    const std::size_t data_m = base >= n ? 0 : std::min(m, n - base);
+    encode_into(data.data() + base, data_m, w, base, c1, c2, nan);
+    if (base + m == n + 2) {  // the lanes
+      w[m - 2] = c1;
+      w[m - 1] = c2;
+    }
+    for (int j = 0; j < world; ++j) {
+      if (j == me) continue;
+      crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(s.keystream.data()),
+                                         reinterpret_cast<const unsigned char*>(kZeros.data()), m * 4, nonce,
+                                         static_cast<std::uint32_t>(base / 16), s.pair_keys[static_cast<std::size_t>(j)].data());
+      const std::uint32_t* z = s.keystream.data();
+      if (j > me)
+        for (std::size_t i = 0; i < m; ++i) w[i] += z[i];
+      else
+        for (std::size_t i = 0; i < m; ++i) w[i] -= z[i];
+    }
+  }
+  DAGR_ENFORCE(!nan, InputError, "secure allreduce: the input holds NaN");
+
+  // 3. the sum, mod 2^32 (the communicator's int32 sum wraps)
+  s.comm.allreduce(std::span<std::int32_t>(reinterpret_cast<std::int32_t*>(s.words.data()), n + 2), ReduceOp::sum);
+
+  // 4. check
+  DAGR_ENFORCE(checksums_hold(s.words.data(), n), Error, "secure allreduce #", sequence,
+               ": the masks did not cancel (checksum mismatch): a rank holds the wrong keys; "
+               "the result is garbage and was not used");
+
+  // 5. decode
+  decode_all(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.options.clip),
+             op == ReduceOp::avg ? 1.0 / world : 1.0, data.data());
+}
+
+}  // namespace dagr
