@@ -6,12 +6,15 @@
 # ratio dagr / raw MPI (blocking MPI_Allreduce). Raw MPI_Iallreduce + MPI_Wait
 # is shown too (dagr's backend is non-blocking). Both time back-to-back calls
 # (mean, max over ranks). Needs root (ip netns). Cleans up after itself.
-# Usage: scripts/perf_mpi_net.sh [RUNS=5] [DAGR=build/dagr]
+# With BASELINE (another build's dagr), that one is measured in the same runs
+# too ("base" columns), e.g. to compare before and after a change.
+# Usage: scripts/perf_mpi_net.sh [RUNS=5] [DAGR=build/dagr] [BASELINE]
 # Writes bench-out/mpi-net-values.txt (every run) and bench-out/mpi-net-summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 DAGR=$(realpath "${2:-build/dagr}")
+BASELINE=${3:+$(realpath "$3")}
 SIZES="8 1024 65536 1048576 16777216"
 out=$PWD/bench-out; mkdir -p "$out"; : > "$out/mpi-net-values.txt"
 work=$(mktemp -d)
@@ -38,18 +41,24 @@ run2() {
 }
 for i in $(seq 1 "$RUNS"); do
   run2 "$work/raw" 0.3 $SIZES >> "$out/mpi-net-values.txt"
-  run2 "$DAGR" bench allreduce --backend mpi --min 8 --max 16M --json > "$work/dagr.jsonl"
-  for s in $SIZES; do
-    sed -n 's/.*"bytes":'"$s"',.*"time_us":\([0-9.e+]*\).*/dagr_'"$s"'B_time \1/p' "$work/dagr.jsonl" >> "$out/mpi-net-values.txt"
+  for which in dagr ${BASELINE:+base}; do
+    bin=$DAGR; [ "$which" = base ] && bin=$BASELINE
+    run2 "$bin" bench allreduce --backend mpi --min 8 --max 16M --json > "$work/dagr.jsonl"
+    for s in $SIZES; do
+      sed -n 's/.*"bytes":'"$s"',.*"time_us":\([0-9.e+]*\).*/'"$which"'_'"$s"'B_time \1/p' "$work/dagr.jsonl" >> "$out/mpi-net-values.txt"
+    done
+    if grep -q '"correct":false' "$work/dagr.jsonl"; then echo "$bin bench: a wrong result" >&2; exit 1; fi
   done
-  grep -q '"correct":false' "$work/dagr.jsonl" && { echo "dagr bench: a wrong result" >&2; exit 1; }
 done
 # Median per name, then the ratio dagr / raw MPI per size.
-sort -k1,1 -k2,2g "$out/mpi-net-values.txt" | awk -v sizes="$SIZES" '
+sort -k1,1 -k2,2g "$out/mpi-net-values.txt" | awk -v sizes="$SIZES" -v base="${BASELINE:+1}" '
   function flush() { if (name != "") { med[name] = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2; lo[name] = v[1]; hi[name] = v[n]; cnt[name] = n } }
   $1 != name { flush(); name = $1; n = 0 } { v[++n] = $2 }
   END { flush(); k = split(sizes, s, " ")
-    printf "%10s %14s %14s %14s %10s %10s\n", "bytes", "dagr mpi us", "MPI_Allreduce", "Iallreduce", "dagr/raw", "dagr/nb"
-    for (j = 1; j <= k; j++) { d = "dagr_" s[j] "B_time"; r = "mpi_" s[j] "B_time"; b = "mpi_nb_" s[j] "B_time"
-      printf "%10d %14.2f %14.2f %14.2f %9.2fx %9.2fx   (dagr %.4g-%.4g, raw %.4g-%.4g, n=%d)\n", s[j], med[d], med[r], med[b],
-        med[d] / med[r], med[d] / med[b], lo[d], hi[d], lo[r], hi[r], cnt[d] } }' | tee "$out/mpi-net-summary.txt"
+    printf "%10s %12s %14s %14s %9s %9s", "bytes", "dagr mpi us", "MPI_Allreduce", "Iallreduce", "dagr/raw", "dagr/nb"
+    if (base) printf " %12s %9s", "base us", "base/raw"
+    printf "   (ranges)\n"
+    for (j = 1; j <= k; j++) { d = "dagr_" s[j] "B_time"; r = "mpi_" s[j] "B_time"; b = "mpi_nb_" s[j] "B_time"; o = "base_" s[j] "B_time"
+      printf "%10d %12.2f %14.2f %14.2f %8.2fx %8.2fx", s[j], med[d], med[r], med[b], med[d] / med[r], med[d] / med[b]
+      if (base) printf " %12.2f %8.2fx", med[o], med[o] / med[r]
+      printf "   (dagr %.4g-%.4g, raw %.4g-%.4g, n=%d)\n", lo[d], hi[d], lo[r], hi[r], cnt[d] } }' | tee "$out/mpi-net-summary.txt"

@@ -72,10 +72,10 @@ void CheckedExchange::post_data_receives() {
   Header h;
   std::memcpy(&h, receive_buffer_.data(), sizeof h);
   if (h.inline_data) return;
-  receive_data_.resize(h.data_bytes);
+  receive_data_.reset(new std::byte[h.data_bytes]);
   for_each_chunk(h.data_bytes, kChunkBytes, kChunkedBytes, [&](std::size_t at, std::size_t size) {
     requests_.push_back(MPI_REQUEST_NULL);
-    check_mpi(MPI_Irecv(receive_data_.data() + at, static_cast<int>(size), MPI_BYTE, rounds_[round_].peer, kDataTag,
+    check_mpi(MPI_Irecv(receive_data_.get() + at, static_cast<int>(size), MPI_BYTE, rounds_[round_].peer, kDataTag,
                         comm_, &requests_.back()),
               "MPI_Irecv (data)");
   });
@@ -111,7 +111,7 @@ void CheckedExchange::finish_round() {
   Header h;
   std::memcpy(&h, receive_buffer_.data(), sizeof h);
   const void* data = h.inline_data ? static_cast<const void*>(receive_buffer_.data() + sizeof h)
-                                   : static_cast<const void*>(receive_data_.data());
+                                   : static_cast<const void*>(receive_data_.get());
   const bool differs = h.mismatch != 0 || !(h.fingerprint == mine_.fingerprint) ||
                        (with_data_ && h.data_bytes != request_.bytes());
   if (differs) mine_.mismatch = 1;

@@ -27,6 +27,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "request.h"
@@ -75,7 +76,8 @@ class CheckedExchange {
   bool posted_ = false, data_receive_posted_ = false;
   bool have_partial_ = false;  // out holds this rank's partial result (else it is still in)
   Header mine_;
-  std::vector<std::byte> send_buffer_, receive_buffer_, receive_data_;
+  std::vector<std::byte> send_buffer_, receive_buffer_;
+  std::unique_ptr<std::byte[]> receive_data_;  // not inline; left uninitialised (up to 2 GiB)
   // This round's messages: [0] the header received, then the header sent and
   // the data chunks sent and received.
   std::vector<MPI_Request> requests_;
