@@ -131,6 +131,7 @@ void add_noise_share(std::vector<torch::Tensor>& sums, double std, int shares, a
   DAGR_ENFORCE(std >= 0 && std::isfinite(std) && shares >= 1, InputError, "DP-SGD: noise ", std, " in ", shares,
                " shares");
   const double share_std = std / std::sqrt(static_cast<double>(shares));
+  if (share_std == 0) return;  // σ = 0: clipping only, nothing to draw
   torch::NoGradGuard no_grad;
   for (auto& s : sums) s.add_(torch::randn(s.sizes(), generator, s.options()), share_std);
 }
