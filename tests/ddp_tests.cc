@@ -6,6 +6,8 @@
 // rebuilt in the order gradients come; join() for uneven inputs.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include <algorithm>
 #include <mutex>
 
@@ -468,4 +470,52 @@ TEST(Ddp, JoinLetsRanksWithFewerBatchesShadowTheOthers) {
 }
 
 }  // namespace
+// Secure aggregation: the same training as plain DDP to within the fixed
+// point's rounding, every rank bitwise equal, and non-float32 refused.
+TEST(Ddp, SecureAggregationTrainsAsPlainDdpToTheFixedPointsPrecision) {
+  // [0] plain, [1] secure, [2] secure with a clip far below the gradients
+  // (which must then differ: the gradients really go through the aggregator).
+  std::vector<std::vector<torch::Tensor>> finals(3);
+  for (int secure : {0, 1, 2}) {
+    run_ranks(3, [&](Communicator& comm) {
+      torch::manual_seed(1);  // the same start everywhere (DDP broadcasts rank 0's anyway)
+      auto model = torch::nn::Sequential(torch::nn::Linear(6, 5), torch::nn::Tanh(), torch::nn::Linear(5, 3));
+      DdpOptions o{.bucket_cap_bytes = 64, .first_bucket_bytes = 64};  // several buckets
+      if (secure) o.secure_aggregation = SecureAggregationOptions{.clip = secure == 1 ? 4.0f : 1e-3f};
+      DistributedDataParallel ddp(model.ptr(), comm, o);
+      EXPECT_GT(ddp.bucket_count(), 1);
+      torch::optim::SGD sgd(model->parameters(), 0.1);
+      for (int step = 0; step < 4; ++step) {
+        const auto x = torch::full({4, 6}, 0.1 * (comm.rank() + 1) + 0.05 * step);
+        sgd.zero_grad();
+        model->forward(x).pow(2).sum().backward();
+        sgd.step();
+      }
+      std::vector<torch::Tensor> mine;
+      for (const auto& p : model->parameters()) mine.push_back(p.detach().clone());
+      std::vector<float> flat;
+      for (const auto& t : mine) flat.insert(flat.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+      std::vector<float> all(flat.size() * 3);
+      comm.allgather(std::span<const float>(flat), std::span<float>(all));
+      for (int r = 1; r < 3; ++r)
+        EXPECT_EQ(std::memcmp(all.data(), all.data() + r * flat.size(), flat.size() * sizeof(float)), 0)
+            << "rank " << r << " differs from rank 0";
+      if (comm.rank() == 0) finals[secure] = mine;
+    });
+  }
+  bool clipped_differs = false;
+  for (std::size_t i = 0; i < finals[0].size(); ++i) {
+    EXPECT_TRUE(torch::allclose(finals[0][i], finals[1][i], 1e-5, 1e-6)) << "parameter " << i;
+    clipped_differs = clipped_differs || !torch::allclose(finals[0][i], finals[2][i], 1e-3, 1e-4);
+  }
+  EXPECT_TRUE(clipped_differs) << "a clip of 1e-3 changed nothing: the gradients did not go through the aggregator";
+  run_ranks(2, [](Communicator& comm) {
+    auto model = torch::nn::Linear(torch::nn::LinearOptions(3, 2));
+    model->to(torch::kFloat64);
+    DdpOptions o;
+    o.secure_aggregation = SecureAggregationOptions{};
+    EXPECT_THROW(DistributedDataParallel(model.ptr(), comm, o), InputError);
+  });
+}
+
 }  // namespace dagr

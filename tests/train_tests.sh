@@ -53,6 +53,15 @@ timeout 300 "$dagr" train --model cnn --workers 2 --epochs 1 --max-steps 60 --ou
 expect "the CNN trains" test $? -eq 0 -a -s "$tmp/cnn/model.pt"
 expect "and its model loads back" "$load_model" cnn "$tmp/cnn/model.pt"
 
+# Secure aggregation: the gradients averaged as masked fixed point give the
+# accuracy of plain DDP (the same run, within 0.5 point).
+for mode in plain secure; do
+  flags=(); [ "$mode" = secure ] && flags=(--secure-aggregation 8)
+  timeout 300 "$dagr" train --workers 2 --epochs 1 --max-steps 150 "${flags[@]}" --out "$tmp/$mode" > "$tmp/$mode.out" 2>&1
+done
+expect "secure aggregation trains ($(accuracy "$tmp/secure") against plain $(accuracy "$tmp/plain"))" \
+  awk -v a="$(accuracy "$tmp/secure")" -v b="$(accuracy "$tmp/plain")" 'BEGIN { d = a - b; exit !(a > 0.7 && d < 0.005 && d > -0.005) }'
+
 timeout 300 "$dagr" launch -n 3 -- "$dagr" train --epochs 1 --max-steps 50 --out "$tmp/launched" > "$tmp/out" 2>&1
 expect "dagr train runs as ranks of a launched job" test $? -eq 0 -a "$(grep -c 'Rank [012] training loss' "$tmp/out")" -eq 3
 
@@ -79,6 +88,7 @@ one_line_exit_2() {  # NAME PATTERN ARGS...
 }
 for lr in nan inf -0.1 0; do one_line_exit_2 "--lr $lr" "--lr must be a finite number above 0" "--lr=$lr"; done
 one_line_exit_2 "--momentum nan" "--momentum must be" --momentum nan
+one_line_exit_2 "--secure-aggregation nan" "clip must be a finite number" --secure-aggregation nan
 touch "$tmp/a-file"
 one_line_exit_2 "--out naming a file" "not a folder" --out "$tmp/a-file"
 one_line_exit_2 "--out under a file" "not a folder" --out "$tmp/a-file/sub"

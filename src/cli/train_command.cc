@@ -57,6 +57,10 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--dp-noise-seed", o->dp_noise_seed,
                   "DP-SGD: draw the noise from this seed, for reproducible runs (default: a secret key from /dev/urandom)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--secure-aggregation", o->secure_clip,
+                  "Average the gradients by secure aggregation (masked fixed point), each element clipped to ±CLIP "
+                  "(0: off)")
+      ->check(CLI::NonNegativeNumber);
   // Pictures (train_pictures.h): rank 0 draws OUT/curves.png, and writes TensorBoard events, after training.
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");

@@ -204,6 +204,8 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
                "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
   DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
+  DAGR_ENFORCE(std::isfinite(o.secure_clip) && o.secure_clip >= 0, InputError,
+               "--secure-aggregation's clip must be a finite number above 0, not ", o.secure_clip);
   DAGR_ENFORCE(std::isfinite(o.dp_clip) && o.dp_clip >= 0, InputError, "--dp-clip must be a finite number above 0, not ",
                o.dp_clip);
   if (o.dp_clip > 0) {
@@ -265,7 +267,9 @@ int run_training(const TrainOptions& o) {
   const std::optional<TrainingCheckpoint> resumed = resume ? load_everywhere(comm, o.out) : std::nullopt;
   if (resumed) restore_model(net, o, *resumed);
   std::optional<DistributedDataParallel> ddp;  // re-made on a smaller group by elastic recovery
-  ddp.emplace(net.module, groups.data);
+  DdpOptions ddp_options;
+  if (o.secure_clip > 0) ddp_options.secure_aggregation = SecureAggregationOptions{.clip = static_cast<float>(o.secure_clip)};
+  ddp.emplace(net.module, groups.data, ddp_options);
   auto optimizer = make_optimizer(o, *net.module);
   if (resumed) restore_optimizer(net, *optimizer, *resumed);
   Progress progress;
@@ -427,7 +431,7 @@ int run_training(const TrainOptions& o) {
     progress.samples_in_epoch = state.samples_in_epoch;
     progress.steps = state.steps;
     progress.metrics = state.metrics;
-    ddp.emplace(net.module, groups.data);
+    ddp.emplace(net.module, groups.data, ddp_options);
     sampler = make_sampler();
     per_rank = sampler.samples_per_rank();
     data_ranks = groups.data.size();

@@ -37,6 +37,9 @@ struct TrainOptions {
   double dp_epsilon = 0;     // target ε instead of dp_noise; 0: not given
   double dp_delta = 1e-5;
   std::int64_t dp_noise_seed = -1;  // ≥ 0: noise drawn from this seed (reproducible runs); -1: from /dev/urandom
+  // > 0: DDP averages the gradients by secure aggregation (dagr/comm/secure_aggregation.h), each
+  // element clipped to ±secure_clip: no rank, nor a reader of /dev/shm, sees another's gradients.
+  double secure_clip = 0;
   std::function<void()> on_finished;  // run by rank 0 once metrics.jsonl is complete (dagr train draws its curves)
 };
 

@@ -112,6 +112,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   std::int64_t generation = 0;             // backward passes begun; the same count on every rank
   std::string broken;                      // set when a collective failed: every later backward raises
   DdpStats stats;
+  std::optional<SecureAggregator> secure;  // DdpOptions::secure_aggregation
 
   explicit State(Communicator c) : comm(std::move(c)) {}
 
@@ -196,8 +197,18 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     --buckets[bucket_of[i]].pending;
   }
 
-  void allreduce_now(const torch::Tensor& flat) {
-    visit_span(flat, "DDP bucket", [&](auto data) { comm.allreduce(data, ReduceOp::avg); });
+  // Averages one bucket (`last`: the last one, which carries the tail). With
+  // secure aggregation the gradients go through the aggregator and the tail
+  // (step numbers and flags, nothing private, and not within its clip) plainly.
+  void allreduce_now(const torch::Tensor& flat, bool last) {
+    if (!secure) {
+      visit_span(flat, "DDP bucket", [&](auto data) { comm.allreduce(data, ReduceOp::avg); });
+      return;
+    }
+    const std::int64_t tail = last ? kTailFloats : 0, n = flat.numel();
+    float* p = flat.data_ptr<float>();
+    secure->allreduce(std::span<float>(p, static_cast<std::size_t>(n - tail)), ReduceOp::avg);
+    if (tail) comm.allreduce(std::span<float>(p + n - tail, static_cast<std::size_t>(tail)), ReduceOp::avg);
   }
 
   // Starts, in order, every bucket whose gradients are all in. The last bucket
@@ -210,8 +221,10 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       if (next_bucket == buckets.size()) {
         write_tail(b.flat, /*finished=*/true);
         const auto start = std::chrono::steady_clock::now();
-        collective([&] { allreduce_now(b.flat); });
+        collective([&] { allreduce_now(b.flat, /*last=*/true); });
         stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      } else if (secure) {
+        collective([&] { allreduce_now(b.flat, /*last=*/false); });
       } else {
         collective([&] {
           b.work = visit_span(b.flat, "DDP bucket", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
@@ -288,7 +301,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
         }
         auto stand_in = torch::zeros_like(b.flat);
         if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/false);
-        allreduce_now(stand_in);
+        allreduce_now(stand_in, k + 1 == buckets.size());
       }
       next_bucket = buckets.size();
     } catch (const std::exception& e) {
@@ -357,7 +370,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     for (std::size_t k = 0; k < buckets.size(); ++k) {
       auto stand_in = torch::zeros_like(buckets[k].flat);
       if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/true, /*trained=*/false);
-      collective([&] { allreduce_now(stand_in); });
+      collective([&] { allreduce_now(stand_in, k + 1 == buckets.size()); });
       last = stand_in;
     }
     const Tail tail = read_tail(last);
@@ -444,9 +457,13 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     if (!item.value().requires_grad()) continue;
     DAGR_ENFORCE(is_float_type(item.value().scalar_type()), InputError, "DDP: parameter ", item.key(), " is ",
                  item.value().scalar_type(), "; DDP averages float32, float64, float16 and bfloat16 parameters");
+    DAGR_ENFORCE(!options.secure_aggregation || item.value().scalar_type() == torch::kFloat32, InputError,
+                 "DDP: secure aggregation sums float32 gradients; parameter ", item.key(), " is ",
+                 item.value().scalar_type());
     s.names.push_back(item.key());
     s.params.push_back(item.value());
   }
+  if (options.secure_aggregation && comm_.size() > 1) s.secure.emplace(comm_, *options.secure_aggregation);
   std::map<torch::ScalarType, BufferGroup> buffers;
   for (const auto& item : module_->named_buffers()) {
     broadcast_tensor(comm_, item.value(), item.key());

@@ -39,8 +39,10 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 
 #include "dagr/comm/communicator.h"
+#include "dagr/comm/secure_aggregation.h"
 
 namespace dagr {
 
@@ -54,6 +56,12 @@ struct DdpOptions {
   // After the first complete step, rebuild the buckets in the order the
   // gradients actually came (rank 0's), as PyTorch's reducer does.
   bool rebuild_buckets = true;
+  // Average the gradients through a SecureAggregator (secure_aggregation.h):
+  // no rank, reader of shared memory or network observer sees another rank's
+  // gradients, only their average, clipped to ±clip and rounded to its fixed
+  // point. float32 parameters only; buckets are reduced one at a time, as they
+  // become ready, on the backward thread (no overlap).
+  std::optional<SecureAggregationOptions> secure_aggregation;
 };
 
 struct DdpStats {
