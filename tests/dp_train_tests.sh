@@ -37,6 +37,8 @@ bad() {
 bad "--dp-clip without noise" --dp-clip 1
 bad "--dp-noise and --dp-epsilon together" --dp-clip 1 --dp-noise 1 --dp-epsilon 3
 bad "--dp-noise without --dp-clip" --dp-noise 1
+bad "negative --dp-epsilon beside --dp-noise" --dp-clip 1 --dp-noise 1 --dp-epsilon -1
+bad "negative --dp-noise" --dp-clip 1 --dp-noise -0.5
 bad "--dp-delta 0" --dp-clip 1 --dp-noise 1 --dp-delta 0
 bad "--dp-clip with tensor parallelism" --workers 2 --tensor-parallel 2 --dp-clip 1 --dp-noise 1
 finish

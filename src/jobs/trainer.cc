@@ -213,6 +213,8 @@ void check_options(const TrainOptions& o) {
                  "--dp-clip needs one of --dp-noise (σ ≥ 0) and --dp-epsilon (ε > 0)");
     DAGR_ENFORCE(std::isfinite(o.dp_noise) && std::isfinite(o.dp_epsilon), InputError,
                  "--dp-noise and --dp-epsilon must be finite");
+    DAGR_ENFORCE(o.dp_epsilon >= 0 && (o.dp_noise >= 0 || o.dp_noise == -1), InputError,
+                 "--dp-noise must be at least 0 and --dp-epsilon above 0");
     DAGR_ENFORCE(o.dp_delta > 0 && o.dp_delta < 1, InputError, "--dp-delta must be between 0 and 1, not ", o.dp_delta);
     DAGR_ENFORCE(o.tensor_parallel == 1, InputError, "--dp-clip needs --tensor-parallel 1 (per-example clipping "
                  "works on the dense model)");
