@@ -200,7 +200,12 @@ Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink
   if (rank < 0 && pipe2(standby, O_CLOEXEC) != 0) detail::throw_errno("pipe");
   const int secret_fd = secret_pipe(s.secret);
   w.pid = fork();
-  if (w.pid < 0) detail::throw_errno("fork");
+  if (w.pid < 0) {
+    const int saved = errno;
+    close(secret_fd);
+    errno = saved;
+    detail::throw_errno("fork");
+  }
   if (w.pid == 0) exec_worker(s, rank, restart, standby[0], secret_fd, out[1], err[1]);
   close(secret_fd);
   setpgid(w.pid, w.pid);  // also here, so a signal sent right away reaches the group
