@@ -417,8 +417,9 @@ TEST(SecureAggregation, RefusesWhatCouldOverflowOrIsNotASum) {
     EXPECT_THROW(secure.allreduce(std::span<float>(v), ReduceOp::max), InputError);
     EXPECT_EQ(secure.encode(-4.0f), 0u);
     EXPECT_EQ(secure.encode(-100.0f), 0u);
-    EXPECT_EQ(secure.encode(4.0f), (1u << 20) - 1);
-    EXPECT_EQ(secure.encode(100.0f), (1u << 20) - 1);
+    EXPECT_EQ(secure.encode(4.0f), (1u << 20) - 2);
+    EXPECT_EQ(secure.encode(100.0f), (1u << 20) - 2);
+    EXPECT_EQ(secure.encode(0.0f), (1u << 19) - 1);  // L/2 stands for 0
     for (float x : {-3.9f, -0.001f, 0.0f, 0.3f, 2.5f}) {
       EXPECT_LE(secure.encode(x - 0.01f), secure.encode(x));
       EXPECT_NEAR(secure.decode(secure.encode(x), 1), x, 0.5 / secure.scale() + 1e-6);

@@ -1,7 +1,7 @@
 // Secure aggregation (secure_aggregation.h).
 //
 // One allreduce of n floats, on rank i of W:
-//   1. encode: q_k = round((clip(x_k) + clip) · scale) in [0, L]; two checksum
+//   1. encode: q_k = round(clip(x_k) · scale) + L/2 in [0, L]; two checksum
 //      lanes c1 = Σ q_k and c2 = Σ (k + 1) · q_k (mod 2^32) follow the data;
 //   2. mask: for every other rank j, the ChaCha20 keystream of the pair's key
 //      under nonce = this aggregator's collective sequence number, read as
@@ -11,7 +11,7 @@
 //   4. check: the summed lanes must equal Σ S_k and Σ (k + 1) · S_k of the
 //      summed data S — true when the masks cancelled, false with probability
 //      1 - 2^-64 otherwise (the lanes are as garbled as the data);
-//   5. decode: Σ_i x_ik = S_k / scale - W · clip (÷ W for avg), computed as
+//   5. decode: Σ_i x_ik = (S_k - W · L/2) / scale (÷ W for avg), computed as
 //      products with the inverses (decode() is the same function, element-wise).
 #include "dagr/comm/secure_aggregation.h"
 
@@ -38,7 +38,7 @@ SecureKeyPair SecureKeyPair::generate() {
 struct SecureAggregator::State {
   Communicator comm;
   SecureAggregationOptions options;
-  std::uint32_t levels = 0;  // L: an encoding is in [0, L]
+  std::uint32_t levels = 0;  // L (even): an encoding is in [0, L], L/2 stands for 0
   double scale = 0;
   std::vector<std::array<std::uint8_t, crypto_stream_chacha20_ietf_KEYBYTES>> pair_keys;  // by peer rank
   std::uint64_t sequence = 0;                                                             // nonce of the next call
@@ -69,21 +69,20 @@ DAGR_VECTOR_LOOP bool checksums_hold(const std::uint32_t* w, std::size_t n) {
   return sum1 == w[n] && sum2 == w[n + 1];
 }
 
-// x = (S / scale - world · clip) / divisor, as multiplications by the inverses.
+// x = (S - offset) / scale / divisor, as multiplications by the inverses.
 DAGR_VECTOR_LOOP void decode_all(const std::uint32_t* w, std::size_t n, double inverse_scale, double offset,
                                  double inverse_divisor, float* out) {
-  for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>((w[k] * inverse_scale - offset) * inverse_divisor);
+  for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>((w[k] - offset) * inverse_scale * inverse_divisor);
 }
 
-// round((clip(x) + clip) · scale), without a call to nearbyint so that the
-// loop vectorises: adding 1.5 · 2^52 leaves the rounded integer (to nearest,
-// ties to even) in the low bits of the double's mantissa, for |v| < 2^51.
-std::uint32_t encode_value(float x, double clip, double scale) {
+// round(clip(x) · scale) + L/2. The rounding adds and subtracts 1.5 · 2^52
+// (to nearest, ties to even, in the default rounding mode) and the integer
+// comes from a conversion to int32 (|round(·)| <= L/2 < 2^31): both
+// vectorise, where a call to nearbyint or a 64-bit conversion would not.
+inline std::uint32_t encode_value(float x, double clip, double scale, std::uint32_t half) {
   constexpr double kMagic = 6755399441055744.0;  // 1.5 · 2^52
-  const double v = (std::min(std::max(static_cast<double>(x), -clip), clip) + clip) * scale + kMagic;
-  std::uint64_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  return static_cast<std::uint32_t>(bits);
+  const double y = std::min(std::max(static_cast<double>(x), -clip), clip) * scale;
+  return static_cast<std::uint32_t>(static_cast<std::int32_t>((y + kMagic) - kMagic)) + half;
 }
 
 }  // namespace
@@ -96,14 +95,14 @@ SecureAggregator::SecureAggregator(Communicator comm, SecureAggregationOptions o
   const int world = s.comm.size(), me = s.comm.rank();
   DAGR_ENFORCE(std::isfinite(options.clip) && options.clip > 0, InputError,
                "secure aggregation: clip must be a positive number, not ", options.clip);
-  DAGR_ENFORCE(options.level_bits >= 0 && options.level_bits <= 32, InputError,
-               "secure aggregation: level_bits must be in [0, 32], not ", options.level_bits);
+  DAGR_ENFORCE(options.level_bits == 0 || (options.level_bits >= 2 && options.level_bits <= 32), InputError,
+               "secure aggregation: level_bits must be 0 or in [2, 32], not ", options.level_bits);
   // W · L <= 2^32 - 1: the sum of every rank's largest encoding still fits.
   const std::uint64_t most = std::numeric_limits<std::uint32_t>::max() / static_cast<std::uint64_t>(world);
   if (options.level_bits == 0) {
-    s.levels = static_cast<std::uint32_t>(most);
+    s.levels = static_cast<std::uint32_t>(most & ~std::uint64_t{1});
   } else {
-    const std::uint64_t wanted = (std::uint64_t{1} << options.level_bits) - 1;
+    const std::uint64_t wanted = (std::uint64_t{1} << options.level_bits) - 2;
     const int allowed = static_cast<int>(std::floor(std::log2(static_cast<double>(most) + 1)));
     DAGR_ENFORCE(wanted <= most, InputError, "secure aggregation: ", world, " ranks of 2^", options.level_bits,
                  " levels each could overflow the 32-bit sum; this group allows at most level_bits = ", allowed);
@@ -147,30 +146,32 @@ double SecureAggregator::scale() const { return state_->scale; }
 
 
 std::uint32_t SecureAggregator::encode(float x) const {
-  return encode_value(x, state_->options.clip, state_->scale);
+  return encode_value(x, state_->options.clip, state_->scale, state_->levels / 2);
 }
 
 DAGR_VECTOR_LOOP void SecureAggregator::encode_into(const float* x, std::size_t m, std::uint32_t* out, std::size_t first_index,
                                    std::uint32_t& c1, std::uint32_t& c2, bool& nan) const {
   const double clip = state_->options.clip, scale = state_->scale;
-  std::uint32_t s1 = 0, s2 = 0;
-  bool bad = false;
+  const std::uint32_t half = state_->levels / 2;
+  std::uint32_t s1 = 0, s2 = 0, bad = 0;
+  const std::uint32_t first = static_cast<std::uint32_t>(first_index) + 1;
   for (std::size_t i = 0; i < m; ++i) {
-    bad |= x[i] != x[i];
-    const std::uint32_t q = encode_value(x[i], clip, scale);
+    const float v = x[i];
+    bad |= v != v ? 1u : 0u;
+    const std::uint32_t q = encode_value(v, clip, scale, half);
     out[i] = q;
     s1 += q;
-    s2 += static_cast<std::uint32_t>(first_index + i + 1) * q;
+    s2 += (first + static_cast<std::uint32_t>(i)) * q;
   }
   c1 += s1;
   c2 += s2;
-  nan |= bad;
+  nan = nan || bad != 0;
 }
 
 float SecureAggregator::decode(std::uint32_t sum, int count, ReduceOp op) const {
   const State& s = *state_;
   float out;
-  decode_all(&sum, 1, 1.0 / s.scale, count * static_cast<double>(s.options.clip), op == ReduceOp::avg ? 1.0 / count : 1.0,
+  decode_all(&sum, 1, 1.0 / s.scale, count * static_cast<double>(s.levels / 2), op == ReduceOp::avg ? 1.0 / count : 1.0,
              &out);
   return out;
 }
@@ -223,7 +224,7 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
                "the result is garbage and was not used");
 
   // 5. decode
-  decode_all(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.options.clip),
+  decode_all(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.levels / 2),
              op == ReduceOp::avg ? 1.0 / world : 1.0, data.data());
 }
 

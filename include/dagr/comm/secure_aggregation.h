@@ -19,8 +19,8 @@
 // threat model and its limits.
 //
 // Fixed point: a value is clipped to [-clip, clip] and mapped to
-// round((x + clip) · scale), an integer in [0, L] with L = 2 · clip · scale, so
-// the sum of `size` ranks fits in 32 bits when size · L < 2^32 (checked when
+// round(x · scale) + L/2, an integer in [0, L] with L = 2 · clip · scale (even),
+// so the sum of `size` ranks fits in 32 bits when size · L < 2^32 (checked when
 // the aggregator is made). By default L is the largest the group allows;
 // a result is exact to the encoding's quantum 1 / scale (per rank, rounded).
 #pragma once
@@ -38,7 +38,7 @@ namespace dagr {
 
 struct SecureAggregationOptions {
   float clip = 8.0f;   // values are clipped to [-clip, clip]
-  int level_bits = 0;  // L = 2^level_bits - 1 levels per rank; 0: the most the group size allows
+  int level_bits = 0;  // L = 2^level_bits - 2 (2..32 bits); 0: the most the group size allows
 };
 
 // An X25519 key pair (libsodium's crypto_box / crypto_scalarmult format).
