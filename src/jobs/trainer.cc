@@ -1,7 +1,9 @@
 // One rank of `dagr train`, start to finish:
 //   join the group → load the data set → build the model, wrap it in DDP →
 //   each epoch: this rank's shard (DistributedSampler) in batches of b →
-//   forward, loss, backward (DDP averages gradients as they are produced) →
+//   forward, loss, backward (DDP averages gradients as they are produced;
+//   with --dp-clip: forward with per-example clipping, this rank's share of
+//   the noise, and a backward that hands DDP the result, dagr/train/dp_sgd.h) →
 //   optimizer step → per-rank and global figures, parallel test evaluation →
 //   rank 0 saves the model atomically and writes metrics.
 // Training-state checkpoints (dagr/train/checkpoint.h) are written every
