@@ -1,5 +1,6 @@
 #include "job_secret.h"
 
+#include <sodium.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -72,11 +73,14 @@ const std::string& job_secret() {
   return g.secret;
 }
 
-Sha256Digest admission_tag(const std::string& secret, const std::array<std::uint8_t, 16>& salt) {
+AdmissionTag admission_tag(const std::string& secret, const std::array<std::uint8_t, 16>& salt) {
   std::string message = "dagr-join";
   message.append(reinterpret_cast<const char*>(salt.data()), salt.size());
   message += secret;
-  return sha256(message);
+  AdmissionTag tag;
+  static_assert(sizeof tag == crypto_hash_sha256_BYTES);
+  crypto_hash_sha256(tag.data(), reinterpret_cast<const unsigned char*>(message.data()), message.size());
+  return tag;
 }
 
 void fill_random(void* out, std::size_t bytes) {

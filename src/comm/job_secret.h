@@ -18,12 +18,13 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
-#include "sha256.h"
-
 namespace dagr::detail {
+
+using AdmissionTag = std::array<std::uint8_t, 32>;  // SHA-256 (libsodium's)
 
 // The secret this process was given; empty when DAGR_SECRET_FD was not set
 // (no launcher: mpirun, ranks as threads, ranks started by hand). Throws
@@ -31,7 +32,7 @@ namespace dagr::detail {
 const std::string& job_secret();
 
 // The tag a group's header holds for `secret` and `salt`.
-Sha256Digest admission_tag(const std::string& secret, const std::array<std::uint8_t, 16>& salt);
+AdmissionTag admission_tag(const std::string& secret, const std::array<std::uint8_t, 16>& salt);
 
 // Random bytes from the kernel (getrandom).
 void fill_random(void* out, std::size_t bytes);

@@ -83,7 +83,7 @@ struct SegmentHeader {
   // tag with this one before it takes a place.
   std::uint32_t secured;
   std::array<std::uint8_t, 16> salt;
-  std::array<std::uint8_t, 32> tag;
+  std::array<std::uint8_t, 32> tag;  // AdmissionTag
   std::atomic<std::uint32_t> attached;
   // Set once, by the first rank that finds a peer dead, departed or silent:
   // 1 + that peer's rank, and why (RankState::dead/left, or absent for silent).

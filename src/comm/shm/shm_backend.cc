@@ -40,7 +40,7 @@ void admit(const SegmentHeader& header, const std::string& name, int rank, const
   DAGR_ENFORCE(!secret.empty(), InputError, refused,
                "the job admits only its own workers, which hold its secret (handed by dagr launch on "
                "DAGR_SECRET_FD), and this process was given none");
-  const Sha256Digest mine = admission_tag(secret, header.salt);
+  const AdmissionTag mine = admission_tag(secret, header.salt);
   unsigned char differ = 0;  // every byte looked at, whatever the first difference
   for (std::size_t i = 0; i < mine.size(); ++i) differ |= static_cast<unsigned char>(mine[i] ^ header.tag[i]);
   DAGR_ENFORCE(differ == 0, InputError, refused,
