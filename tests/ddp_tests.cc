@@ -477,9 +477,14 @@ TEST(Ddp, SecureAggregationTrainsAsPlainDdpToTheFixedPointsPrecision) {
   // (which must then differ: the gradients really go through the aggregator).
   std::vector<std::vector<torch::Tensor>> finals(3);
   for (int secure : {0, 1, 2}) {
+    std::mutex construct;  // torch's generator is global: seed and build one model at a time
     run_ranks(3, [&](Communicator& comm) {
-      torch::manual_seed(1);  // the same start everywhere (DDP broadcasts rank 0's anyway)
-      auto model = torch::nn::Sequential(torch::nn::Linear(6, 5), torch::nn::Tanh(), torch::nn::Linear(5, 3));
+      torch::nn::Sequential model;
+      {
+        std::lock_guard lock(construct);
+        torch::manual_seed(1);  // the same start in each of the three runs
+        model = torch::nn::Sequential(torch::nn::Linear(6, 5), torch::nn::Tanh(), torch::nn::Linear(5, 3));
+      }
       DdpOptions o{.bucket_cap_bytes = 64, .first_bucket_bytes = 64};  // several buckets
       if (secure) o.secure_aggregation = SecureAggregationOptions{.clip = secure == 1 ? 4.0f : 1e-3f};
       DistributedDataParallel ddp(model.ptr(), comm, o);

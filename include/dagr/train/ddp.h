@@ -61,7 +61,7 @@ struct DdpOptions {
   // gradients, only their average, clipped to ±clip and rounded to its fixed
   // point. float32 parameters only; buckets are reduced one at a time, as they
   // become ready, on the backward thread (no overlap).
-  std::optional<SecureAggregationOptions> secure_aggregation;
+  std::optional<SecureAggregationOptions> secure_aggregation{};
 };
 
 struct DdpStats {
