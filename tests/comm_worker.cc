@@ -6,7 +6,8 @@
 //   comm_worker steps S [split]  allreduces (also on a sub-group with "split") for S seconds; an error is
 //                             not caught, so it aborts the process as in a program that does not catch it
 //   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
-//   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats)
+//   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats,
+//                             with the sizes whose checksum lanes cross a keystream chunk)
 //   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
 //   comm_worker secure-wrong-key  rank 1's key pair is inconsistent: every rank must detect it
 //   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
@@ -192,7 +193,8 @@ float secure_value(int r, std::size_t k) { return 12.0f * std::sin(0.37f * stati
 int secure(Communicator& comm) {
   SecureAggregator secure(comm);
   const int n = comm.size(), me = comm.rank();
-  for (std::size_t count : {std::size_t{1}, std::size_t{1000}, std::size_t{300000}})
+  // 4095 and 4094: the two checksum lanes straddle a keystream chunk, or start the next one.
+  for (std::size_t count : {std::size_t{1}, std::size_t{1000}, std::size_t{4094}, std::size_t{4095}, std::size_t{300000}})
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
       std::vector<float> v(count), want(count);
       for (std::size_t k = 0; k < count; ++k) {

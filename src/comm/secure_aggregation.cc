@@ -187,7 +187,8 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
   std::memcpy(nonce, &sequence, sizeof sequence);
 
   // 1 and 2, a chunk at a time (it stays in cache): encode, then each pair's
-  // mask stream added or subtracted. The checksum lanes are the last chunk's tail.
+  // mask stream added or subtracted. The checksum lanes (words n and n + 1,
+  // which may fall in different chunks) are final once the data before them is.
   s.words.resize(n + 2);
   s.keystream.resize(kChunkWords);
   std::uint32_t c1 = 0, c2 = 0;
@@ -197,10 +198,8 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
     std::uint32_t* w = s.words.data() + base;
     const std::size_t data_m = base >= n ? 0 : std::min(m, n - base);
     encode_into(data.data() + base, data_m, w, base, c1, c2, nan);
-    if (base + m == n + 2) {  // the lanes
-      w[m - 2] = c1;
-      w[m - 1] = c2;
-    }
+    for (std::size_t lane : {n, n + 1})
+      if (lane >= base && lane < base + m) w[lane - base] = lane == n ? c1 : c2;
     for (int j = 0; j < world; ++j) {
       if (j == me) continue;
       crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(s.keystream.data()),

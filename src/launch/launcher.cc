@@ -260,8 +260,10 @@ void drop_exited_spares(std::vector<Worker>& spares) {
 // work: nothing is lost) and waits for them.
 void retire_spares(std::vector<Worker>& spares) {
   for (Worker& w : spares) {
-    if (w.running) kill(-w.pid, SIGKILL);
-    if (w.running) waitpid(w.pid, nullptr, 0);
+    if (w.running) {
+      kill(-w.pid, SIGKILL);
+      waitpid(w.pid, nullptr, 0);
+    }
     if (w.standby_fd >= 0) close(w.standby_fd);
   }
   spares.clear();
@@ -342,7 +344,6 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
     }
     pids.push_back(workers.back().pid);
   }
-  retire_spares(spares);  // any left over (none, unless the group shrank)
   faults.joined.clear();
   // With standby, spares for the next restart start once every worker has
   // joined, so that they do not slow the group's own start-up.
