@@ -11,7 +11,8 @@
 //   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
 //   comm_worker secure-wrong-key  rank 1's key pair is inconsistent: every rank must detect it
 //   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
-//                             prints "rank R attempt K pid P"; in attempt 0 first waits (10 s at most) until
+//                             prints "rank R attempt K pid P"; in attempt 0 fails if the launcher has more
+//                             children than ranks before this rank joined (a spare too early), then waits (10 s at most) until
 //                             the launcher's spares are all waiting, and with "die" the last rank then kills itself
 #include <dirent.h>
 #include <signal.h>
@@ -302,8 +303,31 @@ int spares_waiting() {
   return n;
 }
 
+// Every process the launcher has started (workers and spares, also ones not yet exec'd).
+int launcher_children() {
+  int n = 0;
+  const std::string parent = std::to_string(getppid());
+  if (DIR* proc = opendir("/proc")) {
+    while (const dirent* e = readdir(proc)) {
+      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;  // not /proc/self, /proc/thread-self
+      std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
+      std::string pid, comm, state, ppid;
+      if (stat >> pid >> comm >> state >> ppid && ppid == parent) ++n;
+    }
+    closedir(proc);
+  }
+  return n;
+}
+
 int standby(bool die) {
   if (!wait_until_started()) return 0;
+  const char* world_size = std::getenv("WORLD_SIZE");
+  const bool first = std::getenv("DAGR_RESTART_COUNT") && std::string(std::getenv("DAGR_RESTART_COUNT")) == "0";
+  // Spares start once every rank has joined: before this one joins there can be none.
+  if (first && world_size && launcher_children() > std::atoi(world_size)) {
+    std::fprintf(stderr, "FAILED: a spare was started before every rank joined\n");
+    return 1;
+  }
   Communicator comm = Communicator::from_env();
   const char* attempt = std::getenv("DAGR_RESTART_COUNT") ? std::getenv("DAGR_RESTART_COUNT") : "none";
   if (std::string(attempt) == "0") {
