@@ -37,7 +37,7 @@ install(FILES ${PROJECT_BINARY_DIR}/dagrConfig.cmake ${PROJECT_BINARY_DIR}/dagrC
 # dependencies go to Libs when the library is static (the linker needs them
 # there), to Libs.private when it is shared.
 set(dagr_pc_cflags "-DOMPI_SKIP_MPICXX -DMPICH_SKIP_MPICXX")
-set(dagr_pc_deps "-pthread -lrt ${SODIUM_LIBRARY}")
+set(dagr_pc_deps "-pthread -lrt ${SODIUM_LIBRARY} ${CRYPTO_LIBRARY}")
 if(MPI_C_FOUND)
   foreach(dir IN LISTS MPI_C_INCLUDE_DIRS)
     string(APPEND dagr_pc_cflags " -I${dir}")

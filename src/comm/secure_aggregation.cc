@@ -3,18 +3,21 @@
 // One allreduce of n floats, on rank i of W:
 //   1. encode: q_k = round(clip(x_k) · scale) + L/2 in [0, L]; two checksum
 //      lanes c1 = Σ q_k and c2 = Σ (k + 1) · q_k (mod 2^32) follow the data;
-//   2. mask: for every other rank j, the ChaCha20 keystream of the pair's key
-//      under nonce = this aggregator's collective sequence number, read as
+//   2. mask: for every other rank j, the AES-128-CTR keystream of the pair's
+//      key from the counter block (sequence number, 0) — the sequence number of
+//      this aggregator's collective, so no block is ever used twice — read as
 //      uint32 words, is added (j > i) or subtracted (j < i), mod 2^32, over all
 //      n + 2 words, in cache-sized chunks;
 //   3. the communicator's int32 sum (which wraps, so it is the sum mod 2^32);
-//   4. check: the summed lanes must equal Σ S_k and Σ (k + 1) · S_k of the
-//      summed data S — true when the masks cancelled, false with probability
-//      1 - 2^-64 otherwise (the lanes are as garbled as the data);
-//   5. decode: Σ_i x_ik = (S_k - W · L/2) / scale (÷ W for avg), computed as
-//      products with the inverses (decode() is the same function, element-wise).
+//   4. decode: Σ_i x_ik = (S_k - W · L/2) / scale (÷ W for avg), computed as
+//      products with the inverses (decode() is the same function, element-wise);
+//   5. check, in the same pass: the summed lanes must equal Σ S_k and
+//      Σ (k + 1) · S_k of the summed data S — true when the masks cancelled,
+//      false with probability 1 - 2^-64 otherwise (the lanes are as garbled as
+//      the data): an Error, and the output must not be used.
 #include "dagr/comm/secure_aggregation.h"
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include <algorithm>
@@ -35,13 +38,25 @@ SecureKeyPair SecureKeyPair::generate() {
   return k;
 }
 
+namespace {
+
+constexpr std::size_t kPairKeyBytes = 16;  // AES-128
+
+// An OpenSSL cipher context, freed with its owner.
+struct CipherContext {
+  std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx{EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free};
+};
+
+}  // namespace
+
 struct SecureAggregator::State {
   Communicator comm;
   SecureAggregationOptions options;
   std::uint32_t levels = 0;  // L (even): an encoding is in [0, L], L/2 stands for 0
   double scale = 0;
-  std::vector<std::array<std::uint8_t, crypto_stream_chacha20_ietf_KEYBYTES>> pair_keys;  // by peer rank
-  std::uint64_t sequence = 0;                                                             // nonce of the next call
+  std::vector<std::array<std::uint8_t, kPairKeyBytes>> pair_keys;  // by peer rank
+  std::vector<CipherContext> streams;                              // by peer rank: that pair's mask stream
+  std::uint64_t sequence = 0;                                      // counter block of the next call
   std::vector<std::uint32_t> words;      // encodings, then the two checksum lanes
   std::vector<std::uint32_t> keystream;  // one chunk
 
@@ -51,28 +66,30 @@ struct SecureAggregator::State {
 namespace {
 
 constexpr std::size_t kChunkWords = 4096;  // 16 KiB of keystream at a time: stays in L1/L2
-static_assert(kChunkWords * 4 % 64 == 0, "chunks must be whole ChaCha20 blocks");
-// The stream cipher XORs its keystream into an input: zeros give the keystream itself.
+// CTR mode XORs its keystream into an input: zeros give the keystream itself.
 const std::array<std::uint32_t, kChunkWords> kZeros{};
 
-// The loops over every element are built for AVX2 as well where the CPU has it
-// (GCC function multiversioning: chosen once, at load time).
-#define DAGR_VECTOR_LOOP __attribute__((target_clones("avx2", "default")))
-
-// The summed lanes must be the checksums of the summed data.
-DAGR_VECTOR_LOOP bool checksums_hold(const std::uint32_t* w, std::size_t n) {
-  std::uint32_t sum1 = 0, sum2 = 0;
-  for (std::size_t k = 0; k < n; ++k) {
-    sum1 += w[k];
-    sum2 += static_cast<std::uint32_t>(k + 1) * w[k];
-  }
-  return sum1 == w[n] && sum2 == w[n + 1];
-}
+// The loops over every element are built for AVX-512 and AVX2 as well, used
+// where the CPU has them (GCC function multiversioning: chosen once, at load time).
+#define DAGR_VECTOR_LOOP __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 
 // x = (S - offset) / scale / divisor, as multiplications by the inverses.
 DAGR_VECTOR_LOOP void decode_all(const std::uint32_t* w, std::size_t n, double inverse_scale, double offset,
                                  double inverse_divisor, float* out) {
   for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>((w[k] - offset) * inverse_scale * inverse_divisor);
+}
+
+// decode_all, in the same pass computing the checksums of the summed data S:
+// true when they equal the summed lanes w[n], w[n + 1] (the masks cancelled).
+DAGR_VECTOR_LOOP bool decode_checked(const std::uint32_t* w, std::size_t n, double inverse_scale, double offset,
+                                     double inverse_divisor, float* out) {
+  std::uint32_t sum1 = 0, sum2 = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    sum1 += w[k];
+    sum2 += static_cast<std::uint32_t>(k + 1) * w[k];
+    out[k] = static_cast<float>((w[k] - offset) * inverse_scale * inverse_divisor);
+  }
+  return sum1 == w[n] && sum2 == w[n + 1];
 }
 
 // round(clip(x) · scale) + L/2. The rounding adds and subtracts 1.5 · 2^52
@@ -125,18 +142,20 @@ SecureAggregator::SecureAggregator(Communicator comm, SecureAggregationOptions o
     const std::uint8_t* lo = publics.data() + 32 * std::min(me, j);
     const std::uint8_t* hi = publics.data() + 32 * std::max(me, j);
     crypto_generichash_state h;
-    crypto_generichash_init(&h, nullptr, 0, crypto_stream_chacha20_ietf_KEYBYTES);
+    crypto_generichash_init(&h, nullptr, 0, kPairKeyBytes);
     crypto_generichash_update(&h, shared, sizeof shared);
     crypto_generichash_update(&h, lo, 32);
     crypto_generichash_update(&h, hi, 32);
-    crypto_generichash_final(&h, s.pair_keys[static_cast<std::size_t>(j)].data(),
-                             crypto_stream_chacha20_ietf_KEYBYTES);
+    crypto_generichash_final(&h, s.pair_keys[static_cast<std::size_t>(j)].data(), kPairKeyBytes);
     sodium_memzero(shared, sizeof shared);
   }
+  s.streams.resize(static_cast<std::size_t>(world));
+  for (const CipherContext& c : s.streams)
+    DAGR_ENFORCE(c.ctx != nullptr, Error, "secure aggregation: OpenSSL could not allocate a cipher context");
 }
 
 SecureAggregator::~SecureAggregator() {
-  if (state_) sodium_memzero(state_->pair_keys.data(), state_->pair_keys.size() * crypto_stream_chacha20_ietf_KEYBYTES);
+  if (state_) sodium_memzero(state_->pair_keys.data(), state_->pair_keys.size() * kPairKeyBytes);
 }
 SecureAggregator::SecureAggregator(SecureAggregator&&) noexcept = default;
 SecureAggregator& SecureAggregator::operator=(SecureAggregator&&) noexcept = default;
@@ -182,9 +201,17 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
                "a secure allreduce sums or averages; it cannot ", name(op));
   const std::size_t n = data.size();
   const int world = s.comm.size(), me = s.comm.rank();
-  std::uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES] = {};
   const std::uint64_t sequence = s.sequence++;  // never reused, even if this call fails
-  std::memcpy(nonce, &sequence, sizeof sequence);
+  // Each pair's stream starts at the counter block (sequence, 0), big-endian:
+  // AES-CTR counts up the low 64 bits, one per 16-byte block, never reaching
+  // the next call's blocks (a call is far below 2^64 blocks).
+  std::uint8_t counter[16] = {};
+  for (int b = 0; b < 8; ++b) counter[b] = static_cast<std::uint8_t>(sequence >> (56 - 8 * b));
+  for (int j = 0; j < world; ++j)
+    if (j != me)
+      DAGR_ENFORCE(EVP_EncryptInit_ex(s.streams[static_cast<std::size_t>(j)].ctx.get(), EVP_aes_128_ctr(), nullptr,
+                                      s.pair_keys[static_cast<std::size_t>(j)].data(), counter) == 1,
+                   Error, "secure aggregation: OpenSSL could not start AES-128-CTR");
 
   // 1 and 2, a chunk at a time (it stays in cache): encode, then each pair's
   // mask stream added or subtracted. The checksum lanes (words n and n + 1,
@@ -202,9 +229,12 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
       if (lane >= base && lane < base + m) w[lane - base] = lane == n ? c1 : c2;
     for (int j = 0; j < world; ++j) {
       if (j == me) continue;
-      crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(s.keystream.data()),
-                                         reinterpret_cast<const unsigned char*>(kZeros.data()), m * 4, nonce,
-                                         static_cast<std::uint32_t>(base / 16), s.pair_keys[static_cast<std::size_t>(j)].data());
+      int produced = 0;
+      DAGR_ENFORCE(EVP_EncryptUpdate(s.streams[static_cast<std::size_t>(j)].ctx.get(),
+                                     reinterpret_cast<unsigned char*>(s.keystream.data()), &produced,
+                                     reinterpret_cast<const unsigned char*>(kZeros.data()), static_cast<int>(m * 4)) == 1 &&
+                       produced == static_cast<int>(m * 4),
+                   Error, "secure aggregation: AES-128-CTR failed");
       const std::uint32_t* z = s.keystream.data();
       if (j > me)
         for (std::size_t i = 0; i < m; ++i) w[i] += z[i];
@@ -217,14 +247,13 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
   // 3. the sum, mod 2^32 (the communicator's int32 sum wraps)
   s.comm.allreduce(std::span<std::int32_t>(reinterpret_cast<std::int32_t*>(s.words.data()), n + 2), ReduceOp::sum);
 
-  // 4. check
-  DAGR_ENFORCE(checksums_hold(s.words.data(), n), Error, "secure allreduce #", sequence,
+  // 4 and 5. decode, checking in the same pass (on a mismatch `data` holds
+  // garbage, and the Error says so)
+  DAGR_ENFORCE(decode_checked(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.levels / 2),
+                              op == ReduceOp::avg ? 1.0 / world : 1.0, data.data()),
+               Error, "secure allreduce #", sequence,
                ": the masks did not cancel (checksum mismatch): a rank holds the wrong keys; "
-               "the result is garbage and was not used");
-
-  // 5. decode
-  decode_all(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.levels / 2),
-             op == ReduceOp::avg ? 1.0 / world : 1.0, data.data());
+               "the result is garbage and must not be used");
 }
 
 }  // namespace dagr

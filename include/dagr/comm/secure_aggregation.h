@@ -8,8 +8,9 @@
 // ordinary 32-bit integer sum runs through the communicator's allreduce (shared
 // memory or MPI); the masks cancel in the sum, exactly. Every pair of ranks
 // shares a key (X25519, public keys exchanged through the communicator when
-// the aggregator is made); the pair's mask stream is ChaCha20 under that key,
-// with the collective's sequence number as nonce, so no stream is ever used
+// the aggregator is made); the pair's mask stream is AES-128-CTR under that
+// key (OpenSSL's libcrypto: AES-NI where the CPU has it), its counter blocks
+// starting at the collective's sequence number, so no block is ever used
 // twice. Rank i adds the streams it shares with higher ranks and subtracts
 // those it shares with lower ones (mod 2^32), so the masks sum to zero.
 // What crosses shared memory or the network is masked: uniform noise to anyone
@@ -59,7 +60,7 @@ class SecureAggregator {
   SecureAggregator& operator=(SecureAggregator&&) noexcept;
 
   // In place, sum or avg (InputError for other ops). Collective. Error when the
-  // checksums show that the masks did not cancel.
+  // checksums show that the masks did not cancel (then `data` holds garbage).
   void allreduce(std::span<float> data, ReduceOp op = ReduceOp::sum);
 
   // The fixed-point encoding this aggregator uses (the same on every rank).
