@@ -81,6 +81,7 @@ std::vector<std::uint8_t> encode_checkpoint(const TrainingCheckpoint& c) {
   if (c.rng_state.defined()) archive.write("rng_state", c.rng_state);
   for (const auto& [name, t] : c.model) archive.write("model/" + name, t);
   for (const auto& [name, t] : c.optimizer) archive.write("optimizer/" + name, t);
+  for (const auto& [name, t] : c.comm_hook) archive.write("comm_hook/" + name, t);
   std::ostringstream out;
   archive.save_to(out);
   const std::string bytes = out.str();
@@ -192,6 +193,9 @@ TrainingCheckpoint decode_checkpoint(const std::vector<std::uint8_t>& payload, c
       } else if (key.starts_with("optimizer/")) {
         archive.read(key, t);
         c.optimizer[key.substr(10)] = t;
+      } else if (key.starts_with("comm_hook/")) {
+        archive.read(key, t);
+        c.comm_hook[key.substr(10)] = t;
       }
     }
   } catch (const std::exception& e) {

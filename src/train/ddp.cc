@@ -30,8 +30,11 @@ constexpr std::int64_t kStepModulus = 64;
 struct Bucket {
   torch::Tensor flat;                // one dtype, every member's gradient side by side (+ the tail in the last)
   std::vector<std::size_t> members;  // parameter indices
+  std::vector<std::vector<std::int64_t>> shapes;  // the members' shapes
   int pending = 0;                   // members not yet ready this step
-  Work work;
+  HookWork work;                     // the hook's averaging of this step
+  Work tail_work;                    // the tail's own allreduce (a hook other than the plain average)
+  torch::Tensor stand_in;            // zeros reduced instead of `flat` (abandon, shadow_step), kept until waited
 };
 
 // Buffers of one dtype, sent by rank 0 in one broadcast through `flat`.
@@ -112,7 +115,9 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   std::int64_t generation = 0;             // backward passes begun; the same count on every rank
   std::string broken;                      // set when a collective failed: every later backward raises
   DdpStats stats;
-  std::optional<SecureAggregator> secure;  // DdpOptions::secure_aggregation
+  std::shared_ptr<CommHook> hook = allreduce_hook();
+  bool hook_registered = false;            // register_comm_hook or the secure_aggregation option
+  std::size_t last_hooked = 0;             // the last bucket with members: the hook's `last` bucket
 
   explicit State(Communicator c) : comm(std::move(c)) {}
 
@@ -129,6 +134,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       Bucket b;
       b.flat = torch::zeros({total + (tail_here ? kTailFloats : 0)}, type);
       b.members = members;
+      for (std::size_t i : members) b.shapes.push_back(params[i].sizes().vec());
       made.push_back(std::move(b));
     }
     if (made.empty() ||
@@ -154,6 +160,8 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       }
     }
     buckets = std::move(made);
+    for (std::size_t k = 0; k < buckets.size(); ++k)
+      if (!buckets[k].members.empty()) last_hooked = k;
   }
 
   // The gradient must live in the bucket. It does unless the optimizer reset it
@@ -197,40 +205,47 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     --buckets[bucket_of[i]].pending;
   }
 
-  // Averages one bucket (`last`: the last one, which carries the tail). With
-  // secure aggregation the gradients go through the aggregator and the tail
-  // (step numbers and flags, nothing private, and not within its clip) plainly.
-  void allreduce_now(const torch::Tensor& flat, bool last) {
-    if (!secure) {
-      visit_span(flat, "DDP bucket", [&](auto data) { comm.allreduce(data, ReduceOp::avg); });
+  // Starts averaging bucket k, whose values are in `flat` (the bucket's own,
+  // or a stand-in of zeros), through the hook. The last bucket's tail (step
+  // numbers and flags: nothing private, and not for a lossy hook to round)
+  // rides with a plain-average hook, else goes in a float32 allreduce of its
+  // own; a bucket of only the tail needs no hook. Every path (a step, a given
+  // up step, a shadowed step) starts every bucket in order and only then waits
+  // for them in order (wait_bucket), so the ranks issue the hooks' collectives
+  // in one order whichever path each is on.
+  void start_bucket(std::size_t k, const torch::Tensor& flat) {
+    Bucket& b = buckets[k];
+    const std::int64_t tail = k + 1 == buckets.size() ? kTailFloats : 0;
+    b.tail_work = Work();
+    if (b.members.empty()) {
+      b.work = HookWork(visit_span(flat, "DDP step check", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); }));
       return;
     }
-    const std::int64_t tail = last ? kTailFloats : 0, n = flat.numel();
-    float* p = flat.data_ptr<float>();
-    secure->allreduce(std::span<float>(p, static_cast<std::size_t>(n - tail)), ReduceOp::avg);
-    if (tail) comm.allreduce(std::span<float>(p + n - tail, static_cast<std::size_t>(tail)), ReduceOp::avg);
+    const bool whole = tail == 0 || hook->plain_average();
+    GradBucket g{.index = k, .last = k == last_hooked, .buffer = whole ? flat : flat.narrow(0, 0, flat.numel() - tail),
+                 .parameters = b.members, .shapes = b.shapes};
+    b.work = hook->run(comm, g);
+    if (!whole)
+      b.tail_work = visit_span(flat.narrow(0, flat.numel() - tail, tail), "DDP step check",
+                               [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
   }
 
-  // Starts, in order, every bucket whose gradients are all in. The last bucket
-  // runs on this thread: once it is ready, backward has nothing left to overlap.
-  // A bucket counts as overlapped when it starts while some parameter's
-  // gradient is still to come (backward has work left to hide it behind).
+  void wait_bucket(Bucket& b) {
+    b.work.wait();
+    b.tail_work.wait();
+    b.stand_in = torch::Tensor();
+  }
+
+  // Starts, in order, every bucket whose gradients are all in. A bucket counts
+  // as overlapped when it starts while some parameter's gradient is still to
+  // come (backward has work left to hide it behind); the last one never does.
   void start_ready_buckets(bool final) {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
-      Bucket& b = buckets[next_bucket++];
-      if (next_bucket == buckets.size()) {
-        write_tail(b.flat, /*finished=*/true);
-        const auto start = std::chrono::steady_clock::now();
-        collective([&] { allreduce_now(b.flat, /*last=*/true); });
-        stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      } else if (secure) {
-        collective([&] { allreduce_now(b.flat, /*last=*/false); });
-      } else {
-        collective([&] {
-          b.work = visit_span(b.flat, "DDP bucket", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
-        });
-        if (!final && outstanding > 0) ++stats.buckets_overlapped;
-      }
+      const std::size_t k = next_bucket++;
+      Bucket& b = buckets[k];
+      if (next_bucket == buckets.size()) write_tail(b.flat, /*finished=*/true);
+      collective([&] { start_bucket(k, b.flat); });
+      if (next_bucket < buckets.size() && !final && outstanding > 0) ++stats.buckets_overlapped;
     }
   }
 
@@ -284,26 +299,23 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   }
 
   // The backward of this step ended by an exception before finish_backward
-  // completed it. The other ranks are waiting on this step's buckets: wait for
-  // the ones already started, reduce zeros for the others with "gave up" in
-  // the tail, so that every rank's backward raises and none steps. A failure
-  // here (a dead peer) leaves the DDP broken.
+  // completed it. The other ranks are waiting on this step's buckets: start
+  // zeros for the buckets not started yet, with "gave up" in the tail, then
+  // wait for every bucket, so that every rank's backward raises and none
+  // steps. A failure here (a dead peer) leaves the DDP broken.
   void abandon(std::int64_t of_generation) noexcept {
     if (!in_backward || of_generation != generation) return;
     in_backward = false;
     if (no_sync_depth > 0 || !broken.empty()) return;
     try {
-      for (std::size_t k = 0; k < buckets.size(); ++k) {
+      for (std::size_t k = next_bucket; k < buckets.size(); ++k) {
         Bucket& b = buckets[k];
-        if (k < next_bucket) {
-          b.work.wait();
-          continue;
-        }
-        auto stand_in = torch::zeros_like(b.flat);
-        if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/false);
-        allreduce_now(stand_in, k + 1 == buckets.size());
+        b.stand_in = torch::zeros_like(b.flat);
+        if (k + 1 == buckets.size()) write_tail(b.stand_in, /*finished=*/false);
+        start_bucket(k, b.stand_in);
       }
       next_bucket = buckets.size();
+      for (Bucket& b : buckets) wait_bucket(b);
     } catch (const std::exception& e) {
       broken = detail::concat("a collective failed while giving up step ", generation, ": ", e.what());
     } catch (...) {
@@ -366,13 +378,14 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   // Returns whether some rank trained in it.
   bool shadow_step() {
     ++generation;
-    torch::Tensor last;
     for (std::size_t k = 0; k < buckets.size(); ++k) {
-      auto stand_in = torch::zeros_like(buckets[k].flat);
-      if (k + 1 == buckets.size()) write_tail(stand_in, /*finished=*/true, /*trained=*/false);
-      collective([&] { allreduce_now(stand_in, k + 1 == buckets.size()); });
-      last = stand_in;
+      Bucket& b = buckets[k];
+      b.stand_in = torch::zeros_like(b.flat);
+      if (k + 1 == buckets.size()) write_tail(b.stand_in, /*finished=*/true, /*trained=*/false);
+      collective([&] { start_bucket(k, b.stand_in); });
     }
+    const torch::Tensor last = buckets.back().stand_in;
+    for (Bucket& b : buckets) collective([&] { wait_bucket(b); });
     const Tail tail = read_tail(last);
     if (!tail.all_finished) return true;  // a training rank gave the step up: so do the others, nothing follows
     broadcast_buffers();
@@ -421,7 +434,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
                  "find_unused_parameters = true if parts of the model are skipped on purpose.");
     const auto start = std::chrono::steady_clock::now();
     start_ready_buckets(/*final=*/true);
-    for (Bucket& b : buckets) collective([&] { b.work.wait(); });
+    for (Bucket& b : buckets) collective([&] { wait_bucket(b); });
     stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     in_backward = false;  // the step is complete on every rank
     ++stats.steps;
@@ -463,7 +476,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     s.names.push_back(item.key());
     s.params.push_back(item.value());
   }
-  if (options.secure_aggregation && comm_.size() > 1) s.secure.emplace(comm_, *options.secure_aggregation);
+  if (options.secure_aggregation && comm_.size() > 1) s.hook = secure_aggregation_hook(comm_, *options.secure_aggregation);
+  s.hook_registered = options.secure_aggregation.has_value();
   std::map<torch::ScalarType, BufferGroup> buffers;
   for (const auto& item : module_->named_buffers()) {
     broadcast_tensor(comm_, item.value(), item.key());
@@ -499,6 +513,19 @@ DistributedDataParallel::~DistributedDataParallel() { state_->active = false; }
 void DistributedDataParallel::join() { state_->join(*module_); }
 
 int DistributedDataParallel::bucket_count() const { return static_cast<int>(state_->buckets.size()); }
+
+void DistributedDataParallel::register_comm_hook(std::shared_ptr<CommHook> hook) {
+  State& s = *state_;
+  DAGR_ENFORCE(hook != nullptr, InputError, "DDP: register_comm_hook: the hook is null");
+  DAGR_ENFORCE(!s.options.secure_aggregation, InputError,
+               "DDP: register_comm_hook: secure_aggregation already averages through its own hook");
+  DAGR_ENFORCE(!s.hook_registered, InputError, "DDP: register_comm_hook may be called once");
+  DAGR_ENFORCE(!s.in_backward, InputError, "DDP: register_comm_hook inside a backward pass");
+  s.hook = std::move(hook);
+  s.hook_registered = true;
+}
+
+const CommHook& DistributedDataParallel::comm_hook() const { return *state_->hook; }
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }
 
 DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp) { ++ddp_.state_->no_sync_depth; }

@@ -47,6 +47,7 @@ struct TrainingCheckpoint {
   std::string extra;               // anything else the program wants back (dagr train: JSON)
   std::map<std::string, torch::Tensor> model;      // parameters and buffers by name
   std::map<std::string, torch::Tensor> optimizer;  // "<parameter>/<state>" and "group<i>/lr"
+  std::map<std::string, torch::Tensor> comm_hook;  // DDP's communication hook's state (CommHook::state)
 };
 
 // Writes DIR/checkpoint-<epoch>-<samples_in_epoch>.dagr as described above and

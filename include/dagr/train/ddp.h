@@ -21,6 +21,12 @@
 // broadcast, so loss.backward() returns with averaged gradients and every rank
 // holding rank 0's buffers.
 //
+// How a bucket is averaged is its communication hook (comm_hook.h):
+// register_comm_hook(fp16_compress_hook()), powersgd_hook(...), ... before the
+// first backward; the default is one allreduce per bucket. The last bucket's
+// step-check values (below) ride with that allreduce; with any other hook they
+// are averaged in a small float32 allreduce of their own.
+//
 // Parameters that got no gradient in a step: with find_unused_parameters they
 // count as zero; without it backward fails with an error naming them, instead
 // of the hang the other ranks would otherwise wait in.
@@ -43,6 +49,7 @@
 
 #include "dagr/comm/communicator.h"
 #include "dagr/comm/secure_aggregation.h"
+#include "dagr/train/comm_hook.h"
 
 namespace dagr {
 
@@ -60,7 +67,8 @@ struct DdpOptions {
   // no rank, reader of shared memory or network observer sees another rank's
   // gradients, only their average, clipped to ±clip and rounded to its fixed
   // point. float32 parameters only; buckets are reduced one at a time, as they
-  // become ready, on the backward thread (no overlap).
+  // become ready, on the backward thread (no overlap). It installs
+  // secure_aggregation_hook() (no other hook can be registered then).
   std::optional<SecureAggregationOptions> secure_aggregation{};
 };
 
@@ -90,6 +98,13 @@ class DistributedDataParallel {
   const Communicator& communicator() const { return comm_; }
   int bucket_count() const;
   DdpStats stats() const;
+
+  // Every bucket is averaged through `hook` from the next backward on (as
+  // PyTorch's register_comm_hook). Once per DDP, outside backward; InputError
+  // otherwise, or with the secure_aggregation option. The hook's state (for
+  // checkpoints) stays with the caller's shared_ptr.
+  void register_comm_hook(std::shared_ptr<CommHook> hook);
+  const CommHook& comm_hook() const;
 
   // Uneven inputs (PyTorch's Join): a rank that has run out of batches calls
   // join(); until every rank has, it takes part in the others' steps with zero

@@ -1,0 +1,245 @@
+#include "dagr/train/powersgd.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+
+#include "dagr/error.h"
+#include "dagr/torch/tensor.h"
+
+namespace dagr {
+
+struct PowerSgdHook::State {
+  PowerSgdOptions options;
+  std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
+  std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
+  std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error (n × m)
+  std::int64_t step_sent = 0, step_dense = 0, sent = 0, dense = 0;
+};
+
+namespace {
+
+Work average_async(Communicator& comm, const torch::Tensor& t, ReduceOp op) {
+  return visit_span(t, "PowerSGD", [&](auto data) { return comm.allreduce_async(data, op); });
+}
+
+// Gram-Schmidt on the columns of m (n × r), in place, as PyTorch's
+// _orthogonalize_gram_schmidt; a column that is all zeros stays zero (the
+// approximation then has that much lower rank) instead of becoming NaN.
+void orthogonalize(torch::Tensor m) {
+  const std::int64_t r = m.size(1);
+  for (std::int64_t i = 0; i < r; ++i) {
+    torch::Tensor col = m.narrow(1, i, 1);
+    const double norm = col.norm().item<double>();
+    if (norm > 0) col.div_(norm);
+    if (i + 1 < r) {
+      torch::Tensor rest = m.narrow(1, i + 1, r - i - 1);
+      rest.sub_((col * rest).sum(0, /*keepdim=*/true) * col);
+    }
+  }
+}
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// One bucket's compression in flight.
+struct Job {
+  torch::ScalarType type;                  // float32, or float64 for float64 buckets
+  std::vector<std::size_t> params;         // the compressed matrices' parameters
+  std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
+  std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
+  std::vector<torch::Tensor> before;       // with error feedback: M + E, before the approximation
+  std::vector<torch::Tensor> p, q;         // views of p_all, q_all
+  torch::Tensor p_all, q_all;
+  std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
+  torch::Tensor plain_all;                 // their values side by side, averaged in place
+};
+
+torch::Tensor flatten_all(const std::vector<torch::Tensor>& ts) {
+  std::vector<torch::Tensor> flat;
+  for (const auto& t : ts) flat.push_back(t.reshape({-1}));
+  return torch::cat(flat);
+}
+
+}  // namespace
+
+PowerSgdHook::PowerSgdHook(PowerSgdOptions options) : state_(std::make_shared<State>()) {
+  DAGR_ENFORCE(options.rank >= 1, InputError, "PowerSGD: the rank must be at least 1, not ", options.rank);
+  DAGR_ENFORCE(options.start_iter >= 0, InputError, "PowerSGD: start_iter must not be negative, not ", options.start_iter);
+  DAGR_ENFORCE(options.min_compression_rate >= 0, InputError,
+               "PowerSGD: min_compression_rate must not be negative, not ", options.min_compression_rate);
+  state_->options = options;
+}
+
+PowerSgdHook::~PowerSgdHook() = default;
+
+std::shared_ptr<PowerSgdHook> powersgd_hook(PowerSgdOptions options) { return std::make_shared<PowerSgdHook>(options); }
+
+std::int64_t PowerSgdHook::iteration() const { return state_->iter; }
+std::int64_t PowerSgdHook::sent_elements() const { return state_->sent; }
+std::int64_t PowerSgdHook::dense_elements() const { return state_->dense; }
+
+HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
+  State& s = *state_;
+  const PowerSgdOptions& o = s.options;
+  const std::int64_t step = s.iter;
+  auto count = [&](std::int64_t sent) {
+    s.step_sent += sent;
+    s.step_dense += bucket.buffer.numel();
+    if (!bucket.last) return;
+    ++s.iter;
+    s.sent = std::exchange(s.step_sent, 0);
+    s.dense = std::exchange(s.step_dense, 0);
+  };
+  if (step < o.start_iter) {
+    count(bucket.buffer.numel());
+    return HookWork(average_async(comm, bucket.buffer, ReduceOp::avg));
+  }
+
+  auto job = std::make_shared<Job>();
+  job->type = bucket.buffer.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const auto grads = bucket.gradients();
+  std::int64_t p_size = 0, q_size = 0;
+  std::vector<std::int64_t> ranks;
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    const torch::Tensor& g = grads[i];
+    if (g.dim() >= 2 && g.numel() > 0) {
+      const std::int64_t n = g.size(0), m = g.numel() / n;
+      const std::int64_t r = std::min({n, m, static_cast<std::int64_t>(o.rank)});
+      if (static_cast<double>(n * m) > static_cast<double>((n + m) * r) * o.min_compression_rate) {
+        job->params.push_back(bucket.parameters[i]);
+        job->grads.push_back(g);
+        job->m.push_back(g.scalar_type() == job->type ? g.view({n, m}) : g.reshape({n, m}).to(job->type));
+        ranks.push_back(r);
+        p_size += n * r;
+        q_size += m * r;
+        continue;
+      }
+    }
+    job->plain.push_back(g);
+  }
+
+  // The uncompressed gradients: one allreduce of their values side by side.
+  Work plain_work;
+  if (!job->plain.empty()) {
+    job->plain_all = flatten_all(job->plain);
+    plain_work = average_async(comm, job->plain_all, ReduceOp::avg);
+  }
+  count((job->plain_all.defined() ? job->plain_all.numel() : 0) + p_size + q_size);
+  auto unpack_plain = [job] {
+    std::int64_t offset = 0;
+    for (auto& g : job->plain) {
+      g.copy_(job->plain_all.narrow(0, offset, g.numel()).view(g.sizes()));
+      offset += g.numel();
+    }
+  };
+  if (job->m.empty()) return HookWork(std::move(plain_work), [unpack_plain] {
+    unpack_plain();
+    return HookWork();
+  });
+
+  // P = (M + E) Q for every matrix, summed over the ranks in one allreduce.
+  const auto options = torch::TensorOptions().dtype(job->type);
+  job->p_all = torch::empty({p_size}, options);
+  job->q_all = torch::empty({q_size}, options);
+  std::int64_t p_at = 0, q_at = 0;
+  for (std::size_t k = 0; k < job->m.size(); ++k) {
+    torch::Tensor& m = job->m[k];
+    const std::size_t param = job->params[k];
+    const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
+    if (o.error_feedback) {
+      torch::Tensor& e = s.error[param];
+      if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
+      m.add_(e);
+      job->before.push_back(m.clone());
+    }
+    torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
+    torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
+    q_at += cols * r;
+    p_at += n * r;
+    const auto last = s.q.find(param);
+    if (o.warm_start && last != s.q.end() && last->second.sizes() == q.sizes()) {
+      q.copy_(last->second);
+    } else {  // the same random Q on every rank: seeded by (seed, step, parameter)
+      at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+          mix(o.seed ^ mix(static_cast<std::uint64_t>(step) ^ mix(param))));
+      q.copy_(torch::randn({cols, r}, gen, options));
+    }
+    orthogonalize(q);
+    torch::mm_out(p, m, q);
+    job->p.push_back(p);
+    job->q.push_back(q);
+  }
+  Work p_work = average_async(comm, job->p_all, ReduceOp::sum);
+
+  // Then: P orthogonalised, Q = Mᵀ P averaged over the ranks, M̂ = P Qᵀ.
+  std::shared_ptr<State> state = state_;
+  auto decompress = [job, state] {
+    for (std::size_t k = 0; k < job->m.size(); ++k) {
+      torch::Tensor& m = job->m[k];
+      torch::mm_out(m, job->p[k], job->q[k].t());
+      if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
+        job->grads[k].copy_(m.view(job->grads[k].sizes()));
+      const std::size_t param = job->params[k];
+      if (state->options.error_feedback) state->error[param] = job->before[k] - m;
+      if (state->options.warm_start) state->q[param] = job->q[k];
+    }
+    return HookWork();
+  };
+  auto compute_q = [job, decompress, comm]() mutable {
+    for (std::size_t k = 0; k < job->m.size(); ++k) {
+      orthogonalize(job->p[k]);
+      torch::mm_out(job->q[k], job->m[k].t(), job->p[k]);
+    }
+    return HookWork(average_async(comm, job->q_all, ReduceOp::avg), decompress);
+  };
+  return HookWork(std::move(plain_work), [unpack_plain, p_work, compute_q]() mutable {
+    unpack_plain();
+    return HookWork(std::move(p_work), compute_q);
+  });
+}
+
+std::map<std::string, torch::Tensor> PowerSgdHook::state(Communicator& comm) {
+  const State& s = *state_;
+  std::map<std::string, torch::Tensor> out;
+  out["powersgd/iter"] = torch::tensor(s.iter, torch::kInt64);
+  for (const auto& [param, q] : s.q) out["powersgd/q/" + std::to_string(param)] = q.clone();
+  if (!s.error.empty()) {
+    // Every rank holds errors for the same parameters (they depend on shapes only).
+    std::vector<torch::Tensor> errors;
+    for (const auto& item : s.error) errors.push_back(item.second);
+    torch::Tensor all = flatten_all(errors).to(torch::kFloat64);
+    visit_span(all, "PowerSGD errors", [&](auto data) { comm.allreduce(data, ReduceOp::avg); });
+    std::int64_t offset = 0;
+    for (const auto& [param, e] : s.error) {
+      out["powersgd/error/" + std::to_string(param)] =
+          all.narrow(0, offset, e.numel()).view(e.sizes()).to(e.scalar_type()).clone();
+      offset += e.numel();
+    }
+  }
+  return out;
+}
+
+void PowerSgdHook::load_state(const std::map<std::string, torch::Tensor>& state) {
+  State& s = *state_;
+  s.q.clear();
+  s.error.clear();
+  s.iter = 0;
+  for (const auto& [key, t] : state) {
+    if (key == "powersgd/iter") {
+      s.iter = t.item<std::int64_t>();
+    } else if (key.starts_with("powersgd/q/")) {
+      s.q[std::stoul(key.substr(11))] = t.clone();
+    } else if (key.starts_with("powersgd/error/")) {
+      s.error[std::stoul(key.substr(15))] = t.clone();
+    } else {
+      throw InputError(detail::concat("PowerSGD: unknown state '", key, "' (from a checkpoint of another hook?)"));
+    }
+  }
+}
+
+}  // namespace dagr

@@ -1,0 +1,295 @@
+// DDP communication hooks (comm_hook.h, powersgd.h), ranks as threads: the
+// 16-bit hooks average within their format's rounding; PowerSGD at full rank
+// is the exact average, its error feedback carries what the approximation
+// left out (and matters), its state round-trips through a checkpoint, and it
+// survives join(); the secure hook is what the secure_aggregation option does.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "dagr/error.h"
+#include "dagr/train/checkpoint.h"
+#include "dagr/train/comm_hook.h"
+#include "dagr/train/ddp.h"
+#include "dagr/train/powersgd.h"
+#include "rank_threads.h"
+
+namespace dagr {
+namespace {
+
+using testing::run_ranks;
+
+// Rank r's constant gradient for parameter `which` of shape `shape` (its own generator: no global state).
+torch::Tensor rank_gradient(int rank, int which, torch::IntArrayRef shape) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 * rank + which + 1);
+  return torch::randn(shape, gen, torch::kFloat32);
+}
+
+// loss = Σ_i <p_i, C_i>: every parameter's gradient is C_i, whatever p is.
+void backward_with(torch::nn::Module& model, const std::vector<torch::Tensor>& gradients) {
+  torch::Tensor loss = torch::zeros({});
+  const auto params = model.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) loss = loss + (params[i] * gradients[i]).sum();
+  loss.backward();
+}
+
+std::vector<torch::Tensor> gradients_of(int rank, torch::nn::Module& model) {
+  std::vector<torch::Tensor> g;
+  int i = 0;
+  for (const auto& p : model.parameters()) g.push_back(rank_gradient(rank, i++, p.sizes()));
+  return g;
+}
+
+TEST(CommHook, Fp16AndBf16AverageWithinTheFormatsRounding) {
+  constexpr int kWorld = 3;
+  for (torch::ScalarType type : {torch::kFloat16, torch::kBFloat16}) {
+    SCOPED_TRACE(type == torch::kFloat16 ? "fp16" : "bf16");
+    const double u = type == torch::kFloat16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);  // unit roundoff
+    run_ranks(kWorld, [&](Communicator& comm) {
+      auto model = torch::nn::Sequential(torch::nn::Linear(20, 30), torch::nn::Linear(30, 7));
+      DistributedDataParallel ddp(model.ptr(), comm, {.bucket_cap_bytes = 1024, .first_bucket_bytes = 512});
+      EXPECT_GE(ddp.bucket_count(), 2);
+      ddp.register_comm_hook(type == torch::kFloat16 ? fp16_compress_hook() : bf16_compress_hook());
+      EXPECT_EQ(ddp.comm_hook().name(), type == torch::kFloat16 ? "fp16" : "bf16");
+      for (int step = 0; step < 2; ++step) {  // a second step: the step check still agrees
+        model->zero_grad();
+        backward_with(*model, gradients_of(comm.rank() + step, *model));
+        const auto params = model->parameters();
+        for (std::size_t i = 0; i < params.size(); ++i) {
+          torch::Tensor sum = torch::zeros_like(params[i]), magnitude = torch::zeros_like(params[i]);
+          for (int r = 0; r < kWorld; ++r) {
+            const torch::Tensor g = rank_gradient(r + step, static_cast<int>(i), params[i].sizes());
+            sum += g;
+            magnitude += g.abs();
+          }
+          const torch::Tensor got = params[i].grad();
+          // Each rank's value rounded once, the sum once more: 2u of Σ|g_r| / N, and the 16-bit subnormals' step.
+          const torch::Tensor bound = 2.01 * u * magnitude / kWorld + 1e-7;
+          EXPECT_TRUE(((got - sum / kWorld).abs() <= bound).all().item<bool>())
+              << "parameter " << i << " step " << step << " max error "
+              << ((got - sum / kWorld).abs() - bound).max().item<double>() << " beyond the bound";
+          // It went through 16 bits: every value is one of the format's.
+          EXPECT_TRUE(torch::equal(got.to(type).to(torch::kFloat32), got)) << "parameter " << i;
+        }
+      }
+    });
+  }
+}
+
+TEST(CommHook, RegisteringTwiceOrBesideSecureAggregationIsAnInputError) {
+  run_ranks(2, [](Communicator& comm) {
+    auto model = torch::nn::Linear(3, 2);
+    DistributedDataParallel ddp(model.ptr(), comm);
+    EXPECT_EQ(ddp.comm_hook().name(), "allreduce");
+    ddp.register_comm_hook(fp16_compress_hook());
+    EXPECT_THROW(ddp.register_comm_hook(bf16_compress_hook()), InputError);
+    DdpOptions o;
+    o.secure_aggregation = SecureAggregationOptions{};
+    DistributedDataParallel secure(model.ptr(), comm, o);
+    EXPECT_EQ(secure.comm_hook().name(), "secure");
+    EXPECT_THROW(secure.register_comm_hook(fp16_compress_hook()), InputError);
+    EXPECT_THROW(powersgd_hook({.rank = 0}), InputError);
+  });
+}
+
+// A matrix as wide as PowerSGD's rank (4 × 6 at rank 4) is rebuilt exactly:
+// P spans the average's columns. Forced to compress (min_compression_rate 0).
+TEST(CommHook, PowerSgdAtFullRankIsTheExactAverage) {
+  constexpr int kWorld = 3;
+  run_ranks(kWorld, [](Communicator& comm) {
+    auto model = torch::nn::Sequential(torch::nn::Linear(6, 4), torch::nn::Linear(4, 9));
+    DistributedDataParallel ddp(model.ptr(), comm);
+    auto hook = powersgd_hook({.rank = 4, .start_iter = 0, .min_compression_rate = 0});
+    ddp.register_comm_hook(hook);
+    for (int step = 0; step < 3; ++step) {  // steps after the first start from the last Q (warm start)
+      model->zero_grad();
+      backward_with(*model, gradients_of(comm.rank() + step, *model));
+      const auto params = model->parameters();
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        torch::Tensor sum = torch::zeros_like(params[i]);
+        for (int r = 0; r < kWorld; ++r) sum += rank_gradient(r + step, static_cast<int>(i), params[i].sizes());
+        EXPECT_TRUE(torch::allclose(params[i].grad(), sum / kWorld, 1e-4, 1e-5))
+            << "parameter " << i << " step " << step << " max diff "
+            << (params[i].grad() - sum / kWorld).abs().max().item<double>();
+      }
+    }
+    EXPECT_EQ(hook->iteration(), 3);
+    // Compressed: biases (4 + 9) plainly, P and Q of 4 × 6 (4·4 + 6·4) and 9 × 4 (9·4 + 4·4).
+    EXPECT_EQ(hook->sent_elements(), 13 + 40 + 52);
+    EXPECT_EQ(hook->dense_elements(), 4 * 6 + 4 + 9 * 4 + 9);
+  });
+}
+
+// Constant gradients C_r through rank-1 PowerSGD for K steps. With error
+// feedback what each step leaves out comes back later: the K approximations
+// plus the ranks' average error are exactly K times the average gradient, so
+// the approximations' mean tends to it. Without, it stays the rank-1 part.
+TEST(CommHook, PowerSgdErrorFeedbackCarriesTheError) {
+  constexpr int kWorld = 2, kSteps = 60;
+  double relative_error[2] = {0, 0};  // [error_feedback]
+  for (bool feedback : {false, true}) {
+    SCOPED_TRACE(feedback ? "with error feedback" : "without error feedback");
+    std::mutex mutex;
+    run_ranks(kWorld, [&](Communicator& comm) {
+      auto model = torch::nn::Linear(torch::nn::LinearOptions(16, 12).bias(false));
+      DistributedDataParallel ddp(model.ptr(), comm);
+      auto hook = powersgd_hook({.rank = 1, .start_iter = 0, .error_feedback = feedback});
+      ddp.register_comm_hook(hook);
+      const torch::Tensor mine = rank_gradient(comm.rank(), 0, {12, 16});
+      torch::Tensor average = torch::zeros({12, 16});
+      for (int r = 0; r < kWorld; ++r) average += rank_gradient(r, 0, {12, 16}) / kWorld;
+      torch::Tensor sum = torch::zeros({12, 16});
+      for (int step = 0; step < kSteps; ++step) {
+        model->zero_grad();
+        backward_with(*model, {mine});
+        sum += model->weight.grad();
+      }
+      const auto state = hook->state(comm);  // errors averaged over the ranks
+      if (feedback) {
+        const torch::Tensor error = state.at("powersgd/error/0");
+        EXPECT_TRUE(torch::allclose(sum + error, kSteps * average, 1e-4, 1e-3))
+            << "max diff " << (sum + error - kSteps * average).abs().max().item<double>();
+      } else {
+        EXPECT_EQ(state.count("powersgd/error/0"), 0u);
+      }
+      std::lock_guard lock(mutex);
+      relative_error[feedback] = ((sum / kSteps - average).norm() / average.norm()).item<double>();
+    });
+  }
+  std::printf("mean approximation's relative error after %d steps: %.3f with error feedback, %.3f without\n", kSteps,
+              relative_error[1], relative_error[0]);
+  EXPECT_LT(relative_error[1], 0.2) << "with error feedback the mean approximation should tend to the average";
+  EXPECT_GT(relative_error[0], 0.4) << "without error feedback rank 1 should leave much of a random 12 x 16 matrix out";
+}
+
+// Six steps in one go, or three, a checkpoint (encoded and decoded as dagr
+// train writes it), a fresh DDP and hook, three more: the same parameters.
+// Without loading the hook's state the resumed run goes elsewhere.
+TEST(CommHook, PowerSgdStateRoundTripsThroughACheckpoint) {
+  constexpr int kWorld = 2;
+  auto make = [] { return torch::nn::Sequential(torch::nn::Linear(8, 16), torch::nn::Tanh(), torch::nn::Linear(16, 4)); };
+  auto batch = [](int rank, int step) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(77 * rank + step);
+    return torch::randn({5, 8}, gen);
+  };
+  const PowerSgdOptions options{.rank = 1, .start_iter = 1, .min_compression_rate = 1};
+  // [0] uninterrupted, [1] resumed with the hook's state, [2] resumed without it.
+  std::vector<std::vector<torch::Tensor>> finals(3);
+  std::mutex construct;
+  for (int run = 0; run < 3; ++run) {
+    run_ranks(kWorld, [&](Communicator& comm) {
+      torch::nn::Sequential model{nullptr};
+      {
+        std::lock_guard lock(construct);
+        torch::manual_seed(4);
+        model = make();
+      }
+      auto steps = [&](torch::nn::Sequential& m, int from, int to) {
+        torch::optim::SGD opt(m->parameters(), 0.05);
+        for (int s = from; s < to; ++s) {
+          opt.zero_grad();
+          (m->forward(batch(comm.rank(), s)) - 1).pow(2).mean().backward();
+          opt.step();
+        }
+      };
+      std::map<std::string, torch::Tensor> saved;
+      {
+        DistributedDataParallel ddp(model.ptr(), comm);
+        auto hook = powersgd_hook(options);
+        ddp.register_comm_hook(hook);
+        steps(model, 0, run == 0 ? 6 : 3);
+        if (run != 0) {
+          TrainingCheckpoint c;
+          c.comm_hook = hook->state(comm);
+          saved = decode_checkpoint(encode_checkpoint(c), "in memory").comm_hook;
+          EXPECT_EQ(saved.at("powersgd/iter").item<std::int64_t>(), 3);
+        }
+      }
+      if (run != 0) {
+        DistributedDataParallel ddp(model.ptr(), comm);
+        auto hook = powersgd_hook(options);
+        if (run == 1) hook->load_state(saved);
+        ddp.register_comm_hook(hook);
+        steps(model, 3, 6);
+      }
+      std::vector<torch::Tensor> mine;
+      for (const auto& p : model->parameters()) mine.push_back(p.detach().clone());
+      if (comm.rank() == 0) finals[static_cast<std::size_t>(run)] = mine;
+    });
+  }
+  bool without_differs = false;
+  for (std::size_t i = 0; i < finals[0].size(); ++i) {
+    EXPECT_TRUE(torch::allclose(finals[1][i], finals[0][i], 1e-5, 1e-6))
+        << "parameter " << i << " max diff " << (finals[1][i] - finals[0][i]).abs().max().item<double>();
+    without_differs = without_differs || !torch::allclose(finals[2][i], finals[0][i], 1e-4, 1e-5);
+  }
+  EXPECT_TRUE(without_differs) << "resuming without the hook's state changed nothing: the state is not used";
+}
+
+// join() with PowerSGD: the joined rank runs the hook on zeros, issuing the
+// same collectives (P, then Q) in the same order; no hang, equal parameters.
+TEST(CommHook, PowerSgdWithJoin) {
+  constexpr int kWorld = 2;
+  std::mutex mutex;
+  std::vector<torch::Tensor> finals(kWorld);
+  std::mutex construct;
+  run_ranks(
+      kWorld,
+      [&](Communicator& comm) {
+        torch::nn::Sequential model{nullptr};
+        {
+          std::lock_guard lock(construct);
+          model = torch::nn::Sequential(torch::nn::Linear(8, 16), torch::nn::Tanh(), torch::nn::Linear(16, 4));
+        }
+        DistributedDataParallel ddp(model.ptr(), comm, {.bucket_cap_bytes = 256, .first_bucket_bytes = 128});
+        ddp.register_comm_hook(powersgd_hook({.rank = 2, .start_iter = 1, .min_compression_rate = 1}));
+        torch::optim::SGD opt(model->parameters(), 0.1);
+        for (int s = 0; s < (comm.rank() == 0 ? 2 : 5); ++s) {
+          opt.zero_grad();
+          model->forward(torch::full({3, 8}, 0.1 * (comm.rank() + 1) + 0.05 * s)).pow(2).sum().backward();
+          opt.step();
+        }
+        ddp.join();
+        std::vector<torch::Tensor> parts;
+        for (const auto& p : model->parameters()) parts.push_back(p.detach().flatten());
+        std::lock_guard lock(mutex);
+        finals[comm.rank()] = torch::cat(parts);
+      },
+      std::chrono::seconds(20));
+  EXPECT_TRUE(torch::equal(finals[0], finals[1]));
+}
+
+// The secure hook registered by hand trains bitwise as the secure_aggregation option.
+TEST(CommHook, SecureHookIsTheSecureAggregationOption) {
+  std::vector<torch::Tensor> finals(2);
+  std::mutex construct;
+  for (int by_hook : {0, 1}) {
+    run_ranks(2, [&](Communicator& comm) {
+      torch::nn::Sequential model{nullptr};
+      {
+        std::lock_guard lock(construct);
+        torch::manual_seed(2);
+        model = torch::nn::Sequential(torch::nn::Linear(6, 5), torch::nn::Tanh(), torch::nn::Linear(5, 3));
+      }
+      DdpOptions o{.bucket_cap_bytes = 64, .first_bucket_bytes = 64};
+      if (!by_hook) o.secure_aggregation = SecureAggregationOptions{.clip = 4.0f};
+      DistributedDataParallel ddp(model.ptr(), comm, o);
+      if (by_hook) ddp.register_comm_hook(secure_aggregation_hook(comm, {.clip = 4.0f}));
+      torch::optim::SGD sgd(model->parameters(), 0.1);
+      for (int step = 0; step < 3; ++step) {
+        sgd.zero_grad();
+        model->forward(torch::full({4, 6}, 0.1 * (comm.rank() + 1) + 0.05 * step)).pow(2).sum().backward();
+        sgd.step();
+      }
+      std::vector<torch::Tensor> parts;
+      for (const auto& p : model->parameters()) parts.push_back(p.detach().flatten());
+      if (comm.rank() == 0) finals[static_cast<std::size_t>(by_hook)] = torch::cat(parts);
+    });
+  }
+  EXPECT_TRUE(torch::equal(finals[0], finals[1]));
+}
+
+}  // namespace
+}  // namespace dagr
