@@ -14,7 +14,8 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
   o->dataset = data::kFashionMnistDir;
   auto workers = std::make_shared<int>(1);
   app->add_option("--checkpoint", o->checkpoint, "model.pt written by dagr train")->required();
-  app->add_option("--model", o->model, "mlp or cnn (what the checkpoint holds)")->check(CLI::IsMember({"mlp", "cnn"}));
+  app->add_option("--model", o->model, "mlp, cnn or deep-mlp (what the checkpoint holds)")
+      ->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
   app->add_option("--workers", *workers, "Worker processes (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
   app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")

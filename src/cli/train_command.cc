@@ -1,10 +1,12 @@
 #include <algorithm>
+#include <cstdio>
 #include <thread>
 
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
 #include "self_launch.h"
 #include "train_pictures.h"
+#include "jobs/pipeline_trainer.h"
 #include "jobs/trainer.h"
 
 namespace dagr::cli {
@@ -14,7 +16,7 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   auto o = std::make_shared<train::TrainOptions>();
   o->dataset = data::kFashionMnistDir;
   auto workers = std::make_shared<int>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  app->add_option("--model", o->model, "mlp or cnn")->check(CLI::IsMember({"mlp", "cnn"}));
+  app->add_option("--model", o->model, "mlp, cnn or deep-mlp")->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
   app->add_option("--hidden", o->hidden, "MLP hidden size")->check(CLI::Range(1, 1 << 20));
   app->add_option("--dataset", o->dataset, "Folder of IDX files (train-*, t10k-*)");
   app->add_option("--workers", *workers, "Worker processes (default: one per core; ignored inside a launched job)")
@@ -30,6 +32,19 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
   app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
       ->check(CLI::Range(1, 256));
+  // Pipeline parallelism (jobs/pipeline_trainer.h): stages by layer, micro-batches, a schedule.
+  app->add_option("--pipeline-parallel", o->pipeline_parallel, "Stages the model is cut into by layer (one rank each)")
+      ->check(CLI::Range(1, 256));
+  app->add_option("--micro-batches", o->micro_batches, "Micro-batches per batch in the pipeline")
+      ->check(CLI::Range(1, 1 << 20));
+  app->add_option("--schedule-pp", o->schedule_pp, "Pipeline schedule: gpipe or 1f1b")
+      ->check(CLI::IsMember({"gpipe", "1f1b"}));
+  app->add_option("--pipeline-balance", o->pipeline_balance,
+                  "Cut the stages by parameter count or by measured forward+backward time")
+      ->check(CLI::IsMember({"parameters", "time"}));
+  auto print_schedule = std::make_shared<bool>(false);
+  app->add_flag("--print-schedule", *print_schedule,
+                "Print the pipeline's stages, action lists and simulated timeline, then exit");
   app->add_option("--out", o->out, "Output folder (model.pt, metrics.jsonl, checkpoints)");
   app->add_option("--max-steps", o->max_steps, "Stop after this many steps (0: all)")->check(CLI::NonNegativeNumber);
   app->add_option("--checkpoint-every", o->checkpoint_every,
@@ -65,7 +80,11 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");
   o->on_finished = [out = &o->out, tensorboard] { write_training_pictures(*out, *tensorboard); };
-  return {app, [o, workers, argv, tensorboard] {
+  return {app, [o, workers, argv, tensorboard, print_schedule] {
+            if (*print_schedule) {
+              std::fputs(train::pipeline_schedule_text(*o).c_str(), stdout);
+              return 0;
+            }
             train::check_options(*o);  // bad options: one line and exit 2 before any worker starts
             if (!tensorboard->empty()) check_tensorboard_dir(*tensorboard);
             LaunchOptions recovery;

@@ -42,6 +42,7 @@
 #include "dagr/train/sampler.h"
 #include "dagr/models/models.h"
 #include "network.h"
+#include "pipeline_trainer.h"
 
 namespace dagr::train {
 namespace {
@@ -224,6 +225,7 @@ void check_options(const TrainOptions& o) {
     DAGR_ENFORCE(o.dp_noise < 0 && o.dp_epsilon == 0 && o.dp_noise_seed < 0, InputError,
                  "--dp-noise, --dp-epsilon and --dp-noise-seed need --dp-clip");
   }
+  check_pipeline_options(o);
   DAGR_ENFORCE(!o.out.empty(), InputError, "--out must name a folder");
   std::error_code error;
   std::filesystem::create_directories(o.out, error);
@@ -252,6 +254,7 @@ double unix_seconds() {
 int run_training(const TrainOptions& o) {
   const auto start = Clock::now();
   check_options(o);
+  if (o.pipeline_parallel > 1) return run_pipeline_training(o);
   // Keep libtorch's multi-MB temporaries in the heap instead of an mmap/munmap
   // per step (the anchors run with the same thresholds): +30 % for the CNN.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);

@@ -20,6 +20,13 @@ struct TrainOptions {
   std::uint64_t seed = 0;
   int threads = 1;           // compute threads per worker
   int tensor_parallel = 1;   // ranks that split the MLP's layers; the rest is data parallel
+  // pipeline_parallel > 1: the model cut by layer into that many stages, each batch in
+  // micro_batches micro-batches, run by schedule_pp (gpipe, 1f1b); the stages are cut by
+  // parameter count or by measured time (pipeline_balance). See pipeline_trainer.h.
+  int pipeline_parallel = 1;
+  int micro_batches = 1;
+  std::string schedule_pp = "1f1b";
+  std::string pipeline_balance = "parameters";
   std::string out = "runs/train";
   std::int64_t max_steps = 0;  // 0: whole epochs; otherwise stop after this many steps (benchmarks)
   std::int64_t checkpoint_every = 0;  // steps between training-state checkpoints in `out` (0: only after each epoch)

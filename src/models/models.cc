@@ -14,7 +14,17 @@ torch::nn::Sequential make_model(const std::string& name, int hidden) {
     return nn::Sequential(nn::Conv2d(nn::Conv2dOptions(1, 32, 3)), nn::ReLU(), nn::MaxPool2d(2),
                           nn::Conv2d(nn::Conv2dOptions(32, 64, 3)), nn::ReLU(), nn::MaxPool2d(2),
                           nn::Flatten(), nn::Linear(64 * 5 * 5, 128), nn::ReLU(), nn::Linear(128, 10));
-  throw InputError(detail::concat("unknown model '", name, "' (mlp, cnn)"));
+  if (name == "deep-mlp") {
+    DAGR_ENFORCE(hidden >= 1, InputError, "hidden size must be positive, not ", hidden);
+    nn::Sequential model(nn::Flatten(), nn::Linear(784, hidden), nn::ReLU());
+    for (int i = 0; i < 7; ++i) {
+      model->push_back(nn::Linear(hidden, hidden));
+      model->push_back(nn::ReLU());
+    }
+    model->push_back(nn::Linear(hidden, 10));
+    return model;
+  }
+  throw InputError(detail::concat("unknown model '", name, "' (mlp, cnn, deep-mlp)"));
 }
 
 }  // namespace dagr::models

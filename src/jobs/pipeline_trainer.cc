@@ -1,0 +1,306 @@
+// One rank of `dagr train --pipeline-parallel P` (dagr/parallel/pipeline.h):
+//   join the group → P × D layout (stage = rank mod P) → build the whole
+//   model from the seed (the same on every rank), keep this stage's layers →
+//   each step: the pipeline's batch (its data rank's shard of the epoch) cut
+//   into M micro-batches; the first stage feeds the images, the last computes
+//   the loss of each micro-batch (its share of the batch's mean) → the
+//   schedule's actions → gradients averaged over the stage's data group →
+//   optimizer step → after each epoch, test accuracy through the pipeline
+//   (forward only) → the pipeline's rank 0 gathers the stages into the dense
+//   model and saves it (model.pt loads in `dagr infer` at any layout).
+// No training-state checkpoints, resume or recovery here (check_pipeline_options refuses them).
+#include "pipeline_trainer.h"
+
+#include <malloc.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "dagr/data/fashion_mnist.h"
+#include "dagr/error.h"
+#include "dagr/launch/standby.h"
+#include "dagr/models/models.h"
+#include "dagr/parallel/pipeline.h"
+#include "dagr/train/compute_threads.h"
+#include "dagr/train/sampler.h"
+
+namespace dagr::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torch::nn::Module& m) {
+  if (o.optimizer == "sgd")
+    return std::make_unique<torch::optim::SGD>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
+  return std::make_unique<torch::optim::Adam>(m.parameters(), torch::optim::AdamOptions(o.lr));
+}
+
+// The learning rate at `step` of `total` (as dagr train's: cosine decay to zero, or constant).
+void set_learning_rate(torch::optim::Optimizer& optimizer, const TrainOptions& o, std::int64_t step,
+                       std::int64_t total) {
+  if (o.schedule == "constant") return;
+  const double lr = o.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+// The stage bounds: by parameter count, or (--pipeline-balance time) by the
+// layers' forward+backward time measured on pipeline rank 0 and sent to all,
+// so that every rank cuts the model at the same places.
+std::vector<StageBounds> choose_bounds(const TrainOptions& o, torch::nn::Sequential& model, Communicator& world,
+                                       const torch::Tensor& sample) {
+  const int P = o.pipeline_parallel;
+  if (o.pipeline_balance == "parameters") return partition_by_parameters(model, P);
+  std::vector<std::int64_t> flat(static_cast<std::size_t>(2 * P));
+  if (world.rank() == 0) {
+    const auto bounds = partition_by_time(model, sample, P);
+    for (int s = 0; s < P; ++s) {
+      flat[static_cast<std::size_t>(2 * s)] = bounds[static_cast<std::size_t>(s)].begin;
+      flat[static_cast<std::size_t>(2 * s + 1)] = bounds[static_cast<std::size_t>(s)].end;
+    }
+  }
+  world.broadcast(std::span<std::int64_t>(flat), 0);
+  std::vector<StageBounds> bounds;
+  for (int s = 0; s < P; ++s)
+    bounds.push_back({static_cast<int>(flat[static_cast<std::size_t>(2 * s)]),
+                      static_cast<int>(flat[static_cast<std::size_t>(2 * s + 1)])});
+  return bounds;
+}
+
+std::int64_t parameter_count(torch::nn::Module& m) {
+  std::int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+// Test accuracy through the pipeline: pipeline d takes every D-th sample, in
+// chunks of 1000; the last stage counts; counts summed over the world.
+double evaluate_pipeline(PipelineExecutor& exec, const torch::Tensor& images, const torch::Tensor& labels,
+                         const PipelineGroups& groups, Communicator& world) {
+  exec.stage()->eval();
+  const auto idx = torch::arange(groups.data.rank(), images.size(0), groups.data.size());
+  const bool last = groups.pipeline.rank() == groups.pipeline.size() - 1;
+  std::int64_t counts[2] = {0, 0};
+  for (std::int64_t i = 0; i < idx.numel(); i += 1000) {
+    const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
+    const auto out = exec.forward(groups.pipeline.rank() == 0 ? images.index_select(0, part) : torch::Tensor());
+    if (last) {
+      counts[0] += out.argmax(1).eq(labels.index_select(0, part)).sum().item<std::int64_t>();
+      counts[1] += part.numel();
+    }
+  }
+  exec.stage()->train();
+  world.allreduce(std::span<std::int64_t>(counts, 2));
+  return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
+}
+
+}  // namespace
+
+void check_pipeline_options(const TrainOptions& o) {
+  DAGR_ENFORCE(o.pipeline_parallel >= 1, InputError, "--pipeline-parallel must be at least 1");
+  DAGR_ENFORCE(o.micro_batches >= 1, InputError, "--micro-batches must be at least 1");
+  parse_schedule_kind(o.schedule_pp);
+  DAGR_ENFORCE(o.pipeline_balance == "parameters" || o.pipeline_balance == "time", InputError,
+               "unknown --pipeline-balance '", o.pipeline_balance, "' (parameters, time)");
+  if (o.pipeline_parallel == 1) {
+    DAGR_ENFORCE(o.micro_batches == 1, InputError, "--micro-batches needs --pipeline-parallel 2 or more");
+    return;
+  }
+  DAGR_ENFORCE(o.micro_batches <= o.batch_size, InputError, "--micro-batches ", o.micro_batches,
+               " is more than the batch of ", o.batch_size);
+  const char* refused = o.tensor_parallel > 1          ? "--tensor-parallel"
+                        : o.dp_clip > 0                ? "--dp-clip"
+                        : o.secure_clip > 0            ? "--secure-aggregation"
+                        : o.elastic                    ? "--elastic"
+                        : o.max_restarts > 0           ? "--max-restarts"
+                        : o.resume                     ? "--resume"
+                        : o.checkpoint_every > 0       ? "--checkpoint-every"
+                        : o.stop_after_steps > 0       ? "--stop-after-steps"
+                                                       : nullptr;
+  DAGR_ENFORCE(!refused, InputError, refused, " cannot be combined with --pipeline-parallel yet");
+  const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
+  DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
+               o.model, " has only ", layers, " layers to cut into stages");
+}
+
+std::string pipeline_schedule_text(const TrainOptions& o) {
+  check_pipeline_options(o);
+  const auto plan = make_schedule(parse_schedule_kind(o.schedule_pp), o.pipeline_parallel, o.micro_batches);
+  auto model = models::make_model(o.model, o.hidden);
+  std::string text;
+  if (o.pipeline_balance == "parameters") {
+    const auto bounds = partition_by_parameters(model, o.pipeline_parallel);
+    for (int s = 0; s < o.pipeline_parallel; ++s) {
+      auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
+      text += detail::concat("stage ", s, ": layers ", bounds[static_cast<std::size_t>(s)].begin, "..",
+                             bounds[static_cast<std::size_t>(s)].end - 1, " of ", o.model, ", ",
+                             parameter_count(*stage), " parameters\n");
+    }
+  }
+  return text + describe(plan) + picture(plan, simulate(plan));
+}
+
+int run_pipeline_training(const TrainOptions& o) {
+  const auto start = Clock::now();
+  check_pipeline_options(o);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // as dagr train: keep libtorch's temporaries in the heap
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  set_compute_threads(o.threads);
+  const data::ImageSet train = data::load_image_bytes(o.dataset, "train");
+  const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
+  if (!wait_until_started()) return 0;
+  Communicator world = Communicator::from_env();
+  const int rank = world.rank(), P = o.pipeline_parallel, M = o.micro_batches;
+  torch::manual_seed(o.seed);
+  PipelineGroups groups = make_pipeline_groups(world, P);
+  const int s = groups.pipeline.rank(), D = groups.data.size();
+  const bool first = s == 0, last = s == P - 1;
+  auto model = models::make_model(o.model, o.hidden);  // the same on every rank: the seed is
+  const auto bounds = choose_bounds(o, model, world, data::normalize_images(train.images.narrow(0, 0, std::max<std::int64_t>(o.batch_size / M, 1))));
+  auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
+  PipelineExecutor exec(stage, groups.pipeline, make_schedule(parse_schedule_kind(o.schedule_pp), P, M),
+                        /*measure_memory=*/true);
+  auto optimizer = make_optimizer(o, *stage);
+  DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(), .world_size = D,
+                              .seed = o.seed});
+  const std::int64_t per_rank = sampler.samples_per_rank(), batch = o.batch_size;
+  DAGR_ENFORCE(batch <= per_rank, InputError, "--batch-size ", batch, " is more than the ", per_rank,
+               " samples each of the ", D, " data-parallel ranks trains on per epoch");
+  const std::int64_t steps = sampler.steps_per_epoch(batch);
+  const std::int64_t total_steps = o.max_steps > 0 ? std::min(o.max_steps, steps * o.epochs) : steps * o.epochs;
+
+  const std::string metrics_path = o.out + "/metrics.jsonl", partial_metrics_path = metrics_path + ".part";
+  std::ofstream metrics;
+  if (rank == 0) {
+    metrics.open(partial_metrics_path, std::ios::trunc);
+    DAGR_ENFORCE(metrics, InputError, "cannot write ", partial_metrics_path);
+    const auto& sim = exec.simulation();
+    std::printf("dagr train: %s on %lld samples, %d workers (pipeline-parallel %d × data-parallel %d) × batch %lld "
+                "in %d micro-batches, %s lr %g, %d epochs\n",
+                o.model.c_str(), static_cast<long long>(train.images.size(0)), world.size(), P, D,
+                static_cast<long long>(batch), M, o.optimizer.c_str(), o.lr, o.epochs);
+    for (int k = 0; k < P; ++k)
+      std::printf("dagr train: stage %d: layers %d..%d, %lld parameters\n", k, bounds[static_cast<std::size_t>(k)].begin,
+                  bounds[static_cast<std::size_t>(k)].end - 1,
+                  static_cast<long long>(parameter_count(*make_stage(model, bounds[static_cast<std::size_t>(k)]))));
+    std::printf("dagr train: %s schedule simulated: bubble %.1f %%, peak in-flight micro-batches %d\n",
+                o.schedule_pp.c_str(), 100 * sim.bubble_fraction, sim.max_peak_in_flight);
+    std::fflush(stdout);
+  }
+
+  // Step figures after a warm-up (as dagr train times them), or over all steps of a short run.
+  constexpr std::int64_t kWarmup = 20;
+  struct Totals {
+    double compute = 0, wall = 0, step = 0, samples = 0;
+  } all, timed;
+  std::int64_t step_count = 0, peak_bytes = 0;
+  int peak_in_flight = 0;
+  double test_accuracy = 0;
+  const auto train_start = Clock::now();
+  for (std::int64_t epoch = 1; epoch <= o.epochs && step_count < total_steps; ++epoch) {
+    sampler.set_epoch(epoch);
+    const std::vector<std::int64_t>& order = sampler.indices();
+    double sums[3] = {0, 0, 0};  // the last stage's loss·samples, correct, samples
+    for (std::int64_t position = 0; position < per_rank && step_count < total_steps; position += batch) {
+      const auto step_start = Clock::now();
+      const std::int64_t end = std::min(per_rank, position + batch), n = end - position;
+      const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {n}, torch::kInt64);
+      std::vector<torch::Tensor> xs, ys;
+      if (first) xs = torch::tensor_split(data::normalize_images(train.images.index_select(0, idx)), M);
+      if (last) ys = torch::tensor_split(train.labels.index_select(0, idx), M);
+      set_learning_rate(*optimizer, o, step_count, total_steps);
+      optimizer->zero_grad();
+      const auto stats = exec.step(xs, [&](int i, const torch::Tensor& out) {
+        namespace F = torch::nn::functional;
+        return F::cross_entropy(out, ys[static_cast<std::size_t>(i)], F::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+               static_cast<double>(n);
+      });
+      average_gradients(*stage, groups.data);
+      optimizer->step();
+      if (last) {
+        sums[0] += stats.loss * static_cast<double>(n);
+        for (int i = 0; i < M; ++i)
+          sums[1] += static_cast<double>(
+              stats.outputs[static_cast<std::size_t>(i)].argmax(1).eq(ys[static_cast<std::size_t>(i)]).sum().item<std::int64_t>());
+        sums[2] += static_cast<double>(n);
+      }
+      ++step_count;
+      const double step_s = seconds_since(step_start);
+      auto add = [&](Totals& t) {
+        t.compute += stats.compute_seconds;
+        t.wall += stats.wall_seconds;
+        t.step += step_s;
+        t.samples += static_cast<double>(n);
+      };
+      add(all);
+      if (step_count > kWarmup) add(timed);
+      if (step_count > kWarmup || total_steps <= kWarmup) {
+        peak_bytes = std::max(peak_bytes, stats.peak_activation_bytes);
+        peak_in_flight = std::max(peak_in_flight, stats.peak_in_flight);
+      }
+    }
+    double global[3] = {sums[0], sums[1], sums[2]};
+    world.allreduce(std::span<double>(global, 3));
+    test_accuracy = evaluate_pipeline(exec, test.images, test.labels, groups, world);
+    if (rank == 0) {
+      const nlohmann::json line{{"epoch", epoch}, {"train_loss", global[0] / std::max(global[2], 1.0)},
+                                {"train_accuracy", global[1] / std::max(global[2], 1.0)},
+                                {"test_accuracy", test_accuracy}, {"seconds", seconds_since(train_start)}};
+      std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
+                  static_cast<long long>(epoch), global[0] / std::max(global[2], 1.0),
+                  global[1] / std::max(global[2], 1.0), test_accuracy, seconds_since(train_start));
+      std::fflush(stdout);
+      metrics << line.dump() << std::endl;
+    }
+  }
+  const double train_s = seconds_since(train_start);
+
+  // Figures over the world: the measured bubble is each rank's idle share of
+  // its steps' wall time (1 − compute / wall), averaged over the ranks.
+  const Totals& t = timed.wall > 0 ? timed : all;
+  double figures[3] = {t.wall > 0 ? 1.0 - t.compute / t.wall : 0, t.step, t.samples};
+  world.allreduce(std::span<double>(figures, 3));
+  std::int64_t peaks[2] = {peak_bytes, peak_in_flight};
+  world.allreduce(std::span<std::int64_t>(peaks, 2), ReduceOp::max);
+  const double bubble = figures[0] / world.size();
+  // Each pipeline trains its own samples; its ranks share them (and each ranks' step time is the pipeline's).
+  const double throughput = figures[1] > 0 ? figures[2] / P / (figures[1] / world.size()) : 0;
+
+  if (groups.data.rank() == 0) gather_stages(model, bounds, groups.pipeline);
+  if (rank == 0) {
+    const std::string path = o.out + "/model.pt";
+    torch::save(model, path + ".tmp");
+    std::filesystem::rename(path + ".tmp", path);
+    std::printf("Summary: %.2f s training (evaluation included), %.0f samples/s in training steps over %d workers, "
+                "test accuracy %.4f (%.2f s from start to the first step)\n",
+                train_s, throughput, world.size(), test_accuracy,
+                std::chrono::duration<double>(train_start - start).count());
+    std::printf("Pipeline: measured bubble %.1f %% (simulated %.1f %%), peak in-flight micro-batches %lld "
+                "(schedule: %d), peak activation memory %.2f MiB (largest stage)\n",
+                100 * bubble, 100 * exec.simulation().bubble_fraction, static_cast<long long>(peaks[1]),
+                exec.simulation().max_peak_in_flight, static_cast<double>(peaks[0]) / (1 << 20));
+    std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
+    metrics << nlohmann::json{{"summary", true},
+                              {"seconds", train_s},
+                              {"samples_per_second", throughput},
+                              {"test_accuracy", test_accuracy},
+                              {"pipeline_bubble_measured", bubble},
+                              {"pipeline_bubble_simulated", exec.simulation().bubble_fraction},
+                              {"pipeline_peak_in_flight", peaks[1]},
+                              {"pipeline_peak_activation_bytes", peaks[0]}}
+                   .dump()
+            << std::endl;
+    metrics.close();
+    std::filesystem::rename(partial_metrics_path, metrics_path);
+  }
+  world.barrier();
+  if (rank == 0 && o.on_finished) o.on_finished();
+  if (rank == 0) std::printf("Training finished!\n");
+  return 0;
+}
+
+}  // namespace dagr::train
