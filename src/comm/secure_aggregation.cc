@@ -58,6 +58,7 @@ struct SecureAggregator::State {
   std::vector<CipherContext> streams;                              // by peer rank: that pair's mask stream
   std::uint64_t sequence = 0;                                      // counter block of the next call
   std::vector<std::uint32_t> words;      // encodings, then the two checksum lanes
+  std::vector<std::uint32_t> sums;       // their sum over the ranks
   std::vector<std::uint32_t> keystream;  // one chunk
 
   explicit State(Communicator c) : comm(std::move(c)) {}
@@ -244,12 +245,16 @@ void SecureAggregator::allreduce(std::span<float> data, ReduceOp op) {
   }
   DAGR_ENFORCE(!nan, InputError, "secure allreduce: the input holds NaN");
 
-  // 3. the sum, mod 2^32 (the communicator's int32 sum wraps)
-  s.comm.allreduce(std::span<std::int32_t>(reinterpret_cast<std::int32_t*>(s.words.data()), n + 2), ReduceOp::sum);
+  // 3. the sum, mod 2^32 (the communicator's int32 sum wraps). Out of place:
+  // OpenMPI's non-blocking allreduce takes a slower algorithm (reduce, then
+  // broadcast) for an in-place call of 4 or more ranks: 2.2x the time on a 1 Gbit/s link.
+  s.sums.resize(n + 2);
+  s.comm.allreduce(std::span<const std::int32_t>(reinterpret_cast<const std::int32_t*>(s.words.data()), n + 2),
+                   std::span<std::int32_t>(reinterpret_cast<std::int32_t*>(s.sums.data()), n + 2), ReduceOp::sum);
 
   // 4 and 5. decode, checking in the same pass (on a mismatch `data` holds
   // garbage, and the Error says so)
-  DAGR_ENFORCE(decode_checked(s.words.data(), n, 1.0 / s.scale, world * static_cast<double>(s.levels / 2),
+  DAGR_ENFORCE(decode_checked(s.sums.data(), n, 1.0 / s.scale, world * static_cast<double>(s.levels / 2),
                               op == ReduceOp::avg ? 1.0 / world : 1.0, data.data()),
                Error, "secure allreduce #", sequence,
                ": the masks did not cancel (checksum mismatch): a rank holds the wrong keys; "

@@ -161,12 +161,21 @@ void MpiBackend::collective(const Request& r, const std::function<std::string()>
   const int root = r.root;
   switch (r.kind) {
     case OpKind::barrier: return;  // the fingerprint check already met every rank
-    case OpKind::allreduce:
-      post_and_wait([=](MPI_Request* q) {
-        return MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, count, type, mpi_op(*runtime, dtype, op), comm, q);
+    case OpKind::allreduce: {
+      // OpenMPI's MPI_Iallreduce (libnbc) takes its ring only out of place
+      // (4 or more ranks, 64 KiB or more); in place it reduces to rank 0 and
+      // broadcasts back, twice the time on a network link. So a large in-place
+      // call sends from a copy of its input: a memcpy, against a network transfer.
+      const bool copy_input = in == out && size_ >= 4 && bytes >= (64u << 10);
+      auto input = std::make_shared<std::vector<std::byte>>(copy_input ? bytes : 0);
+      if (copy_input) std::memcpy(input->data(), in, bytes);
+      post_and_wait([=](MPI_Request* q) {  // owns `input`: see post_and_wait
+        const void* send = copy_input ? static_cast<const void*>(input->data()) : in == out ? MPI_IN_PLACE : in;
+        return MPI_Iallreduce(send, out, count, type, mpi_op(*runtime, dtype, op), comm, q);
       }, r, what);
       if (r.op == ReduceOp::avg) divide(out, r.count, r.dtype, size_);
       return;
+    }
     case OpKind::reduce: {
       const bool is_root = rank_ == root;
       post_and_wait([=](MPI_Request* q) {
