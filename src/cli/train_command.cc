@@ -76,6 +76,11 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
                   "Average the gradients by secure aggregation (masked fixed point), each element clipped to ±CLIP "
                   "(0: off)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--bucket-cap-mb", o->bucket_cap_mb,
+                  "DDP's gradient buckets hold this many MiB (the first one at most 1 MiB), as PyTorch's bucket_cap_mb");
+  app->add_option("--timeline", o->timeline,
+                  "Write a timeline of the run (forward, backward, optimizer step, each bucket's communication, "
+                  "waits; every rank) to this Chrome-trace JSON file");
   // Pictures (train_pictures.h): rank 0 draws OUT/curves.png, and writes TensorBoard events, after training.
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");

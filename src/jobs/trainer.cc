@@ -40,6 +40,7 @@
 #include "dagr/train/dp_sgd.h"
 #include "dagr/train/privacy_accountant.h"
 #include "dagr/train/sampler.h"
+#include "dagr/train/timeline.h"
 #include "dagr/models/models.h"
 #include "network.h"
 #include "pipeline_trainer.h"
@@ -226,6 +227,13 @@ void check_options(const TrainOptions& o) {
                  "--dp-noise, --dp-epsilon and --dp-noise-seed need --dp-clip");
   }
   check_pipeline_options(o);
+  if (!o.timeline.empty()) {
+    const auto folder = std::filesystem::absolute(o.timeline).parent_path();
+    DAGR_ENFORCE(std::filesystem::is_directory(folder) && access(folder.c_str(), W_OK | X_OK) == 0, InputError,
+                 "--timeline ", o.timeline, ": cannot write in ", folder.string());
+  }
+  DAGR_ENFORCE(std::isfinite(o.bucket_cap_mb) && o.bucket_cap_mb > 0, InputError,
+               "--bucket-cap-mb must be a finite number above 0, not ", o.bucket_cap_mb);
   DAGR_ENFORCE(!o.out.empty(), InputError, "--out must name a folder");
   std::error_code error;
   std::filesystem::create_directories(o.out, error);
@@ -270,12 +278,15 @@ int run_training(const TrainOptions& o) {
   torch::manual_seed(o.seed);
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).
   ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
+  if (!o.timeline.empty()) timeline::start(comm);  // --timeline: recorded until the end, written by rank 0
   Network net = make_network(o.model, o.hidden, groups);
   const std::optional<TrainingCheckpoint> resumed = resume ? load_everywhere(comm, o.out) : std::nullopt;
   if (resumed) restore_model(net, o, *resumed);
   std::optional<DistributedDataParallel> ddp;  // re-made on a smaller group by elastic recovery
   DdpOptions ddp_options;
   if (o.secure_clip > 0) ddp_options.secure_aggregation = SecureAggregationOptions{.clip = static_cast<float>(o.secure_clip)};
+  ddp_options.bucket_cap_bytes = static_cast<std::size_t>(o.bucket_cap_mb * (1 << 20));
+  ddp_options.first_bucket_bytes = std::min(ddp_options.first_bucket_bytes, ddp_options.bucket_cap_bytes);
   ddp.emplace(net.module, groups.data, ddp_options);
   auto optimizer = make_optimizer(o, *net.module);
   if (resumed) restore_optimizer(net, *optimizer, *resumed);
@@ -372,6 +383,11 @@ int run_training(const TrainOptions& o) {
   std::future<void> writing;  // rank 0's checkpoint write in flight; get() rethrows its error
   auto finish_writing = [&] {
     if (writing.valid()) writing.get();
+  };
+  auto write_timeline = [&] {  // collective
+    if (o.timeline.empty()) return;
+    timeline::finish(comm, o.timeline);
+    if (rank == 0) std::printf("Timeline (Chrome trace: ui.perfetto.dev, chrome://tracing) in %s\n", o.timeline.c_str());
   };
   auto checkpoint = [&](std::int64_t epoch, std::int64_t samples_in_epoch, const double (&local_sums)[3]) {
     if (progress.steps == last_checkpoint_steps) return;
@@ -472,6 +488,7 @@ int run_training(const TrainOptions& o) {
     std::int64_t position = epoch == first_epoch ? first_position : 0;
     while (position < per_rank && !reached_max_steps()) {
       const auto step_start = Clock::now();
+      timeline::Span step_span("step");
       const std::int64_t end = std::min(per_rank, position + batch);
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
       const auto x = data::normalize_images(train.images.index_select(0, idx));
@@ -482,19 +499,28 @@ int run_training(const TrainOptions& o) {
       if (dp) {
         // Per-example clipping, this rank's share of the noise, and the scale that
         // makes DDP's average (Σ clipped sums + noise) / global batch.
+        std::optional<timeline::Span> span(std::in_place, "per-example gradients");
         ClippedBatch clipped = clip_per_example(dp_model, x, y, o.dp_clip);
         at::Generator noise = dp_noise_generator(dp_key, groups.data.rank(), progress.steps);
         add_noise_share(clipped.clipped_sum, dp_sigma * o.dp_clip, static_cast<int>(data_ranks), noise);
         for (auto& g : clipped.clipped_sum) g.mul_(static_cast<double>(data_ranks) / static_cast<double>(global_batch));
+        span.emplace("backward");
         backward_with_gradients(*net.module, clipped.clipped_sum);
         logits = clipped.logits;
         loss = clipped.loss;
       } else {
-        logits = net.forward(x);
-        loss = torch::nn::functional::cross_entropy(logits, y);
+        {
+          timeline::Span span("forward");
+          logits = net.forward(x);
+          loss = torch::nn::functional::cross_entropy(logits, y);
+        }
+        timeline::Span span("backward");
         loss.backward();
       }
-      optimizer->step();
+      {
+        timeline::Span span("optimizer step");
+        optimizer->step();
+      }
       const double l = loss.item<double>();
       sums[0] += l * static_cast<double>(end - position);
       sums[1] += static_cast<double>(logits.argmax(1).eq(y).sum().item<std::int64_t>());
@@ -530,6 +556,7 @@ int run_training(const TrainOptions& o) {
           std::fflush(stdout);
         }
         finish_writing();
+        write_timeline();
         comm.barrier();
         return 0;
       }
@@ -605,6 +632,7 @@ int run_training(const TrainOptions& o) {
     metrics.close();
     std::filesystem::rename(partial_metrics_path, metrics_path);
   }
+  write_timeline();
   comm.barrier();
   if (rank == 0 && o.on_finished) o.on_finished();
   if (rank == 0) std::printf("Training finished!\n");

@@ -9,6 +9,7 @@
 #include "dagr/error.h"
 #include "dagr/torch/compat.h"
 #include "dagr/torch/tensor.h"
+#include "dagr/train/timeline.h"
 
 namespace dagr {
 namespace {
@@ -116,6 +117,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   std::string broken;                      // set when a collective failed: every later backward raises
   DdpStats stats;
   std::shared_ptr<CommHook> hook = allreduce_hook();
+  timeline::DdpTrace trace;                // what DDP records while a timeline is recording
   bool hook_registered = false;            // register_comm_hook or the secure_aggregation option
   std::size_t last_hooked = 0;             // the last bucket with members: the hook's `last` bucket
 
@@ -244,7 +246,9 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       const std::size_t k = next_bucket++;
       Bucket& b = buckets[k];
       if (next_bucket == buckets.size()) write_tail(b.flat, /*finished=*/true);
+      const auto since = timeline::enabled() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
       collective([&] { start_bucket(k, b.flat); });
+      if (timeline::enabled()) trace.started(generation, static_cast<int>(k), b.flat.nbytes(), hook->name(), since, b.work.collective());
       if (next_bucket < buckets.size() && !final && outstanding > 0) ++stats.buckets_overlapped;
     }
   }
@@ -436,6 +440,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     start_ready_buckets(/*final=*/true);
     for (Bucket& b : buckets) collective([&] { wait_bucket(b); });
     stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (timeline::enabled()) trace.end_step(generation, start);
     in_backward = false;  // the step is complete on every rank
     ++stats.steps;
     check_tail();
@@ -478,6 +483,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   }
   if (options.secure_aggregation && comm_.size() > 1) s.hook = secure_aggregation_hook(comm_, *options.secure_aggregation);
   s.hook_registered = options.secure_aggregation.has_value();
+  if (timeline::enabled()) s.trace.join(comm_);  // collective: the group's pids name it in the timeline
   std::map<torch::ScalarType, BufferGroup> buffers;
   for (const auto& item : module_->named_buffers()) {
     broadcast_tensor(comm_, item.value(), item.key());
