@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
+#include "dagr/error.h"
 #include "self_launch.h"
 #include "train_pictures.h"
 #include "jobs/pipeline_trainer.h"
@@ -81,6 +82,15 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--timeline", o->timeline,
                   "Write a timeline of the run (forward, backward, optimizer step, each bucket's communication, "
                   "waits; every rank) to this Chrome-trace JSON file");
+  // Parameter server (src/jobs/ps_trainer.h): ranks 0..S-1 serve, the other --workers compute gradients.
+  app->add_option("--mode", o->mode, "ddp (every worker holds the model) or ps (a parameter server)")
+      ->check(CLI::IsMember({"ddp", "ps"}));
+  app->add_option("--servers", o->servers, "With --mode ps: this many of the --workers hold the parameters")
+      ->check(CLI::Range(1, 255));
+  app->add_flag("--async", o->ps_async, "With --mode ps: apply each push as it comes (needs --staleness)");
+  app->add_option("--staleness", o->staleness,
+                  "With --mode ps --async: no worker computes on parameters more than this many updates old")
+      ->check(CLI::Range(0, 1 << 20));
   // Pictures (train_pictures.h): rank 0 draws OUT/curves.png, and writes TensorBoard events, after training.
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");
@@ -97,6 +107,13 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
             recovery.standby = o->max_restarts > 0;  // run_training waits for its rank after loading the data
             recovery.elastic = o->elastic;
             recovery.min_workers = std::min(o->min_workers, *workers);
+            if (o->mode == "ps" && job_launcher().empty()) {
+              DAGR_ENFORCE(o->servers < *workers, InputError, "--servers ", o->servers, " must be below --workers ",
+                           *workers, " (the servers are some of the workers)");
+              // Asynchronous: a lost worker does not stop the others (the servers drop it).
+              recovery.elastic = o->ps_async;
+              recovery.min_workers = o->servers + 1;
+            }
             if (auto status = run_as_workers(*workers, argv, recovery)) return *status;
             return train::run_training(*o);
           }};

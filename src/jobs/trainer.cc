@@ -43,6 +43,7 @@
 #include "dagr/train/timeline.h"
 #include "dagr/models/models.h"
 #include "network.h"
+#include "ps_trainer.h"
 #include "pipeline_trainer.h"
 
 namespace dagr::train {
@@ -194,6 +195,7 @@ void save_atomically(torch::nn::Sequential model, const std::string& path) {
 }  // namespace
 
 void check_options(const TrainOptions& o) {
+  check_ps_options(o);
   DAGR_ENFORCE(o.epochs >= 1, InputError, "--epochs must be at least 1");
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
   DAGR_ENFORCE(o.threads >= 1, InputError, "--threads must be at least 1");
@@ -274,6 +276,7 @@ int run_training(const TrainOptions& o) {
   if (!wait_until_started()) return 0;
   const bool resume = o.resume || restart_count() > 0;
   Communicator comm = Communicator::from_env();
+  if (o.mode == "ps") return run_ps_training(o, comm, train, test);
   int rank = comm.rank(), world = comm.size();
   torch::manual_seed(o.seed);
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).

@@ -35,6 +35,13 @@ struct TrainOptions {
   int max_restarts = 0;      // the launcher restarts the group this often; a restarted run resumes
   bool elastic = false;      // after losing a rank, the others shrink their group and carry on
   int min_workers = 1;       // elastic: fewer left than this is a failure (then a restart, if allowed)
+  // --mode ps (src/jobs/ps_trainer.h): `servers` ranks hold the parameters and the optimizer state, the
+  // others compute gradients; with ps_async each push is applied as it comes, no worker more than
+  // `staleness` updates behind.
+  std::string mode = "ddp";  // "ddp" or "ps"
+  int servers = 0;           // 0: not given
+  bool ps_async = false;
+  int staleness = -1;        // -1: not given
   // DP-SGD (dagr/train/dp_sgd.h) when dp_clip > 0: each example's gradient clipped to norm dp_clip,
   // Gaussian noise of standard deviation dp_noise·dp_clip on the global sum (each data-parallel rank
   // adds its share); with dp_epsilon > 0 the noise multiplier is chosen so that the whole run spends
