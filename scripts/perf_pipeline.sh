@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Pipeline parallelism on 2 cores (issue 13): the deeper MLP (deep-mlp, 9
+# Linear layers of HIDDEN) trained by one process on one core beside 2
+# pipeline stages (one core each) with GPipe and 1F1B, M micro-batches.
+# Runs are interleaved, REPEATS rounds; prints each run and the medians of
+# throughput (samples/s in training steps, after dagr train's 20 warm-up
+# steps), measured bubble, and peak activation memory (the largest stage's),
+# beside (P-1)/(M+P-1), and the ratios the issue asks for.
+#
+#   scripts/perf_pipeline.sh [DAGR] [REPEATS] [M] [STEPS] [HIDDEN] [BATCH]
+set -euo pipefail
+dagr=${1:-build/dagr}
+repeats=${2:-3}
+m=${3:-8}
+steps=${4:-40}
+hidden=${5:-1024}
+batch=${6:-256}
+out=$(mktemp -d /tmp/perf_pipeline.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+
+common=(--model deep-mlp --hidden "$hidden" --batch-size "$batch" --optimizer sgd --lr 0.01 --epochs 1
+        --max-steps "$steps" --threads 1)
+summary() { grep '"summary"' "$1/metrics.jsonl"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+
+echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# deep-mlp hidden $hidden, batch $batch, M $m, $steps steps per run, $repeats rounds"
+declare -A tput bubble mem
+for r in $(seq 1 "$repeats"); do
+  OPENBLAS_NUM_THREADS=1 "$dagr" train --workers 1 "${common[@]}" --out "$out/one" > /dev/null 2> "$out/one.err"
+  tput[one]+="$(summary "$out/one" | field samples_per_second) "
+  for s in gpipe 1f1b; do
+    OPENBLAS_NUM_THREADS=1 "$dagr" train --workers 2 --pipeline-parallel 2 --micro-batches "$m" --schedule-pp "$s" \
+      "${common[@]}" --out "$out/$s" > /dev/null 2> "$out/$s.err"
+    line=$(summary "$out/$s")
+    tput[$s]+="$(echo "$line" | field samples_per_second) "
+    bubble[$s]+="$(echo "$line" | field pipeline_bubble_measured) "
+    mem[$s]+="$(echo "$line" | field pipeline_peak_activation_bytes) "
+  done
+  echo "after round $r: one ${tput[one]}| gpipe ${tput[gpipe]}| 1f1b ${tput[1f1b]}(load $(cut -d' ' -f1 /proc/loadavg))"
+done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+one=$(echo "${tput[one]}" | median)
+python3 - "$one" "$m" \
+  "$(echo "${tput[gpipe]}" | median)" "$(echo "${bubble[gpipe]}" | median)" "$(echo "${mem[gpipe]}" | median)" \
+  "$(echo "${tput[1f1b]}" | median)" "$(echo "${bubble[1f1b]}" | median)" "$(echo "${mem[1f1b]}" | median)" <<'EOF'
+import sys
+one, m = float(sys.argv[1]), int(sys.argv[2])
+P = 2
+ideal = (P - 1) / (m + P - 1)
+rows = {"gpipe": sys.argv[3:6], "1f1b": sys.argv[6:9]}
+print(f"one process, 1 core: {one:.0f} samples/s")
+for name, (t, b, mem) in rows.items():
+    t, b, mem = float(t), float(b), float(mem)
+    print(f"{name:5s} 2 stages: {t:.0f} samples/s = {t / one:.2f}x one process; bubble {100 * b:.1f} % "
+          f"(formula {100 * ideal:.1f} %, {100 * (b - ideal):+.1f} points); peak activation memory {mem / 2**20:.2f} MiB")
+g, f = float(rows["gpipe"][2]), float(rows["1f1b"][2])
+print(f"1F1B / GPipe peak activation memory: {f / g:.3f} (P/M = {P / m:.3f})")
+EOF
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
