@@ -112,15 +112,17 @@ def main():
             fail(f"flow {fid} has {[p['ph'] for p in points]}, expected one s and one f")
         if points[0]["pid"] == points[1]["pid"]:
             fail(f"flow {fid} stays on rank {points[0]['pid']}")
-        keys = set()
+        # The collectives each end may belong to (two where it sits where one span ends and the next begins).
+        candidates = []
         for p in points:
             at = ns(p["ts"])
-            inside = [e for e in tracks[(p["pid"], 1)] if e["start"] <= at <= e["end"]]
-            if len(inside) != 1:
-                fail(f"flow {fid}'s {p['ph']} at {p['ts']} lies in {len(inside)} communication spans of rank {p['pid']}")
-            keys.add((inside[0]["args"]["step"], inside[0]["args"]["bucket"]))
+            inside = {(e["args"]["step"], e["args"]["bucket"]) for e in tracks[(p["pid"], 1)] if e["start"] <= at <= e["end"]}
+            if not inside:
+                fail(f"flow {fid}'s {p['ph']} at {p['ts']} lies in no communication span of rank {p['pid']}")
+            candidates.append(inside)
+        keys = candidates[0] & candidates[1]
         if len(keys) != 1:
-            fail(f"flow {fid} joins different collectives {keys}")
+            fail(f"flow {fid} joins the collectives {candidates[0]} and {candidates[1]}, not one")
         pairs[keys.pop()] += 1
     collectives = {(s, b) for s, bs in buckets[0].items() for b in bs}
     if set(pairs) != collectives or any(n != ranks - 1 for n in pairs.values()):

@@ -356,14 +356,17 @@ const std::string* intern(const std::string& name) {
 // them: the buckets of a step, then its end. For a bucket still in flight it
 // waits for the collective and notes when it saw it done; at the step's end
 // it turns the step's buckets into spans:
-//   end_k   = min(seen_k, seen_j for j > k, the step's end)
+//   end_k   = min(seen_k, seen_j for watched j > k, the step's end)
 //             (the communication thread runs calls in issue order, so bucket
 //             k was done when a later one was; the watcher may wake late),
-//   start_k = max(issued_k, end_(k-1)), at most end_k
-//             (it starts once issued and once the bucket before it is done).
-// A bucket whose collective was complete when run() returned (a synchronous
-// hook) is exact: issued and seen are the start and end of run(). A step that
-// never ends (its backward raised) is written as it stands when the next
+//   start_k = max(issued_k, end_(k-1))
+//             (it starts once issued and once the bucket before it is done),
+//   and end_k at least start_k.
+// A bucket whose first collective was complete when run() returned (a
+// synchronous hook, which waits for the buckets before it) is issued and seen
+// at the start and end of run(); it bounds no earlier bucket, since its first
+// Work may be one that never went through the communication thread. A step
+// that never ends (its backward raised) is written as it stands when the next
 // step's first bucket comes.
 struct DdpTrace::Watcher {
   struct Item {
@@ -376,6 +379,7 @@ struct DdpTrace::Watcher {
     Work work;
     std::int64_t issued_ns = 0;
     std::int64_t seen_ns = -1;  // -1: still in flight; for end_of_step, the step's end
+    bool watched = false;       // seen_ns is when the watcher saw a collective in flight complete
   };
 
   std::mutex mutex;
@@ -445,6 +449,7 @@ struct DdpTrace::Watcher {
         }
       }
       item.seen_ns = now_ns();
+      item.watched = true;
     }
     open.push_back(std::move(item));
   }
@@ -453,8 +458,8 @@ struct DdpTrace::Watcher {
     std::vector<std::int64_t> end(open.size());
     std::int64_t bound = step_end_ns;
     for (std::size_t k = open.size(); k-- > 0;) {
-      bound = std::min(bound, open[k].seen_ns);
-      end[k] = bound;
+      end[k] = std::min(bound, open[k].seen_ns);
+      if (open[k].watched) bound = end[k];
     }
     std::int64_t previous_end = std::numeric_limits<std::int64_t>::min();
     for (std::size_t k = 0; k < open.size(); ++k) {
@@ -466,9 +471,9 @@ struct DdpTrace::Watcher {
       e.step = b.step;
       e.bucket = b.bucket;
       e.bytes = static_cast<std::int64_t>(b.bytes);
-      e.end_ns = end[k];
-      e.start_ns = std::min(std::max(b.issued_ns, previous_end), end[k]);
-      previous_end = end[k];
+      e.start_ns = std::max(b.issued_ns, previous_end);
+      e.end_ns = std::max(e.start_ns, end[k]);
+      previous_end = e.end_ns;
       add(e);
     }
     open.clear();

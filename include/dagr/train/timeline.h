@@ -29,9 +29,12 @@
 // runs calls in issue order) until a watcher thread saw that collective
 // complete (or, when it woke late, until a later bucket or the step was seen
 // done). A synchronous hook (secure aggregation) does everything in run():
-// its span is that run(). Collectives a hook issues later, from its HookWork's
-// continuations (PowerSGD's second allreduce), run inside the training
-// thread's wait and are not drawn separately; neither are the collectives of
+// its span is that run(). Only a HookWork's first collective is watched:
+// collectives a hook issues later, from its continuations (PowerSGD's second
+// allreduce), run inside the training thread's wait and are not drawn
+// separately, and a bucket whose first Work is already complete though its
+// collective is not (PowerSGD on a bucket without 1-D tensors) is drawn from
+// the end of the bucket before it to the end of its run(), often with no length; neither are the collectives of
 // steps shadowed by join() or given up after an exception. Forward, backward
 // and the optimizer step are the program's own: Spans around them
 // (`dagr train` records "step", "forward", "backward", "optimizer step").
