@@ -62,6 +62,20 @@ done
 expect "secure aggregation trains ($(accuracy "$tmp/secure") against plain $(accuracy "$tmp/plain"))" \
   awk -v a="$(accuracy "$tmp/secure")" -v b="$(accuracy "$tmp/plain")" 'BEGIN { d = a - b; exit !(a > 0.7 && d < 0.005 && d > -0.005) }'
 
+# PowerSGD (--comm-hook powersgd): it trains and sends fewer numbers; resumed
+# from the run's checkpoint of step 40, the hook's state (Q, the mean error,
+# the step) comes back and the run ends where the uninterrupted one did.
+pg="--epochs 1 --max-steps 60 --batch-size 256 --checkpoint-every 20 --seed 5 --comm-hook powersgd --powersgd-rank 2 --powersgd-start-iter 10"
+timeout 120 "$dagr" train --workers 2 $pg --out "$tmp/pgfull" > "$tmp/out" 2>&1
+expect "PowerSGD trains ($(accuracy "$tmp/pgfull"))" awk -v a="$(accuracy "$tmp/pgfull")" 'BEGIN { exit !(a > 0.6) }'
+expect "and sends fewer numbers than the gradients" \
+  awk '/^Communication hook powersgd:/ { sent = $4; dense = $(NF - 1) } END { exit !(sent > 0 && sent * 20 < dense) }' "$tmp/out"
+mkdir "$tmp/pgpart" && cp "$tmp/pgfull/checkpoint-000001-000000020480.dagr" "$tmp/pgpart/"
+timeout 120 "$dagr" train --workers 2 $pg --out "$tmp/pgpart" --resume > "$tmp/out" 2>&1
+expect "PowerSGD resumed from step 40" grep -q "(step 40)" "$tmp/out"
+diff=$("$compare_models" mlp "$tmp/pgfull/model.pt" "$tmp/pgpart/model.pt" 1e-4)
+expect "PowerSGD stopped and resumed: the uninterrupted model within 1e-4 ($diff)" test $? -eq 0
+
 timeout 300 "$dagr" launch -n 3 -- "$dagr" train --epochs 1 --max-steps 50 --out "$tmp/launched" > "$tmp/out" 2>&1
 expect "dagr train runs as ranks of a launched job" test $? -eq 0 -a "$(grep -c 'Rank [012] training loss' "$tmp/out")" -eq 3
 
@@ -89,6 +103,7 @@ one_line_exit_2() {  # NAME PATTERN ARGS...
 for lr in nan inf -0.1 0; do one_line_exit_2 "--lr $lr" "--lr must be a finite number above 0" "--lr=$lr"; done
 one_line_exit_2 "--momentum nan" "--momentum must be" --momentum nan
 one_line_exit_2 "--secure-aggregation nan" "clip must be a finite number" --secure-aggregation nan
+one_line_exit_2 "--comm-hook with --secure-aggregation" "exclude each other" --comm-hook fp16 --secure-aggregation 8
 touch "$tmp/a-file"
 one_line_exit_2 "--out naming a file" "not a folder" --out "$tmp/a-file"
 one_line_exit_2 "--out under a file" "not a folder" --out "$tmp/a-file/sub"

@@ -77,6 +77,15 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
                   "Average the gradients by secure aggregation (masked fixed point), each element clipped to ±CLIP "
                   "(0: off)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--comm-hook", o->comm_hook,
+                  "How DDP averages the gradients: none (allreduce), fp16 or bf16 (16 bits on the wire), powersgd "
+                  "(low-rank, error feedback)")
+      ->check(CLI::IsMember({"none", "fp16", "bf16", "powersgd"}));
+  app->add_option("--powersgd-rank", o->powersgd_rank, "PowerSGD: rank of each gradient matrix's approximation")
+      ->check(CLI::Range(1, 1 << 20));
+  app->add_option("--powersgd-start-iter", o->powersgd_start_iter,
+                  "PowerSGD: steps of plain allreduce before compression starts")
+      ->check(CLI::NonNegativeNumber);
   app->add_option("--bucket-cap-mb", o->bucket_cap_mb,
                   "DDP's gradient buckets hold this many MiB (the first one at most 1 MiB), as PyTorch's bucket_cap_mb");
   app->add_option("--timeline", o->timeline,

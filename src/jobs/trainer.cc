@@ -38,6 +38,7 @@
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/dp_sgd.h"
+#include "dagr/train/powersgd.h"
 #include "dagr/train/privacy_accountant.h"
 #include "dagr/train/sampler.h"
 #include "dagr/train/timeline.h"
@@ -67,6 +68,15 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
   if (o.optimizer == "adam")
     return std::make_unique<torch::optim::Adam>(m.parameters(), torch::optim::AdamOptions(o.lr));
   throw InputError(detail::concat("unknown optimizer '", o.optimizer, "' (sgd, adam)"));
+}
+
+// --comm-hook: how DDP averages each gradient bucket; nullptr for none (one allreduce).
+std::shared_ptr<CommHook> make_comm_hook(const TrainOptions& o) {
+  if (o.comm_hook == "fp16") return fp16_compress_hook();
+  if (o.comm_hook == "bf16") return bf16_compress_hook();
+  if (o.comm_hook == "powersgd")
+    return powersgd_hook({.rank = o.powersgd_rank, .start_iter = o.powersgd_start_iter, .seed = o.seed});
+  return nullptr;
 }
 
 // A progress bar on a terminal; nothing otherwise (the epoch lines follow).
@@ -210,6 +220,14 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
                "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
   DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
+  DAGR_ENFORCE(o.comm_hook == "none" || o.comm_hook == "fp16" || o.comm_hook == "bf16" || o.comm_hook == "powersgd",
+               InputError, "unknown --comm-hook '", o.comm_hook, "' (none, fp16, bf16, powersgd)");
+  DAGR_ENFORCE(o.comm_hook == "none" || o.secure_clip == 0, InputError,
+               "--comm-hook and --secure-aggregation exclude each other (secure aggregation is a hook of its own)");
+  DAGR_ENFORCE(o.comm_hook != "powersgd" || o.tensor_parallel == 1, InputError,
+               "--comm-hook powersgd needs --tensor-parallel 1 (its state would be per shard)");
+  DAGR_ENFORCE(o.powersgd_rank >= 1, InputError, "--powersgd-rank must be at least 1, not ", o.powersgd_rank);
+  DAGR_ENFORCE(o.powersgd_start_iter >= 0, InputError, "--powersgd-start-iter must not be negative");
   DAGR_ENFORCE(std::isfinite(o.secure_clip) && o.secure_clip >= 0, InputError,
                "--secure-aggregation's clip must be a finite number above 0, not ", o.secure_clip);
   DAGR_ENFORCE(std::isfinite(o.dp_clip) && o.dp_clip >= 0, InputError, "--dp-clip must be a finite number above 0, not ",
@@ -291,6 +309,12 @@ int run_training(const TrainOptions& o) {
   ddp_options.bucket_cap_bytes = static_cast<std::size_t>(o.bucket_cap_mb * (1 << 20));
   ddp_options.first_bucket_bytes = std::min(ddp_options.first_bucket_bytes, ddp_options.bucket_cap_bytes);
   ddp.emplace(net.module, groups.data, ddp_options);
+  // --comm-hook (dagr/train/comm_hook.h); its state (PowerSGD's) is kept in the checkpoints.
+  const std::shared_ptr<CommHook> comm_hook = make_comm_hook(o);
+  if (comm_hook) {
+    if (resumed) comm_hook->load_state(resumed->comm_hook);
+    ddp->register_comm_hook(comm_hook);
+  }
   auto optimizer = make_optimizer(o, *net.module);
   if (resumed) restore_optimizer(net, *optimizer, *resumed);
   Progress progress;
@@ -401,6 +425,7 @@ int run_training(const TrainOptions& o) {
     progress.epoch = epoch;
     progress.samples_in_epoch = samples_in_epoch;
     TrainingCheckpoint c = capture(net, *optimizer, progress);
+    if (comm_hook) c.comm_hook = comm_hook->state(groups.data);
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] -= sums[i] / groups.tensor.size();
     if (rank == 0) {
       finish_writing();
@@ -441,10 +466,14 @@ int run_training(const TrainOptions& o) {
     DAGR_ENFORCE(world >= o.min_workers, Error, "only ", world, " workers left, fewer than --min-workers ",
                  o.min_workers, " (after: ", why, ")");
     groups = make_parallel_groups(comm, 1);
+    std::map<std::string, torch::Tensor> hook_state;  // over the survivors (collective), sent with rank 0's state
+    if (comm_hook) hook_state = comm_hook->state(groups.data);
     std::int64_t size = 0;
     std::vector<std::uint8_t> bytes;
     if (rank == 0) {
-      bytes = encode_checkpoint(capture(net, *optimizer, progress));
+      TrainingCheckpoint c = capture(net, *optimizer, progress);
+      c.comm_hook = hook_state;
+      bytes = encode_checkpoint(c);
       size = static_cast<std::int64_t>(bytes.size());
     }
     comm.broadcast(std::span<std::int64_t>(&size, 1), 0);
@@ -458,6 +487,10 @@ int run_training(const TrainOptions& o) {
     progress.steps = state.steps;
     progress.metrics = state.metrics;
     ddp.emplace(net.module, groups.data, ddp_options);
+    if (comm_hook) {
+      comm_hook->load_state(state.comm_hook);
+      ddp->register_comm_hook(comm_hook);
+    }
     sampler = make_sampler();
     per_rank = sampler.samples_per_rank();
     data_ranks = groups.data.size();
@@ -624,6 +657,13 @@ int run_training(const TrainOptions& o) {
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
                 static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp->bucket_count()));
+    if (comm_hook) {
+      const auto* power = dynamic_cast<const PowerSgdHook*>(comm_hook.get());
+      std::printf("Communication hook %s: %s\n", comm_hook->name().c_str(),
+                  power ? detail::concat(power->sent_elements(), " numbers sent per step in the last step, of ",
+                                         power->dense_elements(), " gradients").c_str()
+                        : "16-bit gradients on the wire");
+    }
     std::printf("Checkpoints: %lld, %.1f ms each on the training thread (written in the background)\n",
                 static_cast<long long>(checkpoints),
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
