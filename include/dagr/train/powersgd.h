@@ -17,8 +17,9 @@
 //   E = M - M̂         (this rank's part of what was left out)
 // so (n + m)·r numbers cross the network instead of n·m. Gradients of one
 // dimension (biases) and matrices with n·m ≤ (n + m)·r·min_compression_rate
-// go through one plain allreduce per bucket. Before step start_iter every
-// bucket is averaged plainly (no error is kept then).
+// go uncompressed, divided by the world size and summed in the same allreduce
+// as the Ps: two collectives per bucket. Before step start_iter every bucket
+// is averaged plainly (no error is kept then).
 //
 // The result depends on the ranks' M only through their average (P and Q are
 // linear in it), so the error buffers matter only through their average:
