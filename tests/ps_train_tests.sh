@@ -3,7 +3,8 @@
 #  - asynchronous, 1 server + 3 workers, --staleness 2, worker 1 slowed down
 #    (DAGR_PS_SLOW_WORKER) and worker 2 killed with SIGKILL mid-run
 #    (DAGR_PS_KILL_WORKER): the job ends with exit 0, the server says it
-#    dropped worker 2, every logged push is at most 2 updates stale, the loss
+#    dropped worker 2, the other workers make all their 60 steps, every
+#    logged push is at most 2 updates stale, the loss
 #    falls and the test accuracy clears a floor; model.pt loads in dagr infer
 #    and gives the accuracy the run reported;
 #  - bad flags: one line, exit 2.
@@ -19,12 +20,15 @@ DAGR_PS_SLOW_WORKER=1:25 DAGR_PS_KILL_WORKER=2:15 timeout 120 "$dagr" train --mo
 expect "async run with a killed worker exits 0 (got $?)" test $? -eq 0
 cat "$tmp/async.log"
 expect "the server dropped worker 2" grep -q "^dagr train: worker 2 lost" "$tmp/async.log"
-expect "staleness.csv logs the pushes" test "$(wc -l < "$tmp/async/staleness.csv")" -gt 100
+for w in 0 1; do
+  pushes=$(awk -F, -v w=$w '$1 == w' "$tmp/async/staleness.csv" | wc -l)
+  expect "worker $w carried on to its last step: 60 pushes logged (got $pushes)" test "$pushes" -eq 60
+done
 max=$(tail -n +2 "$tmp/async/staleness.csv" | cut -d, -f3 | sort -n | tail -1)
 expect "every push at most 2 updates stale (max $max)" test "$max" -le 2
 expect "the slow worker made pushes stale (max $max)" test "$max" -ge 1
 loss=$(sed -n 's/^Epoch 1: global training loss \([0-9.]*\),.*/\1/p' "$tmp/async.log")
-expect "training loss fell below 1.0 (got $loss)" awk -v l="$loss" 'BEGIN { exit !(l != "" && l < 1.0) }'
+expect "training loss fell from ln 10 = 2.30 to below 1.5 (got $loss)" awk -v l="$loss" 'BEGIN { exit !(l != "" && l < 1.5) }'
 acc=$(sed -n 's/^Summary: .* test accuracy \([0-9.]*\),.*/\1/p' "$tmp/async.log")
 expect "test accuracy at least 0.70 (got $acc)" awk -v a="$acc" 'BEGIN { exit !(a != "" && a >= 0.70) }'
 timeout 60 "$dagr" infer --checkpoint "$tmp/async/model.pt" --workers 1 > "$tmp/infer.log" 2>&1
