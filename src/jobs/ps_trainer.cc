@@ -351,7 +351,9 @@ void check_ps_options(const TrainOptions& o) {
                                                                  "worker by itself)"},
       {o.resume, "--resume"}, {o.max_restarts > 0, "--max-restarts"}, {o.checkpoint_every > 0, "--checkpoint-every"},
       {o.stop_after_steps > 0, "--stop-after-steps"}, {o.dp_clip > 0, "--dp-clip"},
-      {o.secure_clip > 0, "--secure-aggregation"}};
+      {o.secure_clip > 0, "--secure-aggregation"}, {o.pipeline_parallel != 1, "--pipeline-parallel"},
+      {o.comm_hook != "none", "--comm-hook (the pushes are plain float32)"},
+      {!o.timeline.empty(), "--timeline"}};
   for (const auto& [given, flag] : refused)
     DAGR_ENFORCE(!given, InputError, "--mode ps does not take ", flag);
 }
