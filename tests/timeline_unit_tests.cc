@@ -3,6 +3,8 @@
 // in timeline_tests.sh.
 #include <gtest/gtest.h>
 
+#include <time.h>
+
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -75,6 +77,33 @@ TEST(Timeline, OtherThreadsGetTracksOfTheirOwnAndSpansNest) {
   EXPECT_LE(spans["outer"].at("ts").get<double>(), spans["inner"].at("ts").get<double>());
   EXPECT_LE(inner_end, outer_end);
   std::remove(path.c_str());
+}
+
+// The CPU time a span costs off (one relaxed load) and on (two clock reads, an
+// append under a mutex); printed for docs/PERFORMANCE.md, with bounds far above them.
+TEST(Timeline, ASpanIsCheapOffAndOn) {
+  Communicator comm;
+  constexpr int kSpans = 100000;
+  // This thread's CPU time (wall time on a loaded box would count the other processes).
+  auto cpu_ns = [] {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return 1e9 * static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec);
+  };
+  auto time_spans = [&] {
+    const double t0 = cpu_ns();
+    for (int i = 0; i < kSpans; ++i) timeline::Span span("work");
+    return (cpu_ns() - t0) / kSpans;
+  };
+  const double off = time_spans();
+  timeline::start(comm, {.max_events = kSpans});
+  const double on = time_spans();
+  const std::string path = temp_path("timeline_cost.json");
+  timeline::finish(comm, path);
+  std::remove(path.c_str());
+  std::printf("a span costs %.1f ns off, %.1f ns on\n", off, on);
+  EXPECT_LT(off, 1000);
+  EXPECT_LT(on, 50000);
 }
 
 TEST(Timeline, MisuseIsAnInputError) {
