@@ -103,6 +103,9 @@ one_line_exit_2() {  # NAME PATTERN ARGS...
 for lr in nan inf -0.1 0; do one_line_exit_2 "--lr $lr" "--lr must be a finite number above 0" "--lr=$lr"; done
 one_line_exit_2 "--momentum nan" "--momentum must be" --momentum nan
 one_line_exit_2 "--secure-aggregation nan" "clip must be a finite number" --secure-aggregation nan
+one_line_exit_2 "--zero 3" "--zero" --zero 3
+one_line_exit_2 "--zero 2 with --secure-aggregation" "use --zero 1 with it" --zero 2 --secure-aggregation 8
+one_line_exit_2 "--zero 2 with --comm-hook" "--comm-hook needs --zero 1" --zero 2 --comm-hook fp16
 one_line_exit_2 "--comm-hook with --secure-aggregation" "exclude each other" --comm-hook fp16 --secure-aggregation 8
 touch "$tmp/a-file"
 one_line_exit_2 "--out naming a file" "not a folder" --out "$tmp/a-file"
@@ -147,6 +150,20 @@ for spec in "1 1 64" "2 1 32" "2 2 64" "4 2 32"; do
   diff=$("$compare_models" mlp "$tmp/cmp11/model.pt" "$tmp/cmp$1$2/model.pt" 1e-5)
   expect "$1 workers, tensor-parallel $2: the reference's parameters within 1e-5 ($diff)" test $? -eq 0
 done
+# ZeRO-2 (--zero 2) from the same start: steps 2-20 with the optimizer sharded
+# and the gradients reduce-scattered, a dense checkpoint at step 20, resumed
+# without --zero to step 40: bitwise the plain 2-worker run above (the same
+# sums in the same order, elementwise optimizer steps).
+cp -r "$tmp/start" "$tmp/zero"
+timeout 120 "$dagr" train --workers 2 --batch-size 32 $same --resume --zero 2 --checkpoint-every 20 \
+  --stop-after-steps 20 --out "$tmp/zero" > "$tmp/out" 2>&1
+expect "--zero 2 runs and stops after step 20" test $? -eq 0
+expect "and each rank holds half the optimizer state" \
+  grep -q "ZeRO-2 optimizer state: .* KiB on the largest rank, 0.50[0-2][0-9] of the" "$tmp/out"
+timeout 120 "$dagr" train --workers 2 --batch-size 32 $same --resume --out "$tmp/zero" > /dev/null 2>&1
+expect "its dense checkpoint resumes without --zero" test $? -eq 0
+diff=$("$compare_models" mlp "$tmp/cmp21/model.pt" "$tmp/zero/model.pt" 0)
+expect "--zero 2, then plain DDP: bitwise the plain DDP run ($diff)" test $? -eq 0
 # Checkpoints and --resume. Same workers: interrupted twice (resumed from a
 # mid-epoch checkpoint each time, the newest one corrupted before the second
 # resume) the run ends with the very model of the uninterrupted run.

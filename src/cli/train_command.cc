@@ -27,6 +27,9 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--lr", o->lr, "Learning rate (finite, above 0)");
   app->add_option("--momentum", o->momentum, "SGD momentum (0 to 1)");
   app->add_option("--optimizer", o->optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}));
+  app->add_option("--zero", o->zero,
+                  "Shard the optimizer state over the data-parallel ranks: ZeRO stage 1, or 2 (gradients "
+                  "reduce-scattered too); 0: off");
   app->add_option("--schedule", o->schedule, "Learning rate schedule: cosine or constant")
       ->check(CLI::IsMember({"cosine", "constant"}));
   app->add_option("--seed", o->seed, "Seed for initialisation and shuffling");

@@ -38,6 +38,7 @@
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/dp_sgd.h"
+#include "dagr/train/zero_optimizer.h"
 #include "dagr/train/powersgd.h"
 #include "dagr/train/privacy_accountant.h"
 #include "dagr/train/sampler.h"
@@ -68,6 +69,16 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
   if (o.optimizer == "adam")
     return std::make_unique<torch::optim::Adam>(m.parameters(), torch::optim::AdamOptions(o.lr));
   throw InputError(detail::concat("unknown optimizer '", o.optimizer, "' (sgd, adam)"));
+}
+
+// --zero 1|2: the same optimizer, stepping only this rank's shards of DDP's buckets.
+std::unique_ptr<torch::optim::Optimizer> make_zero_optimizer(const TrainOptions& o, DistributedDataParallel& ddp) {
+  auto make = [sgd = o.optimizer == "sgd", lr = o.lr, momentum = o.momentum](std::vector<torch::Tensor> shard)
+      -> std::unique_ptr<torch::optim::Optimizer> {
+    if (sgd) return std::make_unique<torch::optim::SGD>(shard, torch::optim::SGDOptions(lr).momentum(momentum));
+    return std::make_unique<torch::optim::Adam>(shard, torch::optim::AdamOptions(lr));
+  };
+  return std::make_unique<ZeroOptimizer>(ddp, make, ZeroOptions{.stage = o.zero});
 }
 
 // --comm-hook: how DDP averages each gradient bucket; nullptr for none (one allreduce).
@@ -220,6 +231,14 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
                "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
   DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
+  DAGR_ENFORCE(o.zero >= 0 && o.zero <= 2, InputError, "--zero must be 1 or 2 (0: off), not ", o.zero);
+  DAGR_ENFORCE(o.zero == 0 || o.tensor_parallel == 1, InputError, "--zero needs --tensor-parallel 1");
+  DAGR_ENFORCE(o.zero == 0 || !o.elastic, InputError,
+               "--zero cannot be --elastic (a lost rank takes its shard of the optimizer state with it; use --max-restarts)");
+  DAGR_ENFORCE(o.zero != 2 || o.comm_hook == "none", InputError,
+               "--zero 2 averages the gradients through its own reduce-scatter hook: --comm-hook needs --zero 1");
+  DAGR_ENFORCE(o.zero != 2 || o.secure_clip == 0, InputError,
+               "--zero 2 reduce-scatters the gradients, --secure-aggregation averages them whole: use --zero 1 with it");
   DAGR_ENFORCE(o.comm_hook == "none" || o.comm_hook == "fp16" || o.comm_hook == "bf16" || o.comm_hook == "powersgd",
                InputError, "unknown --comm-hook '", o.comm_hook, "' (none, fp16, bf16, powersgd)");
   DAGR_ENFORCE(o.comm_hook == "none" || o.secure_clip == 0, InputError,
@@ -315,7 +334,7 @@ int run_training(const TrainOptions& o) {
     if (resumed) comm_hook->load_state(resumed->comm_hook);
     ddp->register_comm_hook(comm_hook);
   }
-  auto optimizer = make_optimizer(o, *net.module);
+  auto optimizer = o.zero > 0 ? make_zero_optimizer(o, *ddp) : make_optimizer(o, *net.module);
   if (resumed) restore_optimizer(net, *optimizer, *resumed);
   Progress progress;
   progress.seed = resumed ? resumed->sampler_seed : o.seed;
@@ -442,6 +461,22 @@ int run_training(const TrainOptions& o) {
   std::int64_t samples = 0, timed_samples = 0, run_steps = 0;
   const auto train_start = Clock::now();
   const auto reached_max_steps = [&] { return o.max_steps > 0 && progress.steps >= o.max_steps; };
+  // The optimizer state each rank holds, measured after the run's first step
+  // (SGD's and Adam's state is made in it); with --zero, this rank's shard.
+  auto report_optimizer_state = [&] {
+    const double mine = static_cast<double>(optimizer_state_bytes(*optimizer));
+    double sum = mine, most = mine;
+    groups.data.allreduce(std::span<double>(&sum, 1), ReduceOp::sum);
+    groups.data.allreduce(std::span<double>(&most, 1), ReduceOp::max);
+    if (rank != 0) return;
+    if (o.zero > 0)
+      std::printf("dagr train: ZeRO-%d optimizer state: %.1f KiB on the largest rank, %.4f of the %.1f KiB the %d "
+                  "data-parallel ranks hold together (plain DDP: all of it on every rank)\n", o.zero, most / 1024,
+                  sum > 0 ? most / sum : 0.0, sum / 1024, groups.data.size());
+    else
+      std::printf("dagr train: optimizer state: %.1f KiB on every data-parallel rank (--zero shards it)\n", most / 1024);
+    std::fflush(stdout);
+  };
   std::int64_t first_epoch = progress.epoch;
   // A resumed or recovered run says when its first step is done (scripts/recovery_bench.sh reads it).
   std::optional<Clock::time_point> report_first_step;
@@ -564,6 +599,7 @@ int run_training(const TrainOptions& o) {
       position = end;
       ++progress.steps;
       ++run_steps;
+      if (run_steps == 1) report_optimizer_state();  // collective: every rank takes its first step together
       progress.epoch = epoch;
       progress.samples_in_epoch = position * data_ranks;
       if (report_first_step && rank == 0) {

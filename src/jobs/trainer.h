@@ -50,6 +50,8 @@ struct TrainOptions {
   double dp_noise = -1;      // σ; -1: not given
   double dp_epsilon = 0;     // target ε instead of dp_noise; 0: not given
   double dp_delta = 1e-5;
+  // 1 or 2: the optimizer sharded over the data-parallel ranks, ZeRO stage 1 or 2 (dagr/train/zero_optimizer.h); 0: not.
+  int zero = 0;
   std::int64_t dp_noise_seed = -1;  // ≥ 0: noise drawn from this seed (reproducible runs); -1: from /dev/urandom
   // > 0: DDP averages the gradients by secure aggregation (dagr/comm/secure_aggregation.h), each
   // element clipped to ±secure_clip: no rank, nor a reader of /dev/shm, sees another's gradients.

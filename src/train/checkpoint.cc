@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "dagr/error.h"
+#include "dagr/train/zero_optimizer.h"
 
 namespace dagr {
 namespace {
@@ -244,6 +245,7 @@ std::string key_of(const torch::Tensor& p) { return c10::guts::to_string(p.unsaf
 
 std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& optimizer,
                                                      const torch::OrderedDict<std::string, torch::Tensor>& params) {
+  if (auto* zero = dynamic_cast<ZeroOptimizer*>(&optimizer)) return zero->dense_state(params);
   const bool sgd = dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr;
   const bool adam = dynamic_cast<torch::optim::Adam*>(&optimizer) != nullptr;
   DAGR_ENFORCE(sgd || adam, InputError, "checkpoints hold the state of SGD and Adam only");
@@ -272,6 +274,7 @@ std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& op
 void load_optimizer_state(torch::optim::Optimizer& optimizer,
                           const torch::OrderedDict<std::string, torch::Tensor>& params,
                           const std::map<std::string, torch::Tensor>& in) {
+  if (auto* zero = dynamic_cast<ZeroOptimizer*>(&optimizer)) return zero->load_dense_state(params, in);
   const bool sgd = dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr;
   const bool adam = dynamic_cast<torch::optim::Adam*>(&optimizer) != nullptr;
   DAGR_ENFORCE(sgd || adam, InputError, "checkpoints hold the state of SGD and Adam only");

@@ -534,6 +534,22 @@ void DistributedDataParallel::register_comm_hook(std::shared_ptr<CommHook> hook)
 const CommHook& DistributedDataParallel::comm_hook() const { return *state_->hook; }
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }
 
+std::vector<DistributedDataParallel::BucketLayout> DistributedDataParallel::bucket_layout() const {
+  std::vector<BucketLayout> layout;
+  for (const Bucket& b : state_->buckets) {
+    if (b.members.empty()) continue;  // the step-check values' own bucket
+    BucketLayout l;
+    std::int64_t n = 0;
+    for (std::size_t i : b.members) {
+      l.parameters.push_back(state_->params[i]);
+      n += state_->params[i].numel();
+    }
+    l.gradients = b.flat.narrow(0, 0, n);
+    layout.push_back(std::move(l));
+  }
+  return layout;
+}
+
 DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp) { ++ddp_.state_->no_sync_depth; }
 DistributedDataParallel::NoSync::~NoSync() { --ddp_.state_->no_sync_depth; }
 

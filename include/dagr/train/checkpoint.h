@@ -80,7 +80,9 @@ void load_module_state(torch::nn::Module& module, const std::map<std::string, to
 
 // SGD (momentum_buffer) and Adam (step, exp_avg, exp_avg_sq, max_exp_avg_sq)
 // state of the given parameters under their names, plus each group's lr; and
-// back. InputError for another optimizer.
+// back. InputError for another optimizer. A ZeroOptimizer (zero_optimizer.h)
+// gives and takes the dense form of its SGD's or Adam's state: optimizer_state()
+// is then collective over the DDP's ranks.
 std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& optimizer,
                                                      const torch::OrderedDict<std::string, torch::Tensor>& params);
 void load_optimizer_state(torch::optim::Optimizer& optimizer,

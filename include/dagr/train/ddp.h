@@ -106,6 +106,17 @@ class DistributedDataParallel {
   void register_comm_hook(std::shared_ptr<CommHook> hook);
   const CommHook& comm_hook() const;
 
+  // The flat gradient buckets in the order they are reduced, for a sharded
+  // optimizer (zero_optimizer.h): `gradients` holds the gradients of
+  // `parameters` side by side, in that order, each flattened (the last
+  // bucket's step-check values are not in it). Made anew once, after the
+  // first complete step, when rebuild_buckets is on.
+  struct BucketLayout {
+    torch::Tensor gradients;
+    std::vector<torch::Tensor> parameters;
+  };
+  std::vector<BucketLayout> bucket_layout() const;
+
   // Uneven inputs (PyTorch's Join): a rank that has run out of batches calls
   // join(); until every rank has, it takes part in the others' steps with zero
   // gradients (the average still divides by the world size, as PyTorch's
