@@ -4,7 +4,8 @@
 # track, one communication span per bucket per step per rank, flow ids paired
 # across the ranks); the checker rejects the same file with one communication
 # span removed, or with a flow's end on the wrong rank; a --timeline in a
-# folder that does not exist fails with one line and exit 2.
+# folder that does not exist, or beside --pipeline-parallel, fails with one
+# line and exit 2.
 # Usage: timeline_tests.sh DAGR
 set -uo pipefail
 dagr=$1
@@ -39,5 +40,9 @@ timeout 60 "$dagr" train --epochs 1 --out "$tmp/bad" --timeline "$tmp/no/such/fo
 rc=$?
 expect "--timeline in a missing folder: exit 2 (got $rc)" test $rc -eq 2
 expect "--timeline in a missing folder: one line" test "$(wc -l < "$tmp/bad.log")" -eq 1
+cat "$tmp/bad.log"
+timeout 60 "$dagr" train --workers 2 --pipeline-parallel 2 --epochs 1 --out "$tmp/bad" --timeline "$tmp/t.json" > "$tmp/bad.log" 2>&1
+rc=$?
+expect "--timeline with --pipeline-parallel: exit 2, one line (got $rc)" test $rc -eq 2 -a "$(wc -l < "$tmp/bad.log")" -eq 1
 cat "$tmp/bad.log"
 finish

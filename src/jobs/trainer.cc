@@ -267,6 +267,8 @@ void check_options(const TrainOptions& o) {
   }
   check_pipeline_options(o);
   if (!o.timeline.empty()) {
+    DAGR_ENFORCE(o.pipeline_parallel == 1, InputError,
+                 "--timeline cannot be combined with --pipeline-parallel yet (it records the data-parallel loop)");
     const auto folder = std::filesystem::absolute(o.timeline).parent_path();
     DAGR_ENFORCE(std::filesystem::is_directory(folder) && access(folder.c_str(), W_OK | X_OK) == 0, InputError,
                  "--timeline ", o.timeline, ": cannot write in ", folder.string());
