@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Secure aggregation beside plain float32 allreduce across a network: dagr's
 # MPI backend on two emulated hosts (scripts/lib/two_hosts.sh), 2 ranks (one
-# per host) and 4 (two per host), on the unshaped veth link and on one shaped
+# per host) and 4 (two per host: half the pairs talk across the link, half
+# within a host), on the unshaped veth link and on one shaped
 # to RATE by a token bucket. `dagr bench allreduce --backend mpi` with and
 # without --secure, interleaved, RUNS launches each; the median time per size
 # and the ratio secure / plain. Needs root. Cleans up after itself.
@@ -14,8 +15,8 @@ rate=${3:-1gbit}
 source scripts/lib/two_hosts.sh
 values=$(mktemp); trap 'rm -f "$values"; two_hosts_down' EXIT
 for link in veth "$rate"; do
-  if [ "$link" = veth ]; then two_hosts_up 2; else two_hosts_up 2 "$rate"; fi
   for ranks in 2 4; do
+    if [ "$link" = veth ]; then two_hosts_up $((ranks / 2)); else two_hosts_up $((ranks / 2)) "$rate"; fi
     for _ in $(seq "$runs"); do
       for mode in plain secure; do
         flags=(); [ "$mode" = secure ] && flags=(--secure)
