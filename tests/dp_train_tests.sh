@@ -26,14 +26,6 @@ expect "--dp-epsilon run succeeds" test $? -eq 0
 eps=$(sed -n 's/^Epoch 1: privacy spent ε = \([0-9.]*\) .*/\1/p' "$tmp/e.log")
 expect "--dp-epsilon 0.5 is met within its tolerance (got $eps)" awk -v e="$eps" 'BEGIN { exit !(e != "" && e <= 0.5 && e > 0.48) }'
 
-bad() {
-  local name=$1; shift
-  timeout 60 "$dagr" train --epochs 1 --out "$tmp/bad" "$@" > "$tmp/bad.log" 2>&1
-  local rc=$?
-  expect "$name: exit 2 (got $rc)" test "$rc" -eq 2
-  expect "$name: one line" test "$(wc -l < "$tmp/bad.log")" -eq 1
-  cat "$tmp/bad.log"
-}
 bad "--dp-clip without noise" --dp-clip 1
 bad "--dp-noise and --dp-epsilon together" --dp-clip 1 --dp-noise 1 --dp-epsilon 3
 bad "--dp-noise without --dp-clip" --dp-noise 1

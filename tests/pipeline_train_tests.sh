@@ -31,14 +31,6 @@ expect "--print-schedule: the stages" grep -q "^stage 1: layers 9..17 of deep-ml
 expect "--print-schedule: the picture" grep -q "^rank 1  .  F0 F1 F2 F3 B0 B0 B1 B1 B2 B2 B3 B3" "$tmp/schedule.log"
 expect "--print-schedule: the bubble" grep -q "bubble 20.0 %" "$tmp/schedule.log"
 
-bad() {
-  local name=$1; shift
-  timeout 60 "$dagr" train --epochs 1 --out "$tmp/bad" "$@" > "$tmp/bad.log" 2>&1
-  local rc=$?
-  expect "$name: exit 2 (got $rc)" test "$rc" -eq 2
-  expect "$name: one line" test "$(wc -l < "$tmp/bad.log")" -eq 1
-  cat "$tmp/bad.log"
-}
 bad "more micro-batches than the batch" --pipeline-parallel 2 --micro-batches 65 --batch-size 64
 bad "more stages than layers" --pipeline-parallel 5
 bad "--resume with a pipeline" --pipeline-parallel 2 --resume

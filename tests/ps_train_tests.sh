@@ -36,14 +36,6 @@ got=$(sed -n 's/^accuracy \([0-9.]*\) .*/\1/p' "$tmp/infer.log")
 expect "dagr infer loads the dense model.pt: accuracy $got = reported $acc" \
   awk -v a="$got" -v b="$acc" 'BEGIN { exit !(a != "" && a + 0 == b + 0) }'
 
-bad() {
-  local name=$1; shift
-  timeout 60 "$dagr" train --epochs 1 --out "$tmp/bad" "$@" > "$tmp/bad.log" 2>&1
-  local rc=$?
-  expect "$name: exit 2 (got $rc)" test "$rc" -eq 2
-  expect "$name: one line" test "$(wc -l < "$tmp/bad.log")" -eq 1
-  cat "$tmp/bad.log"
-}
 bad "--servers equal to --workers" --mode ps --servers 2 --workers 2
 bad "--staleness without --async" --mode ps --servers 1 --workers 2 --staleness 3
 bad "--async without --staleness" --mode ps --servers 1 --workers 2 --async
