@@ -2,12 +2,16 @@
 # `dagr train --pipeline-parallel` on the real Fashion-MNIST, a short run: 2
 # stages (1F1B, 4 micro-batches) learn; the dense model.pt loads in `dagr
 # infer` at another layout (one worker) with the test accuracy training
-# reported; the summary's peak in-flight is the schedule's; --print-schedule
-# draws the schedule without training; bad pipeline flags fail with one line
-# and exit 2. (P × D = 2 × 2 and the other layouts: pipeline_tests, ranks as
-# threads.) Usage: pipeline_train_tests.sh DAGR
+# reported, and `dagr infer --pipeline-parallel 2` serves it as a pipeline with
+# the same predictions' count; the summary's peak in-flight is the schedule's;
+# the same run stopped at step 20 and resumed from its dense checkpoint ends
+# bitwise where the uninterrupted one did, and that checkpoint resumes in plain
+# `dagr train` too; --print-schedule draws the schedule without training; bad
+# pipeline flags (train and infer) fail with one line and exit 2. (P × D = 2 × 2
+# and the other layouts: pipeline_tests, ranks as threads.)
+# Usage: pipeline_train_tests.sh DAGR COMPARE_MODELS
 set -uo pipefail
-dagr=$1
+dagr=$1 compare_models=$2
 source "$(dirname "$0")/testlib.sh"
 export OPENBLAS_NUM_THREADS=1
 run() { local out=$1; shift; timeout 120 "$dagr" train --batch-size 64 --epochs 1 --max-steps 40 --lr 0.005 \
@@ -22,6 +26,30 @@ expect "1F1B's measured peak in-flight is the schedule's (2)" \
   grep -q "peak in-flight micro-batches 2 (schedule: 2)" "$tmp/p2.log"
 timeout 60 "$dagr" infer --checkpoint "$tmp/p2/model.pt" --model mlp --workers 1 > "$tmp/infer.log" 2>&1
 expect "dagr infer (one worker) reads the gathered model: accuracy $acc" grep -q "^accuracy $acc " "$tmp/infer.log"
+timeout 60 "$dagr" infer --checkpoint "$tmp/p2/model.pt" --model mlp --workers 2 --pipeline-parallel 2 \
+  > "$tmp/infer-pp.log" 2>&1
+expect "dagr infer --pipeline-parallel 2 exits 0" test $? -eq 0
+cat "$tmp/infer-pp.log"
+expect "dagr infer --pipeline-parallel 2: 2 stages" grep -q "^dagr infer: stage 1: layers 2..3" "$tmp/infer-pp.log"
+expect "dagr infer --pipeline-parallel 2 predicts as one worker: $(grep ^accuracy "$tmp/infer.log" | cut -d'(' -f2)" \
+  test "$(grep ^accuracy "$tmp/infer-pp.log")" = "$(grep ^accuracy "$tmp/infer.log")"
+
+# Dense checkpoints: stopped after step 20 (one every 10 steps), resumed to step 40.
+pp=(--workers 2 --pipeline-parallel 2 --micro-batches 4 --schedule-pp 1f1b)
+run part "${pp[@]}" --checkpoint-every 10 --stop-after-steps 20
+expect "stopped after step 20" grep -q "stopped after step 20" "$tmp/part.log"
+cp -r "$tmp/part" "$tmp/plain"
+run part "${pp[@]}" --checkpoint-every 10 --resume
+expect "resumed at step 20" grep -q "continuing at epoch 1, sample 1280 of it (step 20)" "$tmp/part.log"
+diff=$("$compare_models" mlp "$tmp/p2/model.pt" "$tmp/part/model.pt" 0)
+expect "stopped and resumed: bitwise the uninterrupted run ($diff)" test $? -eq 0
+# The pipeline's checkpoint in plain dagr train (one worker, the whole batch at
+# once): the same model up to float summation order, which Adam's step
+# normalises; a run that did not resume would be ~0.1 away.
+run plain --workers 1 --resume
+expect "plain dagr train resumes the pipeline's checkpoint" grep -q "continuing at epoch 1, sample 1280" "$tmp/plain.log"
+diff=$("$compare_models" mlp "$tmp/p2/model.pt" "$tmp/plain/model.pt" 1e-5)
+expect "and ends within 1e-5 of the pipeline's model ($diff)" test $? -eq 0
 
 timeout 30 "$dagr" train --model deep-mlp --hidden 1024 --pipeline-parallel 2 --micro-batches 4 --schedule-pp gpipe \
   --print-schedule > "$tmp/schedule.log" 2>&1
@@ -33,5 +61,18 @@ expect "--print-schedule: the bubble" grep -q "bubble 20.0 %" "$tmp/schedule.log
 
 bad "more micro-batches than the batch" --pipeline-parallel 2 --micro-batches 65 --batch-size 64
 bad "more stages than layers" --pipeline-parallel 5
-bad "--resume with a pipeline" --pipeline-parallel 2 --resume
+bad "--max-restarts with a pipeline" --pipeline-parallel 2 --max-restarts 1
+# bad_infer NAME FLAGS...: `dagr infer FLAGS` must be refused: exit 2 and one line.
+bad_infer() {
+  local name=$1; shift
+  timeout 60 "$dagr" infer --checkpoint "$tmp/p2/model.pt" --model mlp "$@" > "$tmp/bad.log" 2>&1
+  local rc=$?
+  expect "infer $name: exit 2 (got $rc)" test "$rc" -eq 2
+  expect "infer $name: one line" test "$(wc -l < "$tmp/bad.log")" -eq 1
+  cat "$tmp/bad.log"
+}
+bad_infer "--pipeline-parallel 0" --pipeline-parallel 0
+bad_infer "more stages than layers" --workers 5 --pipeline-parallel 5
+bad_infer "with --tensor-parallel" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
+bad_infer "stages not dividing the workers" --workers 3 --pipeline-parallel 2
 finish

@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "dagr/data/fashion_mnist.h"
+#include "dagr/error.h"
 #include "self_launch.h"
 #include "jobs/inference.h"
 
@@ -20,10 +21,15 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::Range(1, 256));
   app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
       ->check(CLI::Range(1, 256));
+  app->add_option("--pipeline-parallel", o->pipeline_parallel,
+                  "Stages the model is cut into by layer (one rank each); each batch flows through them");
   app->add_option("--dataset", o->dataset, "Folder of IDX files (t10k-*)");
   app->add_option("--batch-size", o->batch_size, "Images per batch")->check(CLI::Range(1, 1 << 20));
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
   return {app, [o, workers, argv] {
+            train::check_inference_options(*o);  // bad options: one line and exit 2 before any worker starts
+            DAGR_ENFORCE(!job_launcher().empty() || *workers % o->pipeline_parallel == 0, InputError,
+                         "--pipeline-parallel ", o->pipeline_parallel, " does not divide the ", *workers, " workers");
             if (auto status = run_as_workers(*workers, argv)) return *status;
             return train::run_inference(*o);
           }};

@@ -11,9 +11,17 @@ struct InferOptions {
   std::string model = "mlp";
   std::string dataset;
   int tensor_parallel = 1;
+  // > 1: the model cut by layer into this many stages (by parameter count, as
+  // dagr train cuts it), one per rank; each batch flows through them.
+  int pipeline_parallel = 1;
   std::int64_t batch_size = 256;
   int threads = 1;
 };
+
+// InputError for options no run can use: --pipeline-parallel below 1, above
+// the model's layers, or beside --tensor-parallel above 1. `dagr infer` calls
+// it before starting its workers.
+void check_inference_options(const InferOptions& options);
 
 // Runs this process's rank; rank 0 prints accuracy, throughput and latency. Returns the exit status.
 int run_inference(const InferOptions& options);

@@ -8,7 +8,13 @@
 //   optimizer step → after each epoch, test accuracy through the pipeline
 //   (forward only) → the pipeline's rank 0 gathers the stages into the dense
 //   model and saves it (model.pt loads in `dagr infer` at any layout).
-// No training-state checkpoints, resume or recovery here (check_pipeline_options refuses them).
+// Training-state checkpoints (dagr/train/checkpoint.h) every --checkpoint-every
+// steps and after every epoch are dense too: the first pipeline's stages send
+// their layers and their optimizer state to world rank 0, which writes them
+// under the dense model's names, so that --resume continues from them at any
+// layout (this one, another P, or plain `dagr train`) and so does plain
+// `dagr train --resume` with the checkpoint of a pipeline. Restarts and elastic
+// recovery are not here (check_pipeline_options refuses them).
 #include "pipeline_trainer.h"
 
 #include <malloc.h>
@@ -18,6 +24,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
@@ -25,6 +32,7 @@
 #include "dagr/launch/standby.h"
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
+#include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/sampler.h"
 
@@ -98,6 +106,63 @@ double evaluate_pipeline(PipelineExecutor& exec, const torch::Tensor& images, co
   return static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
 }
 
+// The parameters of layers [b.begin, b.end) under the dense model's names
+// ("<layer>.<parameter>"): the names a dense checkpoint's optimizer state uses.
+torch::OrderedDict<std::string, torch::Tensor> stage_parameters(const torch::nn::Sequential& model, StageBounds b) {
+  torch::OrderedDict<std::string, torch::Tensor> named;
+  const auto layers = model->named_children();
+  for (int i = b.begin; i < b.end; ++i)
+    for (const auto& p : layers[static_cast<std::size_t>(i)].value()->named_parameters())
+      named.insert(layers[static_cast<std::size_t>(i)].key() + "." + p.key(), p.value());
+  return named;
+}
+
+// The dense checkpoint's model and optimizer state on the pipeline's rank 0
+// (collective over the pipeline): gather_stages copies every stage's layers
+// into its `model`, and every other stage sends its optimizer state (named
+// as the dense model's parameters) as an encoded checkpoint's bytes.
+void gather_training_state(torch::nn::Sequential& model, const std::vector<StageBounds>& bounds,
+                           torch::optim::Optimizer& optimizer, Communicator& pipeline, TrainingCheckpoint& c) {
+  const int s = pipeline.rank();
+  gather_stages(model, bounds, pipeline);
+  TrainingCheckpoint mine;
+  mine.optimizer = optimizer_state(optimizer, stage_parameters(model, bounds[static_cast<std::size_t>(s)]));
+  if (s != 0) {
+    const std::vector<std::uint8_t> bytes = encode_checkpoint(mine);
+    const auto size = static_cast<std::int64_t>(bytes.size());
+    pipeline.send(std::span<const std::int64_t>(&size, 1), 0);
+    pipeline.send(std::span<const std::uint8_t>(bytes), 0);
+    return;
+  }
+  c.model = module_state(*model);
+  c.optimizer = std::move(mine.optimizer);
+  for (int from = 1; from < pipeline.size(); ++from) {
+    std::int64_t size = 0;
+    pipeline.recv(std::span<std::int64_t>(&size, 1), from);
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+    pipeline.recv(std::span<std::uint8_t>(bytes), from);
+    for (auto& [name, tensor] : decode_checkpoint(bytes, detail::concat("stage ", from, "'s optimizer state")).optimizer)
+      c.optimizer.emplace(name, tensor);
+  }
+}
+
+// The newest whole checkpoint in `dir`, read by rank 0 and sent to every rank
+// (all start from the same one, and `dir` need not be shared between hosts).
+std::optional<TrainingCheckpoint> load_everywhere(Communicator& world, const std::string& dir) {
+  std::optional<CheckpointBytes> bytes;
+  std::int64_t size = -1;
+  if (world.rank() == 0) {
+    bytes = read_latest_checkpoint_bytes(dir);
+    if (bytes) size = static_cast<std::int64_t>(bytes->payload.size());
+  }
+  world.broadcast(std::span<std::int64_t>(&size, 1), 0);
+  if (size < 0) return std::nullopt;
+  if (world.rank() != 0) bytes = CheckpointBytes{dir, std::vector<std::uint8_t>(static_cast<std::size_t>(size))};
+  world.broadcast(std::span<std::uint8_t>(bytes->payload), 0);
+  if (world.rank() == 0) std::printf("dagr train: resuming from %s\n", bytes->path.c_str());
+  return decode_checkpoint(bytes->payload, bytes->path);
+}
+
 }  // namespace
 
 void check_pipeline_options(const TrainOptions& o) {
@@ -117,9 +182,6 @@ void check_pipeline_options(const TrainOptions& o) {
                         : o.secure_clip > 0            ? "--secure-aggregation"
                         : o.elastic                    ? "--elastic"
                         : o.max_restarts > 0           ? "--max-restarts"
-                        : o.resume                     ? "--resume"
-                        : o.checkpoint_every > 0       ? "--checkpoint-every"
-                        : o.stop_after_steps > 0       ? "--stop-after-steps"
                                                        : nullptr;
   DAGR_ENFORCE(!refused, InputError, refused, " cannot be combined with --pipeline-parallel yet");
   const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
@@ -165,19 +227,47 @@ int run_pipeline_training(const TrainOptions& o) {
   PipelineExecutor exec(stage, groups.pipeline, make_schedule(parse_schedule_kind(o.schedule_pp), P, M),
                         /*measure_memory=*/true);
   auto optimizer = make_optimizer(o, *stage);
+  // --resume: every rank loads the whole model (it holds all layers, trains its
+  // own) and its stage's share of the optimizer state, by the dense names.
+  const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(world, o.out) : std::nullopt;
+  if (resumed) {
+    load_module_state(*model, resumed->model);
+    load_optimizer_state(*optimizer, stage_parameters(model, bounds[static_cast<std::size_t>(s)]), resumed->optimizer);
+  }
+  const std::uint64_t sampler_seed = resumed ? resumed->sampler_seed : o.seed;
   DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(), .world_size = D,
-                              .seed = o.seed});
+                              .seed = sampler_seed});
   const std::int64_t per_rank = sampler.samples_per_rank(), batch = o.batch_size;
   DAGR_ENFORCE(batch <= per_rank, InputError, "--batch-size ", batch, " is more than the ", per_rank,
                " samples each of the ", D, " data-parallel ranks trains on per epoch");
   const std::int64_t steps = sampler.steps_per_epoch(batch);
   const std::int64_t total_steps = o.max_steps > 0 ? std::min(o.max_steps, steps * o.epochs) : steps * o.epochs;
 
+  // Where to start: the checkpoint's global position p in its epoch's sample
+  // order is position p / D of each pipeline's shard (as in dagr train), and
+  // the step count follows from it, so the learning-rate schedule goes on.
+  std::int64_t first_epoch = 1, first_position = 0, step_count = 0;
+  double earlier_sums[3] = {0, 0, 0};  // the resumed epoch's global sums before the checkpoint
+  double test_accuracy = 0;
+  std::vector<std::string> metrics_lines;  // rank 0's lines so far (kept in the checkpoints)
+  if (resumed) {
+    first_epoch = resumed->epoch;
+    metrics_lines = resumed->metrics;
+    const auto extra = nlohmann::json::parse(resumed->extra);
+    for (int i = 0; i < 3; ++i) earlier_sums[i] = extra.at("epoch_sums")[i];
+    test_accuracy = extra.at("test_accuracy");
+    first_position = resumed->samples_in_epoch / D;
+    step_count = (first_epoch - 1) * steps + (first_position + batch - 1) / batch;
+  }
+
   const std::string metrics_path = o.out + "/metrics.jsonl", partial_metrics_path = metrics_path + ".part";
   std::ofstream metrics;
   if (rank == 0) {
+    if (!resumed) remove_checkpoints(o.out);  // --resume continues only the last run started here
     metrics.open(partial_metrics_path, std::ios::trunc);
     DAGR_ENFORCE(metrics, InputError, "cannot write ", partial_metrics_path);
+    for (const std::string& line : metrics_lines) metrics << line << '\n';
+    metrics.flush();
     const auto& sim = exec.simulation();
     std::printf("dagr train: %s on %lld samples, %d workers (pipeline-parallel %d × data-parallel %d) × batch %lld "
                 "in %d micro-batches, %s lr %g, %d epochs\n",
@@ -189,23 +279,57 @@ int run_pipeline_training(const TrainOptions& o) {
                   static_cast<long long>(parameter_count(*make_stage(model, bounds[static_cast<std::size_t>(k)]))));
     std::printf("dagr train: %s schedule simulated: bubble %.1f %%, peak in-flight micro-batches %d\n",
                 o.schedule_pp.c_str(), 100 * sim.bubble_fraction, sim.max_peak_in_flight);
+    if (o.resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
+    if (resumed)
+      std::printf("dagr train: continuing at epoch %lld, sample %lld of it (step %lld)%s\n",
+                  static_cast<long long>(first_epoch), static_cast<long long>(resumed->samples_in_epoch),
+                  static_cast<long long>(step_count),
+                  resumed->samples_in_epoch % D != 0 ? ", not a multiple of the pipelines: a few samples twice" : "");
     std::fflush(stdout);
   }
+
+  // A dense training-state checkpoint (collective): `local_sums` are this
+  // rank's sums of the epoch so far; rank 0 writes.
+  std::int64_t checkpoints = 0, last_checkpoint_steps = -1;
+  double checkpoint_s = 0;
+  auto checkpoint = [&](std::int64_t epoch, std::int64_t samples_in_epoch, const double (&local_sums)[3]) {
+    if (step_count == last_checkpoint_steps) return;
+    const auto t0 = Clock::now();
+    double sums[3] = {local_sums[0], local_sums[1], local_sums[2]};
+    world.allreduce(std::span<double>(sums, 3));
+    TrainingCheckpoint c;
+    if (groups.data.rank() == 0) gather_training_state(model, bounds, *optimizer, groups.pipeline, c);
+    if (rank == 0) {
+      c.epoch = epoch;
+      c.samples_in_epoch = samples_in_epoch;
+      c.steps = step_count;
+      c.sampler_seed = sampler_seed;
+      c.metrics = metrics_lines;
+      c.extra = nlohmann::json{{"epoch_sums", {earlier_sums[0] + sums[0], earlier_sums[1] + sums[1],
+                                               earlier_sums[2] + sums[2]}},
+                               {"test_accuracy", test_accuracy}}
+                    .dump();
+      write_checkpoint(o.out, c);
+    }
+    last_checkpoint_steps = step_count;
+    checkpoint_s += seconds_since(t0);
+    ++checkpoints;
+  };
 
   // Step figures after a warm-up (as dagr train times them), or over all steps of a short run.
   constexpr std::int64_t kWarmup = 20;
   struct Totals {
-    double compute = 0, wall = 0, step = 0, samples = 0;
+    double compute = 0, recv = 0, send = 0, wall = 0, step = 0, samples = 0, steps = 0;
   } all, timed;
-  std::int64_t step_count = 0, peak_bytes = 0;
+  std::int64_t run_steps = 0, peak_bytes = 0;
   int peak_in_flight = 0;
-  double test_accuracy = 0;
   const auto train_start = Clock::now();
-  for (std::int64_t epoch = 1; epoch <= o.epochs && step_count < total_steps; ++epoch) {
+  for (std::int64_t epoch = first_epoch; epoch <= o.epochs && step_count < total_steps; ++epoch) {
     sampler.set_epoch(epoch);
     const std::vector<std::int64_t>& order = sampler.indices();
     double sums[3] = {0, 0, 0};  // the last stage's loss·samples, correct, samples
-    for (std::int64_t position = 0; position < per_rank && step_count < total_steps; position += batch) {
+    std::int64_t position = epoch == first_epoch ? first_position : 0;
+    for (; position < per_rank && step_count < total_steps; position += batch) {
       const auto step_start = Clock::now();
       const std::int64_t end = std::min(per_rank, position + batch), n = end - position;
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {n}, torch::kInt64);
@@ -229,22 +353,38 @@ int run_pipeline_training(const TrainOptions& o) {
         sums[2] += static_cast<double>(n);
       }
       ++step_count;
+      ++run_steps;
       const double step_s = seconds_since(step_start);
       auto add = [&](Totals& t) {
         t.compute += stats.compute_seconds;
+        t.recv += stats.recv_seconds;
+        t.send += stats.send_seconds;
         t.wall += stats.wall_seconds;
         t.step += step_s;
         t.samples += static_cast<double>(n);
+        ++t.steps;
       };
       add(all);
-      if (step_count > kWarmup) add(timed);
-      if (step_count > kWarmup || total_steps <= kWarmup) {
+      if (run_steps > kWarmup) add(timed);
+      if (run_steps > kWarmup || total_steps <= kWarmup) {
         peak_bytes = std::max(peak_bytes, stats.peak_activation_bytes);
         peak_in_flight = std::max(peak_in_flight, stats.peak_in_flight);
+      }
+      if (o.checkpoint_every > 0 && step_count % o.checkpoint_every == 0 && end < per_rank)
+        checkpoint(epoch, end * D, sums);
+      if (o.stop_after_steps > 0 && step_count == o.stop_after_steps) {
+        if (rank == 0) {
+          std::printf("dagr train: stopped after step %lld (--stop-after-steps); continue with --resume\n",
+                      static_cast<long long>(step_count));
+          std::fflush(stdout);
+        }
+        world.barrier();
+        return 0;
       }
     }
     double global[3] = {sums[0], sums[1], sums[2]};
     world.allreduce(std::span<double>(global, 3));
+    for (int i = 0; i < 3; ++i) global[i] += earlier_sums[i];
     test_accuracy = evaluate_pipeline(exec, test.images, test.labels, groups, world);
     if (rank == 0) {
       const nlohmann::json line{{"epoch", epoch}, {"train_loss", global[0] / std::max(global[2], 1.0)},
@@ -254,8 +394,14 @@ int run_pipeline_training(const TrainOptions& o) {
                   static_cast<long long>(epoch), global[0] / std::max(global[2], 1.0),
                   global[1] / std::max(global[2], 1.0), test_accuracy, seconds_since(train_start));
       std::fflush(stdout);
+      metrics_lines.push_back(line.dump());
       metrics << line.dump() << std::endl;
     }
+    // The epoch's end (or where --max-steps stopped it): its figures are in the metrics now.
+    const double none[3] = {0, 0, 0};
+    for (double& e : earlier_sums) e = 0;
+    if (position >= per_rank) checkpoint(epoch + 1, 0, none);
+    else checkpoint(epoch, position * D, none);
   }
   const double train_s = seconds_since(train_start);
 
@@ -269,6 +415,14 @@ int run_pipeline_training(const TrainOptions& o) {
   const double bubble = figures[0] / world.size();
   // Each pipeline trains its own samples; its ranks share them (and each ranks' step time is the pipeline's).
   const double throughput = figures[1] > 0 ? figures[2] / P / (figures[1] / world.size()) : 0;
+  // Where each rank's step goes, per step: forward and backward, receive
+  // actions (waiting included), sends, the rest of the schedule's time, and
+  // outside the schedule (the batch's preparation, the gradient average, the optimizer).
+  const double per_step = std::max(t.steps, 1.0);
+  const double mine[5] = {t.compute / per_step, t.recv / per_step, t.send / per_step,
+                          (t.wall - t.compute - t.recv - t.send) / per_step, (t.step - t.wall) / per_step};
+  std::vector<double> breakdown(static_cast<std::size_t>(5 * world.size()));
+  world.allgather(std::span<const double>(mine, 5), std::span<double>(breakdown));
 
   if (groups.data.rank() == 0) gather_stages(model, bounds, groups.pipeline);
   if (rank == 0) {
@@ -283,7 +437,22 @@ int run_pipeline_training(const TrainOptions& o) {
                 "(schedule: %d), peak activation memory %.2f MiB (largest stage)\n",
                 100 * bubble, 100 * exec.simulation().bubble_fraction, static_cast<long long>(peaks[1]),
                 exec.simulation().max_peak_in_flight, static_cast<double>(peaks[0]) / (1 << 20));
+    for (int r = 0; r < world.size(); ++r) {
+      const double* b = breakdown.data() + 5 * r;
+      std::printf("Pipeline rank %d (stage %d) per step: %.2f ms forward and backward, %.2f ms in receives, %.2f ms "
+                  "in sends, %.2f ms else in the schedule, %.2f ms outside it\n",
+                  r, r % P, 1e3 * b[0], 1e3 * b[1], 1e3 * b[2], 1e3 * b[3], 1e3 * b[4]);
+    }
+    std::printf("Checkpoints: %lld, %.1f ms each (dense, written by rank 0)\n", static_cast<long long>(checkpoints),
+                1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
+    // [forward and backward, receives, sends, else in the schedule, outside it] per rank, ms per step.
+    nlohmann::json step_ms = nlohmann::json::array();
+    for (int r = 0; r < world.size(); ++r) {
+      nlohmann::json row = nlohmann::json::array();
+      for (int i = 0; i < 5; ++i) row.push_back(1e3 * breakdown[static_cast<std::size_t>(5 * r + i)]);
+      step_ms.push_back(row);
+    }
     metrics << nlohmann::json{{"summary", true},
                               {"seconds", train_s},
                               {"samples_per_second", throughput},
@@ -291,7 +460,8 @@ int run_pipeline_training(const TrainOptions& o) {
                               {"pipeline_bubble_measured", bubble},
                               {"pipeline_bubble_simulated", exec.simulation().bubble_fraction},
                               {"pipeline_peak_in_flight", peaks[1]},
-                              {"pipeline_peak_activation_bytes", peaks[0]}}
+                              {"pipeline_peak_activation_bytes", peaks[0]},
+                              {"pipeline_step_ms_per_rank", step_ms}}
                    .dump()
             << std::endl;
     metrics.close();

@@ -12,7 +12,7 @@ namespace dagr::train {
 // InputError for pipeline options no run can use (P or M below 1, an unknown
 // schedule, more micro-batches than the batch, more stages than layers, or a
 // feature the pipeline job does not have: tensor parallelism, DP-SGD, secure
-// aggregation, checkpoints/resume/recovery).
+// aggregation, elastic recovery, restarts).
 void check_pipeline_options(const TrainOptions& options);
 
 // What --print-schedule shows: the stages, each rank's action list, and the

@@ -177,22 +177,26 @@ PipelineStepStats PipelineExecutor::step(const std::vector<torch::Tensor>& input
   try {
     for (const Action& a : schedule_.ranks[static_cast<std::size_t>(s)]) {
       InFlight& m = mb[static_cast<std::size_t>(a.micro_batch)];
+      const auto t0 = Clock::now();
       switch (a.kind) {
         case ActionKind::recv_activation:
           m.input = recv_tensor(s - 1, activation_tag(a.micro_batch)).requires_grad_(true);
+          stats.recv_seconds += seconds_since(t0);
           break;
         case ActionKind::recv_gradient:
           m.grad_output = recv_tensor(s + 1, gradient_tag(a.micro_batch));
+          stats.recv_seconds += seconds_since(t0);
           break;
         case ActionKind::send_activation:
           send_tensor(m.output, s + 1, activation_tag(a.micro_batch));
+          stats.send_seconds += seconds_since(t0);
           break;
         case ActionKind::send_gradient:
           send_tensor(m.input.grad(), s - 1, gradient_tag(a.micro_batch));
           m.input = torch::Tensor();
+          stats.send_seconds += seconds_since(t0);
           break;
         case ActionKind::forward: {
-          const auto t0 = Clock::now();
           const std::int64_t heap0 = measure_memory_ ? heap_in_use() : 0;
           if (first) m.input = inputs[static_cast<std::size_t>(a.micro_batch)];
           m.output = stage_->forward(m.input);
@@ -211,7 +215,6 @@ PipelineStepStats PipelineExecutor::step(const std::vector<torch::Tensor>& input
           break;
         }
         case ActionKind::backward: {
-          const auto t0 = Clock::now();
           if (last) m.loss.backward();
           else torch::autograd::backward({m.output}, {m.grad_output});
           m.output = m.loss = m.grad_output = torch::Tensor();
@@ -223,7 +226,9 @@ PipelineStepStats PipelineExecutor::step(const std::vector<torch::Tensor>& input
         }
       }
     }
+    const auto t0 = Clock::now();
     wait_sends();
+    stats.send_seconds += seconds_since(t0);
   } catch (...) {
     // The sends still read their buffers: let them finish (or fail) first.
     for (auto& p : pending_) try {

@@ -65,6 +65,8 @@ PipelineGroups make_pipeline_groups(Communicator& world, int stages);
 struct PipelineStepStats {
   int peak_in_flight = 0;         // most micro-batches forwarded and not yet backwarded, at once
   double compute_seconds = 0;     // in forward and backward actions (the loss included)
+  double recv_seconds = 0;        // in receive actions: waiting for the message and copying it in
+  double send_seconds = 0;        // posting sends, and waiting for them at the step's end
   double wall_seconds = 0;        // the whole step, transfers and waits included
   // With measure_memory: the most heap memory (glibc mallinfo2, the whole
   // process) held at once by in-flight micro-batches, each counted as the
