@@ -5,7 +5,9 @@
 # Runs are interleaved, REPEATS rounds; prints each run and the medians of
 # throughput (samples/s in training steps, after dagr train's 20 warm-up
 # steps), measured bubble, and peak activation memory (the largest stage's),
-# beside (P-1)/(M+P-1), and the ratios the issue asks for.
+# beside (P-1)/(M+P-1), and the ratios the issue asks for; then, for each
+# schedule, where each rank's step went in the last round (ms per step:
+# forward and backward, receives, sends, the rest of the schedule, outside it).
 #
 #   scripts/perf_pipeline.sh [DAGR] [REPEATS] [M] [STEPS] [HIDDEN] [BATCH]
 set -euo pipefail
@@ -25,7 +27,7 @@ field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])
 
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# deep-mlp hidden $hidden, batch $batch, M $m, $steps steps per run, $repeats rounds"
-declare -A tput bubble mem
+declare -A tput bubble mem split
 for r in $(seq 1 "$repeats"); do
   OPENBLAS_NUM_THREADS=1 "$dagr" train --workers 1 "${common[@]}" --out "$out/one" > /dev/null 2> "$out/one.err"
   tput[one]+="$(summary "$out/one" | field samples_per_second) "
@@ -36,6 +38,7 @@ for r in $(seq 1 "$repeats"); do
     tput[$s]+="$(echo "$line" | field samples_per_second) "
     bubble[$s]+="$(echo "$line" | field pipeline_bubble_measured) "
     mem[$s]+="$(echo "$line" | field pipeline_peak_activation_bytes) "
+    split[$s]=$(echo "$line" | field pipeline_step_ms_per_rank)
   done
   echo "after round $r: one ${tput[one]}| gpipe ${tput[gpipe]}| 1f1b ${tput[1f1b]}(load $(cut -d' ' -f1 /proc/loadavg))"
 done
@@ -57,4 +60,10 @@ for name, (t, b, mem) in rows.items():
 g, f = float(rows["gpipe"][2]), float(rows["1f1b"][2])
 print(f"1F1B / GPipe peak activation memory: {f / g:.3f} (P/M = {P / m:.3f})")
 EOF
+for s in gpipe 1f1b; do
+  python3 -c "import sys, ast
+for r, (c, rv, sd, el, out) in enumerate(ast.literal_eval(sys.argv[2])):
+    print(f'{sys.argv[1]:5s} rank {r} per step, ms: {c:.1f} forward+backward, {rv:.1f} receives, {sd:.1f} sends, '
+          f'{el:.1f} else, {out:.1f} outside the schedule')" "$s" "${split[$s]}"
+done
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
