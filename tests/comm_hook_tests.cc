@@ -6,7 +6,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
+#include <functional>
 #include <mutex>
 
 #include "dagr/error.h"
@@ -289,6 +291,101 @@ TEST(CommHook, SecureHookIsTheSecureAggregationOption) {
     });
   }
   EXPECT_TRUE(torch::equal(finals[0], finals[1]));
+}
+
+}  // namespace
+}  // namespace dagr
+
+namespace dagr {
+namespace {
+
+// DDP's step check rides in the lossy hooks' own collectives (no collective of
+// its own): given by hand, rank-specific integers up to 4095 come back as
+// float32's sum divided by N, bit for bit (the 16-bit hooks through base-8
+// digits, PowerSGD beside its Ps or with its plain values), the gradients
+// still averaged.
+TEST(CommHook, LossyHooksAverageTheStepCheckExactly) {
+  constexpr int kWorld = 3;
+  const auto value = [](int r, int i) { return static_cast<float>(std::array{r, 63 - 20 * r, 3969 - 1000 * r, 4095 - r}[i]); };
+  std::vector<std::pair<std::string, std::function<std::shared_ptr<CommHook>()>>> hooks = {
+      {"fp16", [] { return fp16_compress_hook(); }},
+      {"bf16", [] { return bf16_compress_hook(); }},
+      {"powersgd", [] { return powersgd_hook({.rank = 1, .start_iter = 0, .min_compression_rate = 0}); }},
+      {"powersgd, plain only", [] { return powersgd_hook({.rank = 1, .start_iter = 0, .min_compression_rate = 100}); }},
+      {"powersgd, before start_iter", [] { return powersgd_hook({.rank = 1, .start_iter = 5}); }}};
+  for (const auto& [name, make] : hooks) {
+    SCOPED_TRACE(name);
+    run_ranks(kWorld, [&](Communicator& comm) {
+      auto hook = make();
+      ASSERT_TRUE(hook->carries_check());
+      const int r = comm.rank();
+      GradBucket bucket{.index = 0, .last = true, .buffer = torch::empty({12 * 5 + 5 + 4}), .parameters = {0, 1},
+                        .shapes = {{12, 5}, {5}}, .check = 4};
+      bucket.buffer.narrow(0, 0, 65).copy_(rank_gradient(r, 0, {65}));
+      for (int i = 0; i < 4; ++i) bucket.buffer[65 + i] = value(r, i);
+      hook->run(comm, bucket).wait();
+      for (int i = 0; i < 4; ++i) {
+        float sum = 0;
+        for (int k = 0; k < kWorld; ++k) sum += value(k, i);
+        EXPECT_EQ(bucket.buffer[65 + i].item<float>(), sum / static_cast<float>(kWorld)) << "check value " << i;
+      }
+      torch::Tensor mean = torch::zeros({65});
+      for (int k = 0; k < kWorld; ++k) mean += rank_gradient(k, 0, {65}) / kWorld;
+      if (name != "powersgd")  // rank 1 of a 12 × 5 matrix: only the bias is exact
+        EXPECT_TRUE(torch::allclose(bucket.buffer.narrow(0, 0, 65), mean, 1e-2, 1e-2));
+      EXPECT_TRUE(torch::allclose(bucket.buffer.narrow(0, 60, 5), mean.narrow(0, 60, 5), 1e-2, 1e-2));
+    });
+  }
+}
+
+// Through DDP: the last bucket hands the hook its 4 check values, and ranks
+// that reduce different backward passes (rank 1 one more, under no_sync) still
+// both raise, with every lossy hook.
+TEST(CommHook, DdpHandsTheCheckToLossyHooksAndItStillCatchesDifferentSteps) {
+  struct Recorder : CommHook {
+    std::shared_ptr<CommHook> inner;
+    std::vector<std::int64_t> checks;
+    std::string name() const override { return inner->name(); }
+    bool carries_check() const override { return true; }
+    HookWork run(Communicator& comm, GradBucket& bucket) override {
+      checks.push_back(bucket.check);
+      return inner->run(comm, bucket);
+    }
+  };
+  std::mutex construct;
+  for (int which = 0; which < 3; ++which) {
+    run_ranks(2, [&](Communicator& comm) {
+      torch::nn::Sequential model{nullptr};
+      {
+        std::lock_guard lock(construct);
+        model = torch::nn::Sequential(torch::nn::Linear(6, 5), torch::nn::Linear(5, 3));
+      }
+      DistributedDataParallel ddp(model.ptr(), comm, {.bucket_cap_bytes = 64, .first_bucket_bytes = 64});
+      auto recorder = std::make_shared<Recorder>();
+      recorder->inner = which == 0 ? fp16_compress_hook() : which == 1 ? bf16_compress_hook()
+                                                                     : powersgd_hook({.rank = 1, .start_iter = 0});
+      ddp.register_comm_hook(recorder);
+      SCOPED_TRACE(recorder->name());
+      for (int step = 0; step < 2; ++step) {
+        model->zero_grad();
+        backward_with(*model, gradients_of(comm.rank(), *model));
+      }
+      ASSERT_GE(recorder->checks.size(), 4u);  // 2 steps of at least 2 buckets
+      EXPECT_EQ(recorder->checks.back(), 4);
+      for (std::size_t k = 0; k + 1 < recorder->checks.size() / 2; ++k) EXPECT_EQ(recorder->checks[k], 0);
+      if (comm.rank() == 1) {
+        auto guard = ddp.no_sync();
+        backward_with(*model, gradients_of(comm.rank(), *model));
+      }
+      model->zero_grad();
+      try {
+        backward_with(*model, gradients_of(comm.rank(), *model));
+        ADD_FAILURE() << "rank " << comm.rank() << ": a step the ranks reduced at different passes went through";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("different steps"), std::string::npos) << e.what();
+      }
+    });
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include "dagr/error.h"
 #include "dagr/torch/tensor.h"
+#include "train/hook_check.h"
 
 namespace dagr {
 
@@ -47,22 +48,68 @@ class AllreduceHook : public CommHook {
 // the world size (so the 16-bit sum cannot overflow where the average would
 // not), cast to 16 bits, summed (the communicator's 16-bit sums accumulate in
 // float32 and round once per combine), cast back into the bucket.
+//
+// DDP's check values (GradBucket::check: integers below 4096 = 8^4) ride in
+// the same allreduce, each as its 4 base-8 digits, summed, not divided: a
+// digit's sum over N ranks is an integer of at most 7N, which the 16-bit
+// format holds exactly while 7N <= 2^(its significand bits) (bfloat16: N <= 36,
+// float16: N <= 292), and so does every partial sum. The digit sums,
+// recombined, are the exact sums of the values; divided by N they are what a
+// float32 allreduce gives. A larger group sends the check in a float32
+// allreduce of its own.
 class CompressHook : public CommHook {
  public:
   explicit CompressHook(torch::ScalarType type) : type_(type) {}
   std::string name() const override { return type_ == torch::kFloat16 ? "fp16" : "bf16"; }
+  bool carries_check() const override { return true; }
   HookWork run(Communicator& comm, GradBucket& bucket) override {
     const torch::Tensor buffer = bucket.buffer;
-    if (buffer.scalar_type() == type_) return HookWork(average_async(comm, buffer));
-    torch::Tensor compressed = (buffer / comm.size()).to(type_);
+    if (buffer.scalar_type() == type_) return HookWork(average_async(comm, buffer));  // holds no check (DDP's is float)
+    const std::int64_t n = buffer.numel() - bucket.check;
+    const torch::Tensor gradients = buffer.narrow(0, 0, n), check = buffer.narrow(0, n, bucket.check);
+    const std::int64_t exact = type_ == torch::kFloat16 ? 2048 : 256;
+    const bool as_digits = bucket.check > 0 && (kBase - 1) * static_cast<std::int64_t>(comm.size()) <= exact;
+    torch::Tensor compressed = torch::empty({n + (as_digits ? bucket.check * kDigits : 0)}, buffer.options().dtype(type_));
+    compressed.narrow(0, 0, n).copy_(gradients / comm.size());
+    if (as_digits) compressed.narrow(0, n, bucket.check * kDigits).copy_(digits_of(check));
     Work work = average_async(comm, compressed, ReduceOp::sum);
-    return HookWork(std::move(work), [buffer, compressed] {
-      buffer.copy_(compressed);
-      return HookWork();
+    Work check_work = bucket.check > 0 && !as_digits ? average_async(comm, check) : Work();
+    const int world = comm.size();
+    return HookWork(std::move(work), [gradients, check, compressed, n, as_digits, world, check_work] {
+      gradients.copy_(compressed.narrow(0, 0, n));
+      if (as_digits) detail::write_check_average(check, sums_of(compressed.narrow(0, n, check.numel() * kDigits)), world);
+      return HookWork(check_work);
     });
   }
 
  private:
+  static constexpr int kDigits = 4, kBase = 8;  // kBase^kDigits == GradBucket::kCheckLimit
+  static_assert(kBase * kBase * kBase * kBase == GradBucket::kCheckLimit);
+
+  // Each value's base-8 digits, least significant first (float32).
+  static torch::Tensor digits_of(const torch::Tensor& check) {
+    const torch::Tensor values = check.to(torch::kFloat64).contiguous();
+    torch::Tensor digits = torch::empty({check.numel() * kDigits}, torch::kFloat32);
+    for (std::int64_t i = 0; i < check.numel(); ++i) {
+      const double v = values.data_ptr<double>()[i];
+      DAGR_ENFORCE(v >= 0 && v < GradBucket::kCheckLimit && v == static_cast<double>(static_cast<std::int64_t>(v)),
+                   InputError, "comm hook: a check value must be an integer from 0 to ", GradBucket::kCheckLimit - 1,
+                   ", not ", v);
+      auto x = static_cast<std::int64_t>(v);
+      for (int k = 0; k < kDigits; ++k, x /= kBase) digits.data_ptr<float>()[i * kDigits + k] = static_cast<float>(x % kBase);
+    }
+    return digits;
+  }
+  // The values' sums from their digits' sums.
+  static torch::Tensor sums_of(const torch::Tensor& digit_sums) {
+    const torch::Tensor d = digit_sums.to(torch::kFloat64).contiguous();
+    torch::Tensor sums = torch::zeros({d.numel() / kDigits}, torch::kFloat64);
+    for (std::int64_t i = 0; i < sums.numel(); ++i)
+      for (int k = kDigits - 1; k >= 0; --k)
+        sums.data_ptr<double>()[i] = sums.data_ptr<double>()[i] * kBase + d.data_ptr<double>()[i * kDigits + k];
+    return sums;
+  }
+
   torch::ScalarType type_;
 };
 

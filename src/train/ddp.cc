@@ -210,11 +210,11 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   // Starts averaging bucket k, whose values are in `flat` (the bucket's own,
   // or a stand-in of zeros), through the hook. The last bucket's tail (step
   // numbers and flags: nothing private, and not for a lossy hook to round)
-  // rides with a plain-average hook, else goes in a float32 allreduce of its
-  // own; a bucket of only the tail needs no hook. Every path (a step, a given
-  // up step, a shadowed step) starts every bucket in order and only then waits
-  // for them in order (wait_bucket), so the ranks issue the hooks' collectives
-  // in one order whichever path each is on.
+  // rides with a hook that carries it (carries_check()), else goes in a
+  // float32 allreduce of its own; a bucket of only the tail needs no hook.
+  // Every path (a step, a given up step, a shadowed step) starts every bucket
+  // in order and only then waits for them in order (wait_bucket), so the
+  // ranks issue the hooks' collectives in one order whichever path each is on.
   void start_bucket(std::size_t k, const torch::Tensor& flat) {
     Bucket& b = buckets[k];
     const std::int64_t tail = k + 1 == buckets.size() ? kTailFloats : 0;
@@ -223,9 +223,9 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       b.work = HookWork(visit_span(flat, "DDP step check", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); }));
       return;
     }
-    const bool whole = tail == 0 || hook->plain_average();
+    const bool whole = tail == 0 || hook->carries_check();
     GradBucket g{.index = k, .last = k == last_hooked, .buffer = whole ? flat : flat.narrow(0, 0, flat.numel() - tail),
-                 .parameters = b.members, .shapes = b.shapes};
+                 .parameters = b.members, .shapes = b.shapes, .check = whole ? tail : 0};
     b.work = hook->run(comm, g);
     if (!whole)
       b.tail_work = visit_span(flat.narrow(0, flat.numel() - tail, tail), "DDP step check",

@@ -6,6 +6,7 @@
 
 #include "dagr/error.h"
 #include "dagr/torch/tensor.h"
+#include "train/hook_check.h"
 
 namespace dagr {
 
@@ -57,7 +58,8 @@ struct Job {
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
   torch::Tensor plain_all;                 // their values side by side: averaged in place
-  torch::Tensor sent_first;                // [plain_all / N, p_all]: summed in one allreduce
+  torch::Tensor check;                     // DDP's check values (a view of the bucket; may be empty)
+  torch::Tensor sent_first;                // [plain_all / N, check, p_all]: summed in one allreduce
 };
 
 torch::Tensor flatten_all(const std::vector<torch::Tensor>& ts) {
@@ -90,7 +92,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   const std::int64_t step = s.iter;
   auto count = [&](std::int64_t sent) {
     s.step_sent += sent;
-    s.step_dense += bucket.buffer.numel();
+    s.step_dense += bucket.buffer.numel() - bucket.check;
     if (!bucket.last) return;
     ++s.iter;
     s.sent = std::exchange(s.step_sent, 0);
@@ -104,6 +106,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   auto job = std::make_shared<Job>();
   job->type = bucket.buffer.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   const auto grads = bucket.gradients();
+  job->check = bucket.buffer.narrow(0, bucket.buffer.numel() - bucket.check, bucket.check);
   std::int64_t p_size = 0, q_size = 0;
   std::vector<std::int64_t> ranks;
   for (std::size_t i = 0; i < grads.size(); ++i) {
@@ -126,15 +129,21 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
 
   // The uncompressed gradients' values side by side: averaged on their own
   // when nothing is compressed, else summed, divided by N first, in the
-  // allreduce of the Ps (one collective, one round trip fewer).
+  // allreduce of the Ps (one collective, one round trip fewer). DDP's check
+  // values ride along: averaged with the plain values, or summed undivided
+  // beside the Ps and divided after (exactly a float allreduce's average).
+  count((job->plain.empty() ? 0 : flatten_all(job->plain).numel()) + p_size + q_size);
+  if (job->m.empty() && bucket.check > 0) job->plain.push_back(job->check);
   if (!job->plain.empty()) job->plain_all = flatten_all(job->plain);
-  count((job->plain_all.defined() ? job->plain_all.numel() : 0) + p_size + q_size);
-  auto unpack_plain = [job] {
+  const int world = comm.size();
+  auto unpack_plain = [job, world] {
     std::int64_t offset = 0;
     for (auto& g : job->plain) {
       g.copy_(job->plain_all.narrow(0, offset, g.numel()).view(g.sizes()));
       offset += g.numel();
     }
+    if (!job->m.empty() && job->check.numel() > 0)
+      detail::write_check_average(job->check, job->sent_first.narrow(0, offset, job->check.numel()), world);
   };
   if (job->m.empty()) return HookWork(average_async(comm, job->plain_all, ReduceOp::avg), [unpack_plain] {
     unpack_plain();
@@ -144,12 +153,14 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   // P = (M + E) Q for every matrix, summed over the ranks in one allreduce.
   const auto options = torch::TensorOptions().dtype(job->type);
   const std::int64_t plain_size = job->plain_all.defined() ? job->plain_all.numel() : 0;
-  job->sent_first = torch::empty({plain_size + p_size}, options);
+  const std::int64_t check_size = job->check.numel();
+  job->sent_first = torch::empty({plain_size + check_size + p_size}, options);
   if (plain_size) {
     job->sent_first.narrow(0, 0, plain_size).copy_(job->plain_all).div_(comm.size());
     job->plain_all = job->sent_first.narrow(0, 0, plain_size);
   }
-  job->p_all = job->sent_first.narrow(0, plain_size, p_size);
+  if (check_size) job->sent_first.narrow(0, plain_size, check_size).copy_(job->check);
+  job->p_all = job->sent_first.narrow(0, plain_size + check_size, p_size);
   job->q_all = torch::empty({q_size}, options);
   std::int64_t p_at = 0, q_at = 0;
   for (std::size_t k = 0; k < job->m.size(); ++k) {

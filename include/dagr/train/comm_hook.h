@@ -43,11 +43,17 @@ struct GradBucket {
   std::size_t index = 0;       // its place in DDP's bucket order (changes once, when the buckets are rebuilt)
   bool last = false;           // the step's last bucket: a hook that counts steps counts them here
   // One dtype, contiguous, 1-D: where the average must end up. It starts with
-  // the gradients; for a hook with plain_average() it may hold more elements
-  // after them (DDP's per-step check), to be averaged as well.
+  // the gradients; for a hook with plain_average() or carries_check() it may
+  // hold `check` more elements after them (DDP's per-step check), to be
+  // averaged as well.
   torch::Tensor buffer;
   std::vector<std::size_t> parameters;            // DDP's indices of the parameters, in buffer order
   std::vector<std::vector<std::int64_t>> shapes;  // each parameter's shape
+  // The check's elements at the end of `buffer` (0: none): float32 or float64
+  // integers from 0 to kCheckLimit - 1, whose average must come out as exact as
+  // a float32 allreduce's (sum, then divide by the world size).
+  std::int64_t check = 0;
+  static constexpr int kCheckLimit = 4096;
 
   // The parameters' gradients: views of `buffer`, shaped as the parameters.
   std::vector<torch::Tensor> gradients() const;
@@ -81,6 +87,9 @@ class CommHook {
   // lets its own per-step check values ride at the end of the last bucket
   // instead of reducing them in a collective of their own.
   virtual bool plain_average() const { return false; }
+  // True when run() also averages GradBucket::check in its own collectives,
+  // so that DDP starts no collective of its own for the check.
+  virtual bool carries_check() const { return plain_average(); }
   // The state to keep in a checkpoint, equal on every rank (collective over
   // comm: every rank calls it at the same point), and back on resume.
   virtual std::map<std::string, torch::Tensor> state(Communicator& comm);

@@ -48,6 +48,7 @@ class PowerSgdHook : public CommHook {
   explicit PowerSgdHook(PowerSgdOptions options);
   ~PowerSgdHook() override;
   std::string name() const override { return "powersgd"; }
+  bool carries_check() const override { return true; }  // with the plain values, or beside the Ps
   HookWork run(Communicator& comm, GradBucket& bucket) override;
   // "powersgd/iter", "powersgd/q/<parameter index>", "powersgd/error/<parameter index>"
   // (errors averaged over comm's ranks).
