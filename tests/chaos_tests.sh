@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kill/stop matrix: kill -9 and SIGSTOP of each rank, at a random moment,
-# of a plain program, a program with split() sub-groups, and `dagr train`.
+# of a program of allreduces in place on shared buffers, the same with split()
+# sub-groups (their allreduces staged), and `dagr train`.
 # Each trial: the job fails within seconds (no hang), the launcher's last line
 # names the rank that was hit, no process crashed (no SIGSEGV anywhere), no
 # worker is left running and nothing of the job is left in /dev/shm.
@@ -54,7 +55,7 @@ trial() {
 
 for sig in KILL STOP; do
   for rank in 0 1 2; do
-    trial plain 3 "$rank" "$sig" "$dagr" launch -n 3 -- "$worker" steps 60
+    trial shared 3 "$rank" "$sig" "$dagr" launch -n 3 -- "$worker" steps 60
     trial split 3 "$rank" "$sig" "$dagr" launch -n 3 -- "$worker" steps 60 split
   done
   for rank in 0 1; do

@@ -5,12 +5,14 @@
 // float32 sum rounded once.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "dagr/comm/secure_aggregation.h"
+#include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
 #include "rank_threads.h"
 
@@ -427,6 +429,49 @@ TEST(SecureAggregation, RefusesWhatCouldOverflowOrIsNotASum) {
     secure.allreduce(std::span<float>(v), ReduceOp::avg);  // the group is still usable after the refusals
     for (float x : v) EXPECT_NEAR(x, 1.0f, 1e-5);
   });
+}
+
+// allocate_shared: an in-place allreduce on shared buffers gives the staged
+// path's bits, for sum, max and avg, float32 and int64, sizes around the
+// pieces' boundaries and at an offset into the buffer; with one rank's buffer
+// in ordinary memory it is still right (it takes the staged path); the buffer
+// is aligned and zeroed; different sizes are a MismatchError on every rank,
+// after which the group still works.
+TEST(SharedBuffers, InPlaceAllreduceEqualsStaged) {
+  for (int size : {2, 3, 4})
+    run_ranks(size, [&](Communicator& comm) {
+      const int me = comm.rank();
+      SharedBuffer buf = comm.allocate_shared((1 << 20) * sizeof(float) + 256);
+      EXPECT_TRUE(buf.shared());
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(buf.data()) % 64, 0u);
+      EXPECT_TRUE(std::all_of(buf.data(), buf.data() + buf.size(), [](std::byte b) { return b == std::byte{0}; }));
+      for (std::size_t count : {std::size_t{16411}, std::size_t{65537}, std::size_t{300001}})
+        for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::avg}) {
+          const std::size_t offset = count == 65537 ? 16 : 0;  // elements into the buffer
+          std::span<float> shared = buf.as<float>().subspan(offset, count);
+          std::vector<float> staged(count);
+          for (std::size_t i = 0; i < count; ++i) staged[i] = shared[i] = std::sin(0.1f * i + 0.7f * me);
+          comm.allreduce(shared, op);
+          comm.allreduce(std::span<float>(staged), op);
+          EXPECT_EQ(std::memcmp(shared.data(), staged.data(), count * sizeof(float)), 0)
+              << "size " << size << " count " << count << " op " << name(op);
+        }
+      std::span<std::int64_t> ints = buf.as<std::int64_t>().subspan(0, 100000);
+      for (std::size_t i = 0; i < ints.size(); ++i) ints[i] = static_cast<std::int64_t>(i) * (me + 1);
+      comm.allreduce(ints);
+      const std::int64_t ranks_sum = static_cast<std::int64_t>(size) * (size + 1) / 2;
+      for (std::size_t i = 0; i < ints.size(); i += 997) EXPECT_EQ(ints[i], static_cast<std::int64_t>(i) * ranks_sum);
+
+      std::vector<float> ordinary(30000, 1.0f);  // rank 0's buffer is not shared: the staged path, still right
+      std::span<float> mixed = me == 0 ? std::span<float>(ordinary) : buf.as<float>().subspan(0, 30000);
+      std::fill(mixed.begin(), mixed.end(), 1.0f);
+      comm.allreduce(mixed);
+      EXPECT_EQ(mixed[29999], static_cast<float>(size));
+
+      EXPECT_THROW(comm.allocate_shared(me == 0 ? 4096 : 8192), MismatchError);
+      SharedBuffer again = comm.allocate_shared(4096);  // the group goes on
+      EXPECT_EQ(again.size(), 4096u);
+    });
 }
 
 }  // namespace

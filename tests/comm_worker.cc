@@ -3,11 +3,12 @@
 //   comm_worker collectives   every collective and dtype family, split, send/recv; exit 0 if all correct
 //   comm_worker mismatch      rank 1 calls a different count; exit 0 if this rank got a MismatchError naming both
 //   comm_worker die           the last rank leaves a stray segment in /dev/shm and kills itself
-//   comm_worker steps S [split]  allreduces (also on a sub-group with "split") for S seconds; an error is
-//                             not caught, so it aborts the process as in a program that does not catch it
+//   comm_worker steps S [split]  allreduces in place on shared buffers (also on a sub-group, staged, with
+//                             "split") for S seconds; an error is not caught, so it aborts the process as
+//                             in a program that does not catch it
 //   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
-//   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats,
-//                             with the sizes whose checksum lanes cross a keystream chunk)
+//   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats:
+//                             the one-step and the pipelined paths); a NaN is an InputError on every rank
 //   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
 //   comm_worker secure-wrong-key  rank 1's key pair is inconsistent: every rank must detect it
 //   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
@@ -34,6 +35,7 @@
 
 #include "dagr/comm/communicator.h"
 #include "dagr/comm/secure_aggregation.h"
+#include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
 #include "dagr/launch/standby.h"
 
@@ -162,12 +164,15 @@ int steps(double seconds, bool split) {
   Communicator comm = Communicator::from_env();
   std::optional<Communicator> sub;
   if (split) sub = comm.split(comm.rank() % 2, comm.rank());
-  std::vector<float> v(1 << 16);
+  // In shared buffers: the world's allreduce runs in place on them (no staging),
+  // the sub-group's (not where its buffers are) through staging.
+  const SharedBuffer buffer = comm.allocate_shared((1 << 16) * sizeof(float));
+  const std::span<float> v = buffer.as<float>();
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   long n = 0;
   while (std::chrono::steady_clock::now() < end) {
-    comm.allreduce(std::span<float>(v));
-    if (sub) sub->allreduce(std::span<float>(v));
+    comm.allreduce(v);
+    if (sub) sub->allreduce(v);
     if (++n == 1) std::printf("rank %d: stepping\n", comm.rank());
   }
   comm.barrier();
@@ -190,11 +195,12 @@ int print_sleep_print() {
 float secure_value(int r, std::size_t k) { return 12.0f * std::sin(0.37f * static_cast<float>(k) + 1.3f * r); }
 
 // The secure sum equals the fixed-point sum of everyone's values (each rank
-// knows them all here), bitwise, for sum and avg, at several sizes.
+// knows them all here), bitwise, for sum and avg, at several sizes; a NaN is
+// refused on every rank.
 int secure(Communicator& comm) {
   SecureAggregator secure(comm);
   const int n = comm.size(), me = comm.rank();
-  // 4095 and 4094: the two checksum lanes straddle a keystream chunk, or start the next one.
+  // 4094 and 4095: just under a mask chunk (4096 words), so chunks end unaligned.
   for (std::size_t count : {std::size_t{1}, std::size_t{1000}, std::size_t{4094}, std::size_t{4095}, std::size_t{300000}})
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
       std::vector<float> v(count), want(count);
@@ -204,8 +210,12 @@ int secure(Communicator& comm) {
         for (int r = 0; r < n; ++r) sum += secure.encode(secure_value(r, k));
         want[k] = secure.decode(sum, n, op);
       }
+      const std::vector<float> input = v;
       secure.allreduce(std::span<float>(v), op);
       check(std::memcmp(v.data(), want.data(), count * sizeof(float)) == 0, "secure allreduce = fixed-point sum", me);
+      std::vector<float> out(count);
+      secure.allreduce(std::span<const float>(input), std::span<float>(out), op);
+      check(std::memcmp(out.data(), want.data(), count * sizeof(float)) == 0, "out of place: the same bits", me);
       bool close = true;  // and that is the real sum of the clipped values, to n half-quanta (and float rounding)
       for (std::size_t k = 0; k < count; ++k) {
         double exact = 0;
@@ -215,6 +225,22 @@ int secure(Communicator& comm) {
       }
       check(close, "secure allreduce = the sum of the clipped values, to the encoding's quantum", me);
     }
+  // A NaN in one rank's input (the fused large path and the one-step small
+  // path): an InputError on every rank, and the group goes on.
+  for (std::size_t count : {std::size_t{1000}, std::size_t{300000}}) {
+    std::vector<float> v(count, 1.0f);
+    if (me == n - 1) v[count / 2] = std::nanf("");
+    bool refused = false;
+    try {
+      secure.allreduce(std::span<float>(v));
+    } catch (const InputError& e) {
+      refused = std::strstr(e.what(), "the input of 1 rank(s) holds NaN") != nullptr;
+    }
+    check(refused, "a NaN in the last rank's input is an InputError on every rank", me);
+    std::fill(v.begin(), v.end(), 1.0f);
+    secure.allreduce(std::span<float>(v));
+    check(v[count / 2] == static_cast<float>(n), "the secure allreduce after the NaN sums again", me);
+  }
   if (failures == 0) std::printf("rank %d: secure sums exact\n", me);
   return failures ? 1 : 0;
 }

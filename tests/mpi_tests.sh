@@ -28,6 +28,14 @@ mpirun_lo -np 4 --oversubscribe -x DAGR_BACKEND=hier sh -c 'DAGR_HOST=host$((OMP
 expect "hierarchical allreduce gives the flat bits" test $? -eq 0 -a "$(grep -c 'hierarchical equals flat' "$tmp/out")" -eq 4
 mpirun_lo -np 3 --oversubscribe "$worker" mismatch > "$tmp/out" 2>&1
 expect "mismatch over MPI is a MismatchError on every rank" test $? -eq 0 -a "$(grep -c 'caught MismatchError' "$tmp/out")" -eq 3
+# Secure aggregation over MPI: the generic encode, int32 sum, decode (shared
+# memory fuses it into its pipeline; launch_tests.sh covers that).
+mpirun_lo -np 3 --oversubscribe "$worker" secure > "$tmp/out" 2>&1
+expect "secure allreduce over MPI equals the fixed-point sum, bitwise; a NaN is refused on every rank" \
+  test $? -eq 0 -a "$(grep -c 'secure sums exact' "$tmp/out")" -eq 3
+mpirun_lo -np 3 --oversubscribe "$worker" secure-wrong-key > "$tmp/out" 2>&1
+expect "secure allreduce over MPI: a rank with the wrong key is caught on every rank" \
+  test $? -eq 0 -a "$(grep -c 'wrong key detected' "$tmp/out")" -eq 3
 for n in 2 3 4; do  # every way of differing, across the size classes of the checked exchange
   mpirun_lo -np $n --oversubscribe "$mpi_worker" mismatches > "$tmp/out" 2>&1
   expect "every kind of mismatch is a MismatchError on all $n ranks, MPI healthy after" \

@@ -41,7 +41,7 @@ struct BenchArgs {
   int iters = 0, warmup = -1;
   std::int64_t features = 8192, batch = 64;  // linear
   std::string backend = "shm";
-  bool json = false, secure = false;
+  bool json = false, secure = false, shared = false;
   std::string plot, peers;  // bench_plot.h
 };
 
@@ -59,6 +59,7 @@ int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
   spec.iters = a.iters;
   spec.warmup = a.warmup;
   spec.secure = a.secure;
+  spec.shared = a.shared;
   const std::size_t min = parse_size(a.min), max = parse_size(a.max);
   DAGR_ENFORCE(min >= 1 && min <= max, InputError, "--min ", a.min, " must be at least 1 and at most --max ", a.max);
   DAGR_ENFORCE(a.peers.empty() || !a.plot.empty(), InputError, "--peers is drawn with --plot FILE.png");
@@ -143,6 +144,8 @@ Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::IsMember({"shm", "mpi", "hier"}));
   app->add_flag("--json", a->json, "One JSON object per size");
   app->add_flag("--secure", a->secure, "allreduce float32: through secure aggregation (masked fixed point, clip 64)");
+  app->add_flag("--shared", a->shared,
+                "allreduce in place on memory the group shares (Communicator::allocate_shared): no staging copies");
   app->add_option("--plot", a->plot, "Also draw bus bandwidth against size into this PNG");
   app->add_option("--peers", a->peers, "CSV of other libraries' figures to draw beside dagr's (label,bytes,busbw)");
   return {app, [a, argv] { return run_bench(*a, argv); }};

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dagr/comm/secure_aggregation.h"
+#include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
 
 namespace dagr::cli {
@@ -42,10 +43,20 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
   const std::size_t in_count = spec.kind == OpKind::reduce_scatter ? count * n : count;
   const std::size_t out_count = spec.kind == OpKind::allgather ? count * n : count;
   std::vector<T> in(in_count), out(out_count);
+  // --shared: in place, in memory the group shares (no staging copies); the
+  // timed calls sum sums, as an in-place benchmark does.
+  SharedBuffer shared;
+  if (spec.shared) {
+    DAGR_ENFORCE(spec.kind == OpKind::allreduce && !spec.secure, InputError, "--shared is for allreduce, without --secure");
+    shared = comm.allocate_shared(out_count * es);
+  }
+  const std::span<T> result = spec.shared ? shared.as<T>().first(out_count)
+                              : spec.kind == OpKind::broadcast ? std::span<T>(in) : std::span<T>(out);
 
   auto fill = [&] {
     for (std::size_t i = 0; i < in_count; ++i)
       in[i] = element_from_double<T>(spec.kind == OpKind::broadcast && me != 0 ? 0 : input_value(me, i));
+    if (spec.shared) std::copy(in.begin(), in.end(), result.begin());
   };
   // --secure: the same inputs, masked and summed in fixed point (clip 64 holds them: at most 40).
   std::optional<SecureAggregator> secure;
@@ -57,11 +68,9 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
   }
   auto call = [&] {
     if constexpr (std::is_same_v<T, float>) {
-      if (secure) {  // in place: the input is copied to the output first, as an out-of-place call reads it
-        std::copy(in.begin(), in.end(), out.begin());
-        return secure->allreduce(std::span<float>(out), spec.op);
-      }
+      if (secure) return secure->allreduce(std::span<const float>(in), std::span<float>(out), spec.op);
     }
+    if (spec.shared) return comm.allreduce(result, spec.op);
     switch (spec.kind) {
       case OpKind::allreduce: return comm.allreduce(std::span<const T>(in), std::span<T>(out), spec.op);
       case OpKind::allgather: return comm.allgather(std::span<const T>(in), std::span<T>(out));
@@ -95,7 +104,6 @@ BenchRow bench_typed(Communicator& comm, const BenchSpec& spec) {
   fill();
   std::fill(out.begin(), out.end(), element_from_double<T>(0));
   call();
-  const std::vector<T>& result = spec.kind == OpKind::broadcast ? in : out;
   std::int32_t wrong = 0;
   for (std::size_t i = 0; i < result.size(); ++i) {
     double want = 0;

@@ -17,6 +17,7 @@ struct BenchSpec {
   int warmup = -1;        // -1: 100 calls below 64 KiB, 5 above (as the anchors do)
   double seconds = 0.3;
   bool secure = false;  // allreduce float32 sum/avg through a SecureAggregator (clip 64)
+  bool shared = false;  // allreduce in place on Communicator::allocate_shared memory
 };
 
 struct BenchRow {

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "dagr/comm/shared_buffer.h"
 #include "request.h"
 
 namespace dagr::detail {
@@ -23,6 +24,13 @@ class Backend {
   // Runs one call to completion or throws (MismatchError, PeerError, TimeoutError, Error).
   // Collectives come one at a time; a send and a recv may each run beside them.
   virtual void run(const Request& request) = 0;
+  // Whether run() takes a Request carrying a transform (else the communicator
+  // runs it as encode, plain sum, decode: allreduce_transform.h).
+  virtual bool fuses_transforms() const { return false; }
+
+  // Communicator::allocate_shared, once the ranks agreed on `bytes`: zeroed
+  // memory, 64-byte aligned. Here ordinary memory; shared memory overrides it.
+  virtual SharedBuffer allocate(std::size_t bytes, Clock::time_point deadline);
 
   // Called on every rank, after the ranks have exchanged (color, key): this
   // rank's new group is `members` (this group's ranks, in new-rank order), where

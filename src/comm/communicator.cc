@@ -8,7 +8,9 @@
 #include <numeric>
 #include <vector>
 
+#include "allreduce_transform.h"
 #include "backend.h"
+#include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
 #include "executor.h"
 #include "log.h"
@@ -41,19 +43,31 @@ struct CommState {
 
   // Runs one request: refuses after an earlier failure, records a new one.
   void execute(const Request& r) {
+    guarded([&] {
+      // DAGR_LOG_LEVEL=debug: one line per call, with its time on this rank.
+      const bool timed = log::enabled(log::Level::debug);
+      const auto start = timed ? Clock::now() : Clock::time_point{};
+      if (r.transform && !backend->fuses_transforms())
+        run_unfused(*backend, r);
+      else
+        backend->run(r);
+      if (timed)
+        DAGR_LOG_DEBUG("{} on {} rank {}/{}: {:.1f} us", Fingerprint::of(r).describe(), backend->name(),
+                       backend->rank(), backend->size(),
+                       std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    });
+  }
+
+  // Runs f, a step every rank takes together: refuses after an earlier
+  // failure, records a new one.
+  template <class F>
+  void guarded(F&& f) {
     if (failed.load(std::memory_order_acquire)) {
       std::lock_guard lock(failure_mutex);
       throw Error(concat("communicator unusable after an earlier failure: ", failure));
     }
     try {
-      // DAGR_LOG_LEVEL=debug: one line per call, with its time on this rank.
-      const bool timed = log::enabled(log::Level::debug);
-      const auto start = timed ? Clock::now() : Clock::time_point{};
-      backend->run(r);
-      if (timed)
-        DAGR_LOG_DEBUG("{} on {} rank {}/{}: {:.1f} us", Fingerprint::of(r).describe(), backend->name(),
-                       backend->rank(), backend->size(),
-                       std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+      f();
     } catch (const InputError&) {
       throw;  // caught before anything was exchanged: the group is still in step
     } catch (const std::exception& e) {
@@ -185,6 +199,19 @@ std::chrono::milliseconds Communicator::timeout() const { return state_->timeout
 void Communicator::set_timeout(std::chrono::milliseconds timeout) { state_->timeout = timeout; }
 std::string Communicator::backend_name() const { return std::string(state_->backend->name()); }
 
+SharedBuffer Communicator::allocate_shared(std::size_t bytes) {
+  // Every rank must ask for the same size: the largest and the smallest asked.
+  std::array<std::int64_t, 2> asked{static_cast<std::int64_t>(bytes), -static_cast<std::int64_t>(bytes)};
+  allreduce(std::span<std::int64_t>(asked), ReduceOp::max);
+  DAGR_ENFORCE(asked[0] == -asked[1], MismatchError, "allocate_shared: the ranks asked for different sizes, from ",
+               -asked[1], " to ", asked[0], " bytes (rank ", rank(), ": ", bytes, ")");
+  SharedBuffer made;
+  state_->collectives.run_inline([&] {
+    state_->guarded([&] { made = state_->backend->allocate(bytes, detail::Clock::now() + state_->timeout); });
+  });
+  return made;
+}
+
 void Communicator::check_sizes(std::size_t expected, std::size_t got, const char* what) const {
   DAGR_ENFORCE(expected == got, InputError, what, ": the buffer holds ", got,
                " elements but this call needs ", expected);
@@ -234,6 +261,18 @@ void Communicator::run(const Call& c) {
     state_->execute(r);
   });
 }
+
+namespace detail {
+void allreduce_transformed(const Communicator& comm, AllreduceTransform& transform, const float* in, float* out,
+                           std::size_t count) {
+  Request r = to_request(OpKind::allreduce, in, out, count, DType::int32, ReduceOp::sum, 0, 0, comm.state_->timeout);
+  r.transform = &transform;
+  comm.state_->queue_for(r.kind).run_inline([&] {
+    r.deadline = Clock::now() + r.timeout;
+    comm.state_->execute(r);
+  });
+}
+}  // namespace detail
 
 Work Communicator::submit(const Call& c) {
   detail::Request r = validated_request(*this, c.kind, c.in, c.out, c.count, c.dtype, c.op,

@@ -15,6 +15,7 @@
 
 namespace dagr::detail {
 
+struct AllreduceTransform;
 
 using Clock = std::chrono::steady_clock;
 
@@ -31,6 +32,9 @@ struct Request {
   void* out = nullptr;
   Clock::time_point deadline;
   std::chrono::milliseconds timeout{0};  // for messages: what the deadline came from
+  // allreduce(sum, int32) only: the words are this transform's encoding of `in`
+  // (floats), decoded into `out` (allreduce_transform.h).
+  AllreduceTransform* transform = nullptr;
 
   std::size_t bytes() const { return count * element_size(dtype); }
 };

@@ -8,6 +8,7 @@
 
 #include "dagr/error.h"
 #include "dagr/torch/compat.h"
+#include "dagr/torch/shared_tensor.h"
 #include "dagr/torch/tensor.h"
 #include "dagr/train/timeline.h"
 
@@ -125,6 +126,8 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
 
   // Makes the flat buckets for `groups` (see assign_buckets) and points every
   // parameter's gradient at its slice, carrying over the gradient it holds.
+  // The buckets live in memory the group shares (shared_zeros), so that the
+  // in-place allreduce of each takes no staging copies on shared memory.
   void make_buckets(const std::vector<std::vector<std::size_t>>& groups) {
     std::vector<Bucket> made;
     for (const auto& members : groups) {
@@ -134,7 +137,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       std::int64_t total = 0;
       for (std::size_t i : members) total += params[i].numel();
       Bucket b;
-      b.flat = torch::zeros({total + (tail_here ? kTailFloats : 0)}, type);
+      b.flat = shared_zeros(comm, total + (tail_here ? kTailFloats : 0), type);
       b.members = members;
       for (std::size_t i : members) b.shapes.push_back(params[i].sizes().vec());
       made.push_back(std::move(b));
@@ -142,7 +145,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
     if (made.empty() ||
         (made.back().flat.scalar_type() != torch::kFloat32 && made.back().flat.scalar_type() != torch::kFloat64)) {
       Bucket tail;  // no members: only the tail, after the last bucket of gradients
-      tail.flat = torch::zeros({kTailFloats}, torch::kFloat32);
+      tail.flat = shared_zeros(comm, kTailFloats, torch::kFloat32);
       made.push_back(std::move(tail));
     }
     for (std::size_t k = 0; k < made.size(); ++k) {

@@ -33,11 +33,17 @@
 namespace dagr {
 
 class Communicator;
+class SharedBuffer;  // dagr/comm/shared_buffer.h
 namespace detail {
 class Backend;
 struct Request;
 struct CommState;
+struct AllreduceTransform;
 Communicator make_communicator(std::unique_ptr<Backend> backend, std::chrono::milliseconds timeout);
+// A blocking allreduce of `count` floats from `in` to `out` whose words are
+// `transform`'s encoding (src/comm/allreduce_transform.h; secure aggregation).
+void allreduce_transformed(const Communicator& comm, AllreduceTransform& transform, const float* in, float* out,
+                           std::size_t count);
 }  // namespace detail
 
 struct CallOptions {
@@ -72,6 +78,12 @@ class Communicator {
   std::chrono::milliseconds timeout() const;
   void set_timeout(std::chrono::milliseconds timeout);
   std::string backend_name() const;
+
+  // `bytes` of memory this group reduces in place without staging copies
+  // (dagr/comm/shared_buffer.h): on shared memory a block of a segment every
+  // rank maps, elsewhere ordinary memory. Collective: every rank asks for the
+  // same number of bytes (a MismatchError otherwise).
+  SharedBuffer allocate_shared(std::size_t bytes);
 
   // Ranks with the same color form a new group, ordered by (key, old rank).
   // Collective over this communicator; a negative color joins no group (nullopt).
@@ -217,6 +229,8 @@ class Communicator {
 
   explicit Communicator(std::shared_ptr<detail::CommState> state);
   friend Communicator detail::make_communicator(std::unique_ptr<detail::Backend>, std::chrono::milliseconds);
+  friend void detail::allreduce_transformed(const Communicator&, detail::AllreduceTransform&, const float*, float*,
+                                            std::size_t);
   std::shared_ptr<detail::CommState> state_;
 };
 

@@ -5,19 +5,22 @@
 //   secure.allreduce(std::span<float>(grads), dagr::ReduceOp::avg);
 //
 // Each rank encodes its floats in fixed point (uint32), adds a mask, and the
-// ordinary 32-bit integer sum runs through the communicator's allreduce (shared
-// memory or MPI); the masks cancel in the sum, exactly. Every pair of ranks
-// shares a key (X25519, public keys exchanged through the communicator when
-// the aggregator is made); the pair's mask stream is AES-128-CTR under that
-// key (OpenSSL's libcrypto: AES-NI where the CPU has it), its counter blocks
-// starting at the collective's sequence number, so no block is ever used
-// twice. Rank i adds the streams it shares with higher ranks and subtracts
-// those it shares with lower ones (mod 2^32), so the masks sum to zero.
-// What crosses shared memory or the network is masked: uniform noise to anyone
-// without the keys. Two checksum lanes (linear, so they sum as the data does)
-// travel with the data: masks that did not cancel (a rank with the wrong key)
-// are an Error, never a silent wrong result. See docs/DECISIONS.md for the
-// threat model and its limits.
+// 32-bit integer sum runs through the communicator's allreduce (on shared
+// memory fused into its reduce-scatter + allgather, so it moves no more bytes
+// than a plain allreduce; over MPI an ordinary int32 sum); the masks cancel
+// in the sum, exactly. Every pair of ranks shares a key (X25519, public keys
+// exchanged through the communicator when the aggregator is made); the pair's
+// mask stream is AES-128-CTR under that key (VAES where the CPU has it, else
+// OpenSSL's libcrypto), its nonce the collective's sequence number, so no
+// block is ever used twice. Rank i adds the streams it shares with higher
+// ranks and subtracts those it shares with lower ones (mod 2^32), so the masks
+// sum to zero. What crosses shared memory or the network is masked — uniform
+// noise to anyone without the keys — or the decoded sum, which every rank
+// learns anyway. Two checksum lanes (linear, so they sum as the data does) are
+// summed after the data: masks that did not cancel (a rank with the wrong key)
+// are an Error on every rank, never a silent wrong result; so is a NaN in any
+// rank's input (an InputError). See docs/DECISIONS.md for the threat model
+// and its limits.
 //
 // Fixed point: a value is clipped to [-clip, clip] and mapped to
 // round(x · scale) + L/2, an integer in [0, L] with L = 2 · clip · scale (even),
@@ -59,9 +62,12 @@ class SecureAggregator {
   SecureAggregator(SecureAggregator&&) noexcept;
   SecureAggregator& operator=(SecureAggregator&&) noexcept;
 
-  // In place, sum or avg (InputError for other ops). Collective. Error when the
-  // checksums show that the masks did not cancel (then `data` holds garbage).
+  // In place, sum or avg (InputError for other ops). Collective. Error on every
+  // rank when the checksums show that the masks did not cancel, InputError when
+  // a rank's input holds NaN (then `data` holds garbage).
   void allreduce(std::span<float> data, ReduceOp op = ReduceOp::sum);
+  // Out of place: the same, from `in` into `out` (InputError unless the sizes match).
+  void allreduce(std::span<const float> in, std::span<float> out, ReduceOp op = ReduceOp::sum);
 
   // The fixed-point encoding this aggregator uses (the same on every rank).
   std::uint32_t encode(float x) const;
@@ -72,9 +78,6 @@ class SecureAggregator {
   const Communicator& communicator() const;
 
  private:
-  // Encodes m values (indices first_index…), adding to the checksum lanes; nan set when one is NaN.
-  void encode_into(const float* x, std::size_t m, std::uint32_t* out, std::size_t first_index, std::uint32_t& c1,
-                   std::uint32_t& c2, bool& nan) const;
 
   struct State;
   std::unique_ptr<State> state_;

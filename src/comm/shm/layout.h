@@ -34,6 +34,9 @@ struct RankControl {
   PaddedCounter posted;    // this rank's input of segment g is in its staging buffer
   PaddedCounter reduced;   // this rank's reduced piece of segment g is in its staging buffer
   PaddedCounter consumed;  // this rank no longer reads anyone's staging for segment g
+  // The call number of the last allreduce on shared buffers (shm_shared.cc)
+  // whose result this rank has written into every rank's buffer.
+  PaddedCounter written;
   // attached → left when the rank leaves on purpose; attached → dead when a
   // peer finds its liveness lock (segment.h) released without leaving.
   alignas(kCacheLine) std::atomic<RankState> state;
@@ -72,7 +75,7 @@ struct MessageHeader {  // precedes every send/recv message in its channel
   std::int64_t tag;
 };
 
-constexpr std::uint64_t kSegmentReady = 0x64616772'00000002ull;  // "dagr" v2 (v2: admission fields)
+constexpr std::uint64_t kSegmentReady = 0x64616772'00000003ull;  // "dagr" v3 (v2: admission fields, v3: written)
 
 struct SegmentHeader {
   std::atomic<std::uint64_t> magic;  // kSegmentReady once rank 0 initialised everything

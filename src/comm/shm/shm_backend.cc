@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "allreduce_transform.h"
 #include <cstring>
 #include <thread>
 
@@ -75,7 +76,8 @@ ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, 
       rank_(rank),
       size_(layout.size),
       waiter_(segment_, view_, rank, wait_policy_from_env(layout.size), world),
-      sources_(static_cast<std::size_t>(layout.size)) {}
+      sources_(static_cast<std::size_t>(layout.size)),
+      words_(static_cast<std::size_t>(layout.size)) {}
 
 std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, int size,
                                              Clock::time_point deadline, bool world) {
@@ -195,6 +197,7 @@ void ShmBackend::collective(const Request& r) {
   const bool small = bytes <= g.small_max_bytes && bytes * static_cast<std::size_t>(size_) <= g.small_read_bytes;
   DAGR_LOG_DEBUG("shm {} collective #{} {}: {}, {} B per rank", name_.empty() ? "solo" : name_, call,
                  current_.describe(), small ? "one-step" : "pipelined", bytes);
+  place_ = small ? SharedPlace{} : locate(r);
   arrive(r, small);
   if (small)
     small_path(r);
@@ -206,7 +209,12 @@ void ShmBackend::arrive(const Request& r, bool small) {
   const std::uint64_t call = calls_;
   SlotHeader& mine = view_.slot(rank_, call);
   const bool contributes = r.kind != OpKind::broadcast || r.root == rank_;
-  if (small && contributes && r.in) std::memcpy(view_.payload(rank_, call), r.in, payload_bytes(r, size_));
+  if (small && r.transform)
+    r.transform->encode(0, r.count, reinterpret_cast<std::uint32_t*>(view_.payload(rank_, call)));
+  else if (small && contributes && r.in)
+    std::memcpy(view_.payload(rank_, call), r.in, payload_bytes(r, size_));
+  else if (!small)  // where its buffer lies, if in shared buffers (shm_shared.cc)
+    std::memcpy(view_.payload(rank_, call), &place_, sizeof place_);
   mine.fingerprint = current_;
   mine.seq.store(call, std::memory_order_release);
   waiter_.notify();
@@ -234,6 +242,10 @@ void ShmBackend::small_path(const Request& r) {
       if (rank_ != r.root) return;
       [[fallthrough]];
     case OpKind::allreduce:
+      if (r.transform) {  // everyone's encoding is in its slot; rank 0's decode is the checked one
+        for (int p = 0; p < size_; ++p) words_[p] = reinterpret_cast<const std::uint32_t*>(view_.payload(p, call));
+        return r.transform->reduce(0, r.count, words_.data(), size_, false, rank_ == 0, nullptr);
+      }
       for (int p = 0; p < size_; ++p) sources[p] = source(p);
       return reduce_sources({out}, sources, size_, r.count, r.dtype, r.op);
     case OpKind::reduce_scatter:

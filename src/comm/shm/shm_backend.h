@@ -51,6 +51,9 @@ class ShmBackend final : public Backend {
   int size() const override { return size_; }
   std::string_view name() const override { return "shm"; }
   void run(const Request& request) override;
+  bool fuses_transforms() const override { return true; }
+  // A segment with one block per rank (shm_shared.cc); this rank's block.
+  SharedBuffer allocate(std::size_t bytes, Clock::time_point deadline) override;
   std::unique_ptr<Backend> split(int color, std::span<const int> members, int new_rank,
                                  const std::string& group_id, Clock::time_point deadline) override;
 
@@ -82,6 +85,24 @@ class ShmBackend final : public Backend {
   void send(const Request& r, const WaitContext& context) const;
   void recv(const Request& r, const WaitContext& context) const;
 
+  // Allreduce in place on shared buffers (shm_shared.cc). Where a call's
+  // buffer lies: a live allocation's number (0: none) and the offset in the block.
+  struct SharedPlace {
+    std::uint64_t allocation = 0;
+    std::uint64_t offset = 0;
+    bool operator==(const SharedPlace&) const = default;
+  };
+  struct SharedBlocks {  // one allocate(): rank r's block at base + r · stride
+    std::uint64_t allocation;
+    std::weak_ptr<Segment> segment;
+    std::byte* base;
+    std::size_t stride, bytes;
+  };
+  SharedPlace locate(const Request& r) const;
+  // After the arrival: the blocks of place_ if every rank's buffer is there, else null.
+  const SharedBlocks* in_shared_buffers() const;
+  void shared_allreduce(const Request& r, const SharedBlocks& blocks, std::size_t offset);
+
   // Pipeline helpers.
   void publish(PaddedCounter& counter, std::uint64_t value);
   void wait_counter(int peer, PaddedCounter RankControl::*counter, std::uint64_t at_least);
@@ -98,7 +119,11 @@ class ShmBackend final : public Backend {
   WaitContext context_;         // of the collective in progress, for waits and errors
   Fingerprint current_;
   std::vector<const void*> sources_;  // one per rank: the inputs of a reduction
+  std::vector<const std::uint32_t*> words_;  // the same for a transformed allreduce
   bool attached_ = false;  // this object holds the rank's liveness lock
+  std::uint64_t allocations_ = 0;     // allocate() calls so far (equal on all ranks)
+  std::vector<SharedBlocks> shared_;  // what they made, while anyone holds it
+  SharedPlace place_;                 // of the collective in progress
 };
 
 }  // namespace dagr::detail

@@ -19,11 +19,17 @@
 // memory stays bounded whatever the message size. A buffer is reused for
 // segment g only once every peer's `consumed` has passed g - buffers.
 //
+// A transformed allreduce (allreduce_transform.h) runs the same steps: the
+// copy-in encodes instead of copying, and the reduce encodes the rank's own
+// piece, sums the peers' words and decodes; the gather copies decoded floats.
+//
 // The counters are monotonic over the life of the group; every rank advances
 // them through the same segment numbers because fingerprints already matched.
 #include <algorithm>
 #include <cstring>
 
+#include "allreduce_transform.h"
+#include "log.h"
 #include "reduce_kernels.h"
 #include "shm/shm_backend.h"
 
@@ -93,6 +99,10 @@ void ShmBackend::large_path(const Request& r) {
   const std::size_t align = std::max<std::size_t>(1, kCacheLine / es);
   switch (r.kind) {
     case OpKind::allreduce:
+      if (const SharedBlocks* blocks = in_shared_buffers(); blocks) {
+        DAGR_LOG_DEBUG("shm {} collective #{}: in place on shared buffers", name_, calls_);
+        return shared_allreduce(r, *blocks, place_.offset);
+      }
       return reduce_pipeline(r, VectorPlan{r.count, seg, align, size_}, Gather::all);
     case OpKind::reduce:
       return reduce_pipeline(r, VectorPlan{r.count, seg, align, size_}, Gather::root);
@@ -125,7 +135,10 @@ void ShmBackend::reduce_pipeline(const Request& r, const Plan& plan, Gather gath
     for (int j = 0; j < size_; ++j) {
       if (j == rank_) continue;
       const Piece p = plan.piece(k, j);
-      std::memcpy(mine + p.stage * es, in + p.in * es, p.len * es);
+      if (r.transform)
+        r.transform->encode(p.in, p.len, reinterpret_cast<std::uint32_t*>(mine + p.stage * es));
+      else
+        std::memcpy(mine + p.stage * es, in + p.in * es, p.len * es);
     }
     publish(me.posted, g + 1);
 
@@ -136,8 +149,15 @@ void ShmBackend::reduce_pipeline(const Request& r, const Plan& plan, Gather gath
     }
     std::byte* result_out = to_out ? out + own.out * es : nullptr;
     std::byte* result_stage = to_stage ? mine + own.stage * es : nullptr;
-    reduce_sources({result_out ? result_out : result_stage, result_out ? result_stage : nullptr},
-                   sources_.data(), size_, own.len, r.dtype, r.op);
+    if (r.transform) {  // an allreduce: this rank encodes its own piece as it sums the peers' words
+      int n = 0;
+      for (int p = 0; p < size_; ++p)
+        if (p != rank_) words_[n++] = reinterpret_cast<const std::uint32_t*>(sources_[p]);
+      r.transform->reduce(own.in, own.len, words_.data(), n, true, true, reinterpret_cast<float*>(result_stage));
+    } else {
+      reduce_sources({result_out ? result_out : result_stage, result_out ? result_stage : nullptr},
+                     sources_.data(), size_, own.len, r.dtype, r.op);
+    }
 
     if (gather != Gather::none) {  // 3. gather
       publish(me.reduced, g + 1);
