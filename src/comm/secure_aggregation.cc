@@ -12,8 +12,8 @@
 //   3. the int32 sum of the words (it wraps, so it is the sum mod 2^32), which
 //      on shared memory each rank computes for its piece, encoding its own
 //      words on the fly rather than staging them;
-//   4. decode: Σ_i x_ik = (S_k - W · L/2) / scale (÷ W for avg), computed as
-//      products with the inverses (decode() is the same function), summing
+//   4. decode: Σ_i x_ik = float(S_k - W · L/2) · 1 / (scale · W for avg), the
+//      difference exact in int32 (decode() is the same function), summing
 //      the checksums Σ S_k and Σ (k + 1) · S_k of the elements it decodes;
 //   5. check: one small int32 sum over the ranks of the two lanes (masked as
 //      words n and n + 1), the decoded checksums and a NaN count: the lanes
@@ -52,6 +52,34 @@ namespace {
 
 constexpr std::size_t kChunkWords = 4096;  // 16 KiB at a time: stays in L1/L2
 
+// The encoding, round(clip(x) · scale) + L/2, and what a sum of `count` of
+// them stands for. Everything is a loop that vectorises on every clone: the
+// rounding adds and subtracts a power of two just above the value (rounding
+// to nearest, ties to even, in the default rounding mode), where nearbyint or
+// lrint would be a call per element.
+struct Encoding {
+  float clip;
+  double scale;
+  std::uint32_t half;  // L/2: the encoding of 0
+  bool binary;         // scale is a power of two: x · scale is exact in float
+
+  // With a binary scale in float (16 lanes of AVX-512); floats of 2^23 and up
+  // are integers already. Otherwise in double (8 lanes): |x · scale| < 2^31.
+  template <bool Binary>
+  std::uint32_t value(float x) const {
+    const float c = std::min(std::max(x, -clip), clip);
+    if constexpr (Binary) {
+      const float y = c * static_cast<float>(scale);
+      const float magic = std::copysign(8388608.0f, y);  // 2^23
+      const float r = std::abs(y) < 8388608.0f ? (y + magic) - magic : y;
+      return static_cast<std::uint32_t>(static_cast<std::int32_t>(r)) + half;
+    }
+    constexpr double kMagic = 6755399441055744.0;  // 1.5 · 2^52
+    const double y = static_cast<double>(c) * scale;
+    return static_cast<std::uint32_t>(static_cast<std::int32_t>((y + kMagic) - kMagic)) + half;
+  }
+};
+
 // What a call needs of its aggregator.
 struct Context {
   Communicator comm;
@@ -62,6 +90,12 @@ struct Context {
   std::vector<std::uint32_t> keystream, own;              // one chunk each
 
   explicit Context(Communicator c) : comm(std::move(c)) {}
+
+  Encoding encoding() const {
+    int exponent = 0;
+    const bool binary = std::frexp(scale, &exponent) == 0.5 && exponent > -120 && exponent < 120;
+    return {options.clip, scale, levels / 2, binary};
+  }
 };
 
 }  // namespace
@@ -77,47 +111,43 @@ namespace {
 // where the CPU has them (GCC function multiversioning: chosen once, at load time).
 #define DAGR_VECTOR_LOOP __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 
-// round(clip(x) · scale) + L/2. The rounding adds and subtracts 1.5 · 2^52
-// (to nearest, ties to even, in the default rounding mode) and the integer
-// comes from a conversion to int32 (|round(·)| <= L/2 < 2^31): both
-// vectorise, where a call to nearbyint or a 64-bit conversion would not.
-inline std::uint32_t encode_value(float x, double clip, double scale, std::uint32_t half) {
-  constexpr double kMagic = 6755399441055744.0;  // 1.5 · 2^52
-  const double y = std::min(std::max(static_cast<double>(x), -clip), clip) * scale;
-  return static_cast<std::uint32_t>(static_cast<std::int32_t>((y + kMagic) - kMagic)) + half;
-}
-
 // out = encodings of x[0, m) (element indices first…), adding to the checksum
 // lanes c1 = Σ q and c2 = Σ (index + 1) · q; nan set when one is NaN.
-DAGR_VECTOR_LOOP void encode_chunk(const float* x, std::size_t m, std::size_t first, double clip, double scale,
-                                   std::uint32_t half, std::uint32_t* out, std::uint32_t& c1, std::uint32_t& c2,
-                                   bool& nan) {
+DAGR_VECTOR_LOOP void encode_chunk(const float* x, std::size_t m, std::size_t first, Encoding e, std::uint32_t* out,
+                                   std::uint32_t& c1, std::uint32_t& c2, bool& nan) {
   std::uint32_t s1 = 0, s2 = 0, bad = 0;
   const auto base = static_cast<std::uint32_t>(first) + 1;
-  for (std::size_t i = 0; i < m; ++i) {
-    const float v = x[i];
-    bad |= v != v ? 1u : 0u;
-    const std::uint32_t q = encode_value(v, clip, scale, half);
-    out[i] = q;
-    s1 += q;
-    s2 += (base + static_cast<std::uint32_t>(i)) * q;
-  }
+  auto loop = [&](auto binary) {  // one straight-line loop per kind of scale
+    for (std::size_t i = 0; i < m; ++i) {
+      const float v = x[i];
+      bad |= v != v ? 1u : 0u;
+      const std::uint32_t q = e.value<binary.value>(v);
+      out[i] = q;
+      s1 += q;
+      s2 += (base + static_cast<std::uint32_t>(i)) * q;
+    }
+  };
+  if (e.binary)
+    loop(std::true_type{});
+  else
+    loop(std::false_type{});
   c1 += s1;
   c2 += s2;
   nan = nan || bad != 0;
 }
 
-// out = (S - offset) / scale / divisor, as multiplications by the inverses;
-// adds the summed data's checksums Σ S and Σ (index + 1) · S to s1 and s2.
-DAGR_VECTOR_LOOP void decode_chunk(const std::uint32_t* w, std::size_t m, std::size_t first, double inverse_scale,
-                                   double offset, double inverse_divisor, float* out, std::uint32_t& s1,
-                                   std::uint32_t& s2) {
+// out = float(S - offset) · factor, where offset = count · L/2 (the signed
+// difference is exact in int32: |S - offset| <= count · L/2 < 2^31) and factor
+// = 1 / (scale · divisor); adds the summed data's checksums Σ S and
+// Σ (index + 1) · S to s1 and s2.
+DAGR_VECTOR_LOOP void decode_chunk(const std::uint32_t* w, std::size_t m, std::size_t first, std::uint32_t offset,
+                                   float factor, float* out, std::uint32_t& s1, std::uint32_t& s2) {
   std::uint32_t a = 0, b = 0;
   const auto base = static_cast<std::uint32_t>(first) + 1;
   for (std::size_t i = 0; i < m; ++i) {
     a += w[i];
     b += (base + static_cast<std::uint32_t>(i)) * w[i];
-    out[i] = static_cast<float>((w[i] - offset) * inverse_scale * inverse_divisor);
+    out[i] = static_cast<float>(static_cast<std::int32_t>(w[i] - offset)) * factor;
   }
   s1 += a;
   s2 += b;
@@ -138,14 +168,13 @@ class MaskedSum final : public detail::AllreduceTransform {
  public:
   MaskedSum(Context& s, std::uint64_t nonce, const float* in, float* out, ReduceOp op)
       : s_(s), nonce_(nonce), in_(in), out_(out), me_(s.comm.rank()), world_(s.comm.size()),
-        half_(s.levels / 2), inverse_scale_(1.0 / s.scale), offset_(world_ * static_cast<double>(half_)),
-        inverse_divisor_(op == ReduceOp::avg ? 1.0 / world_ : 1.0) {}
+        encoding_(s.encoding()), offset_(static_cast<std::uint32_t>(world_) * encoding_.half),
+        factor_(static_cast<float>(1.0 / (s.scale * (op == ReduceOp::avg ? world_ : 1)))) {}
 
   void encode(std::size_t first, std::size_t count, std::uint32_t* words) override {
     for (std::size_t base = 0; base < count; base += kChunkWords) {
       const std::size_t m = std::min(kChunkWords, count - base);
-      encode_chunk(in_ + first + base, m, first + base, s_.options.clip, s_.scale, half_, words + base, lane1_, lane2_,
-                   nan_);
+      encode_chunk(in_ + first + base, m, first + base, encoding_, words + base, lane1_, lane2_, nan_);
       mask(first + base, m, words + base);
     }
   }
@@ -167,7 +196,7 @@ class MaskedSum final : public detail::AllreduceTransform {
         sum = acc;
       }
       float* out = out_ + first + base;
-      decode_chunk(sum, m, first + base, inverse_scale_, offset_, inverse_divisor_, out, s1, s2);
+      decode_chunk(sum, m, first + base, offset_, factor_, out, s1, s2);
       if (copy) std::copy_n(out, m, copy + base);
     }
     if (checked) {
@@ -211,8 +240,9 @@ class MaskedSum final : public detail::AllreduceTransform {
   const float* in_;
   float* out_;
   int me_, world_;
-  std::uint32_t half_;
-  double inverse_scale_, offset_, inverse_divisor_;
+  Encoding encoding_;
+  std::uint32_t offset_;  // W · L/2
+  float factor_;          // 1 / (scale · divisor)
   std::uint32_t lane1_ = 0, lane2_ = 0, sum1_ = 0, sum2_ = 0;
   bool nan_ = false;
 };
@@ -232,15 +262,22 @@ SecureAggregator::SecureAggregator(Communicator comm, SecureAggregationOptions o
   // W · L <= 2^32 - 1: the sum of every rank's largest encoding still fits.
   const std::uint64_t most = std::numeric_limits<std::uint32_t>::max() / static_cast<std::uint64_t>(world);
   if (options.level_bits == 0) {
-    s.levels = static_cast<std::uint32_t>(most & ~std::uint64_t{1});
+    // The finest power of two for a scale (so encoding is exact in float) whose
+    // largest encoding, L = 2 · ceil(clip · scale), still fits: at most one bit
+    // coarser than the finest scale of all.
+    auto levels_at = [&](int e) { return 2 * static_cast<std::uint64_t>(std::ceil(options.clip * std::ldexp(1.0, e))); };
+    int e = static_cast<int>(std::floor(std::log2(static_cast<double>(most) / (2.0 * options.clip))));
+    while (levels_at(e) > most) --e;
+    s.levels = static_cast<std::uint32_t>(levels_at(e));
+    s.scale = std::ldexp(1.0, e);
   } else {
     const std::uint64_t wanted = (std::uint64_t{1} << options.level_bits) - 2;
     const int allowed = static_cast<int>(std::floor(std::log2(static_cast<double>(most) + 1)));
     DAGR_ENFORCE(wanted <= most, InputError, "secure aggregation: ", world, " ranks of 2^", options.level_bits,
                  " levels each could overflow the 32-bit sum; this group allows at most level_bits = ", allowed);
     s.levels = static_cast<std::uint32_t>(wanted);
+    s.scale = s.levels / (2.0 * options.clip);
   }
-  s.scale = s.levels / (2.0 * options.clip);
 
   const SecureKeyPair own = keys ? *keys : SecureKeyPair::generate();
   DAGR_ENFORCE(sodium_init() >= 0, Error, "libsodium failed to initialise");
@@ -280,15 +317,18 @@ double SecureAggregator::scale() const { return state_->scale; }
 
 
 std::uint32_t SecureAggregator::encode(float x) const {
-  return encode_value(x, state_->options.clip, state_->scale, state_->levels / 2);
+  std::uint32_t q, unused1 = 0, unused2 = 0;
+  bool unused_nan = false;
+  encode_chunk(&x, 1, 0, state_->encoding(), &q, unused1, unused2, unused_nan);
+  return q;
 }
 
 float SecureAggregator::decode(std::uint32_t sum, int count, ReduceOp op) const {
   const State& s = *state_;
   float out;
   std::uint32_t unused1 = 0, unused2 = 0;
-  decode_chunk(&sum, 1, 0, 1.0 / s.scale, count * static_cast<double>(s.levels / 2),
-               op == ReduceOp::avg ? 1.0 / count : 1.0, &out, unused1, unused2);
+  decode_chunk(&sum, 1, 0, static_cast<std::uint32_t>(count) * (s.levels / 2),
+               static_cast<float>(1.0 / (s.scale * (op == ReduceOp::avg ? count : 1))), &out, unused1, unused2);
   return out;
 }
 

@@ -23,10 +23,14 @@
 // and its limits.
 //
 // Fixed point: a value is clipped to [-clip, clip] and mapped to
-// round(x · scale) + L/2, an integer in [0, L] with L = 2 · clip · scale (even),
+// round(x · scale) + L/2, an integer in [0, L] with L >= 2 · clip · scale (even),
 // so the sum of `size` ranks fits in 32 bits when size · L < 2^32 (checked when
-// the aggregator is made). By default L is the largest the group allows;
-// a result is exact to the encoding's quantum 1 / scale (per rank, rounded).
+// the aggregator is made). By default the scale is the largest power of two the
+// group allows (then x · scale is exact in float arithmetic, and encoding runs
+// 16 values to an AVX-512 instruction), with L = 2 · ceil(clip · scale); with
+// level_bits, L = 2^level_bits - 2 and scale = L / (2 · clip). A result is
+// exact to the encoding's quantum 1 / scale (per rank, rounded); decoding
+// rounds once to float (twice for avg).
 #pragma once
 
 #include <array>
