@@ -14,7 +14,7 @@ for _ in $(seq "$runs"); do
   for mode in staged shared; do
     flags=(); [ "$mode" = shared ] && flags=(--shared)
     "$dagr" bench allreduce -n 2 --min 16M --max 64M "${flags[@]}" --json |
-      sed -n 's/.*"bytes":\([0-9]*\),.*"busbw":\([0-9.e+]*\).*/'"$mode"' \1 \2/p' >> "$values"
+      sed -n 's/.*"busbw":\([0-9.e+]*\),.*"bytes":\([0-9]*\),.*/'"$mode"' \2 \1/p' >> "$values"
   done
   if [ -n "$anchors" ]; then
     "$anchors/mpi_allreduce.sh" 1 1.0 2>/dev/null |
