@@ -65,12 +65,14 @@ SharedBuffer ShmBackend::allocate(std::size_t bytes, Clock::time_point deadline)
     segment = std::make_shared<Segment>(Segment::create(name, total));
     reinterpret_cast<BlocksHeader*>(segment->data())->magic.store(kBlocksReady, std::memory_order_release);
   } else {
-    // Poll for the name, briefly each time, so a rank 0 that died is a PeerError at once.
+    // Poll for the name, briefly each time; between tries the waiter watches
+    // rank 0 (a PeerError once it is gone) and the deadline (a TimeoutError).
     while (!segment) {
       try {
         segment = std::make_shared<Segment>(Segment::open(name, Clock::now() + std::chrono::milliseconds(20)));
       } catch (const TimeoutError&) {
-        waiter_.wait(0, context_, [] { return false; });  // throws: rank 0 gone, or the deadline passed
+        const auto retry = Clock::now() + std::chrono::milliseconds(20);
+        waiter_.wait(0, context_, [retry] { return Clock::now() >= retry; });
       }
     }
     DAGR_ENFORCE(segment->size() >= total, Error, "shared buffers /dev/shm", name, " hold ", segment->size(),
