@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "dagr/error.h"
@@ -58,6 +59,22 @@ DAGR_VAES_TARGET inline __m512i encrypt(__m512i block, const __m512i* k) {
   return _mm512_aesenclast_epi128(block, k[kRounds]);
 }
 
+// What a call does with the keystream: store it, or add it to (subtract it
+// from) the 32-bit words already there.
+enum class Apply { store, add, subtract };
+
+template <Apply A>
+DAGR_VAES_TARGET inline void apply(__m512i keystream, std::uint8_t* out, __mmask16 words = 0xffff) {
+  if constexpr (A == Apply::store) {
+    _mm512_mask_storeu_epi32(out, words, keystream);
+  } else {
+    const __m512i w = _mm512_maskz_loadu_epi32(words, out);
+    _mm512_mask_storeu_epi32(out, words,
+                             A == Apply::add ? _mm512_add_epi32(w, keystream) : _mm512_sub_epi32(w, keystream));
+  }
+}
+
+template <Apply A>
 DAGR_VAES_TARGET void vaes_blocks(const std::uint8_t* round_keys, std::uint64_t nonce, std::uint64_t first,
                                   std::size_t blocks, std::uint8_t* out) {
   __m512i k[kRounds + 1];
@@ -82,24 +99,20 @@ DAGR_VAES_TARGET void vaes_blocks(const std::uint8_t* round_keys, std::uint64_t 
     for (int i = 0; i < kWide; ++i) x[i] = _mm512_xor_si512(x[i], k[0]);
     for (int r = 1; r < kRounds; ++r)
       for (int i = 0; i < kWide; ++i) x[i] = _mm512_aesenc_epi128(x[i], k[r]);
-    for (int i = 0; i < kWide; ++i) _mm512_storeu_si512(out + 64 * i, _mm512_aesenclast_epi128(x[i], k[kRounds]));
+    for (int i = 0; i < kWide; ++i) apply<A>(_mm512_aesenclast_epi128(x[i], k[kRounds]), out + 64 * i);
   }
   for (; blocks > 0; out += 64) {
     const __m512i x = encrypt(_mm512_shuffle_epi8(counter, to_big_endian), k);
     counter = _mm512_add_epi64(counter, four);
-    if (blocks >= 4) {
-      _mm512_storeu_si512(out, x);
-      blocks -= 4;
-    } else {
-      alignas(64) std::uint8_t last[64];
-      _mm512_store_si512(last, x);
-      std::memcpy(out, last, 16 * blocks);
-      blocks = 0;
-    }
+    const std::size_t here = std::min<std::size_t>(blocks, 4);
+    apply<A>(x, out, static_cast<__mmask16>((1u << (4 * here)) - 1));
+    blocks -= here;
   }
 }
 
+// DAGR_AES=openssl takes OpenSSL's path on any CPU (its tests run both).
 bool cpu_has_vaes() {
+  if (const char* choice = std::getenv("DAGR_AES"); choice && std::strcmp(choice, "openssl") == 0) return false;
   __builtin_cpu_init();
   return __builtin_cpu_supports("aes") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw");
@@ -136,10 +149,8 @@ AesCtr128::~AesCtr128() = default;
 AesCtr128::AesCtr128(AesCtr128&&) noexcept = default;
 AesCtr128& AesCtr128::operator=(AesCtr128&&) noexcept = default;
 
-void AesCtr128::blocks(std::uint64_t nonce, std::uint64_t first, std::size_t blocks, std::uint8_t* out) const {
-  if (blocks == 0) return;
-  if (vectorised()) return vaes_blocks(state_->round_keys, nonce, first, blocks, out);
-  // OpenSSL: counter mode XORs the keystream into its input, so zeros give the keystream.
+// OpenSSL: counter mode XORs the keystream into its input, so zeros give the keystream.
+void AesCtr128::openssl_blocks(std::uint64_t nonce, std::uint64_t first, std::size_t blocks, std::uint8_t* out) const {
   std::uint8_t iv[16];
   for (int b = 0; b < 8; ++b) {
     iv[b] = static_cast<std::uint8_t>(nonce >> (56 - 8 * b));
@@ -158,25 +169,69 @@ void AesCtr128::blocks(std::uint64_t nonce, std::uint64_t first, std::size_t blo
   }
 }
 
-void AesCtr128::words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out) const {
-  constexpr std::uint64_t kPerBlock = kBlockBytes / 4;
-  std::uint32_t partial[kPerBlock];
-  std::uint64_t block = first / kPerBlock;
-  // A block cut by `first`: its tail.
-  if (const std::size_t skip = first % kPerBlock; skip != 0 && count > 0) {
-    blocks(nonce, block++, 1, reinterpret_cast<std::uint8_t*>(partial));
-    const std::size_t m = std::min<std::size_t>(count, kPerBlock - skip);
-    std::memcpy(out, partial + skip, 4 * m);
+void AesCtr128::blocks(std::uint64_t nonce, std::uint64_t first, std::size_t blocks, std::uint8_t* out) const {
+  if (blocks == 0) return;
+  if (vectorised()) return vaes_blocks<Apply::store>(state_->round_keys, nonce, first, blocks, out);
+  openssl_blocks(nonce, first, blocks, out);
+}
+
+// Words [first, first + count) of the stream, stored into, added to or
+// subtracted from out[0, count). VAES combines each register of keystream with
+// the words as it makes it; OpenSSL's keystream goes through a buffer on the
+// stack, a few KiB at a time. The same calls serve a range cut anywhere.
+template <int A>
+void AesCtr128::apply_words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out) const {
+  constexpr auto op = static_cast<Apply>(A);
+  constexpr std::size_t kPerBlock = kBlockBytes / 4;
+  if (count == 0) return;
+  if (vectorised()) {
+    // A block cut by `first`: the whole block goes through a copy of its words.
+    std::uint64_t block = first / kPerBlock;
+    if (const std::size_t skip = first % kPerBlock; skip != 0) {
+      std::uint32_t partial[kPerBlock] = {};
+      const std::size_t m = std::min<std::size_t>(count, kPerBlock - skip);
+      std::copy_n(out, m, partial + skip);
+      vaes_blocks<op>(state_->round_keys, nonce, block++, 1, reinterpret_cast<std::uint8_t*>(partial));
+      std::copy_n(partial + skip, m, out);
+      out += m;
+      count -= m;
+    }
+    const std::size_t whole = count / kPerBlock, rest = count % kPerBlock;
+    vaes_blocks<op>(state_->round_keys, nonce, block, whole, reinterpret_cast<std::uint8_t*>(out));
+    if (rest != 0) {  // the head of a block cut by the end
+      std::uint32_t partial[kPerBlock] = {};
+      std::copy_n(out + whole * kPerBlock, rest, partial);
+      vaes_blocks<op>(state_->round_keys, nonce, block + whole, 1, reinterpret_cast<std::uint8_t*>(partial));
+      std::copy_n(partial, rest, out + whole * kPerBlock);
+    }
+    return;
+  }
+  constexpr std::size_t kBufferBlocks = 256;
+  alignas(64) std::uint32_t buffer[kBufferBlocks * kPerBlock];
+  for (std::uint64_t at = first; count > 0;) {
+    const std::uint64_t block = at / kPerBlock;
+    const std::size_t skip = at % kPerBlock;
+    const std::size_t m = std::min<std::size_t>(count, kBufferBlocks * kPerBlock - skip);
+    openssl_blocks(nonce, block, (skip + m + kPerBlock - 1) / kPerBlock, reinterpret_cast<std::uint8_t*>(buffer));
+    const std::uint32_t* z = buffer + skip;
+    for (std::size_t i = 0; i < m; ++i)
+      out[i] = op == Apply::store ? z[i] : op == Apply::add ? out[i] + z[i] : out[i] - z[i];
+    at += m;
     out += m;
     count -= m;
   }
-  // Whole blocks straight into `out`, then the head of a block cut by the end.
-  const std::size_t whole = count / kPerBlock;
-  blocks(nonce, block, whole, reinterpret_cast<std::uint8_t*>(out));
-  if (const std::size_t rest = count % kPerBlock; rest != 0) {
-    blocks(nonce, block + whole, 1, reinterpret_cast<std::uint8_t*>(partial));
-    std::memcpy(out + whole * kPerBlock, partial, 4 * rest);
-  }
+}
+
+void AesCtr128::words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out) const {
+  apply_words<static_cast<int>(Apply::store)>(nonce, first, count, out);
+}
+
+void AesCtr128::add_words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out,
+                          bool subtract) const {
+  if (subtract)
+    apply_words<static_cast<int>(Apply::subtract)>(nonce, first, count, out);
+  else
+    apply_words<static_cast<int>(Apply::add)>(nonce, first, count, out);
 }
 
 }  // namespace dagr::detail

@@ -9,8 +9,9 @@
 //
 // Where the CPU has VAES with AVX-512 (AMD Zen 4 and later, Intel Ice Lake and
 // later) the blocks are made 16 at a time in 512-bit registers, about four
-// times the rate of AES-NI's 128-bit instructions; elsewhere OpenSSL makes them
-// (AES-NI where present).
+// times the rate of AES-NI's 128-bit instructions; elsewhere, or with the
+// environment variable DAGR_AES=openssl, OpenSSL makes them (AES-NI where
+// present).
 #pragma once
 
 #include <array>
@@ -36,10 +37,19 @@ class AesCtr128 {
   // The 32-bit little-endian words [first, first + count) of that stream.
   void words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out) const;
 
+  // out[i] += word first + i of that stream (or -=, with `subtract`), mod 2^32,
+  // for i in [0, count): the keystream never goes through memory on VAES.
+  void add_words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out,
+                 bool subtract) const;
+
   // Whether blocks() runs on VAES (else OpenSSL).
   static bool vectorised();
 
  private:
+  void openssl_blocks(std::uint64_t nonce, std::uint64_t first, std::size_t blocks, std::uint8_t* out) const;
+  template <int Apply>
+  void apply_words(std::uint64_t nonce, std::uint64_t first, std::size_t count, std::uint32_t* out) const;
+
   struct State;
   std::unique_ptr<State> state_;
 };

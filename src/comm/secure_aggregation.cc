@@ -8,7 +8,8 @@
 //   2. mask: for every other rank j, word k of the AES-128-CTR keystream of
 //      the pair's key with nonce = this aggregator's call number (so no block
 //      is ever used twice) is added (j > i) or subtracted (j < i), mod 2^32;
-//      the stream is made for the elements being encoded, in cache-sized chunks;
+//      the stream is made for the elements being encoded, in cache-sized
+//      chunks, and added to the words as it is made;
 //   3. the int32 sum of the words (it wraps, so it is the sum mod 2^32), which
 //      on shared memory each rank computes for its piece, encoding its own
 //      words on the fly rather than staging them;
@@ -54,29 +55,22 @@ constexpr std::size_t kChunkWords = 4096;  // 16 KiB at a time: stays in L1/L2
 
 // The encoding, round(clip(x) · scale) + L/2, and what a sum of `count` of
 // them stands for. Everything is a loop that vectorises on every clone: the
-// rounding adds and subtracts a power of two just above the value (rounding
-// to nearest, ties to even, in the default rounding mode), where nearbyint or
-// lrint would be a call per element.
+// rounding is the CPU's conversion in the default rounding mode (to nearest,
+// ties to even), which this file, built without math errno, gets from irint
+// as one vector instruction.
 struct Encoding {
   float clip;
   double scale;
   std::uint32_t half;  // L/2: the encoding of 0
   bool binary;         // scale is a power of two: x · scale is exact in float
 
-  // With a binary scale in float (16 lanes of AVX-512); floats of 2^23 and up
-  // are integers already. Otherwise in double (8 lanes): |x · scale| < 2^31.
+  // With a binary scale in float (16 lanes of AVX-512), otherwise in double
+  // (8 lanes); either way |x · scale| < 2^31.
   template <bool Binary>
   std::uint32_t value(float x) const {
     const float c = std::min(std::max(x, -clip), clip);
-    if constexpr (Binary) {
-      const float y = c * static_cast<float>(scale);
-      const float magic = std::copysign(8388608.0f, y);  // 2^23
-      const float r = std::abs(y) < 8388608.0f ? (y + magic) - magic : y;
-      return static_cast<std::uint32_t>(static_cast<std::int32_t>(r)) + half;
-    }
-    constexpr double kMagic = 6755399441055744.0;  // 1.5 · 2^52
-    const double y = static_cast<double>(c) * scale;
-    return static_cast<std::uint32_t>(static_cast<std::int32_t>((y + kMagic) - kMagic)) + half;
+    if constexpr (Binary) return static_cast<std::uint32_t>(__builtin_irintf(c * static_cast<float>(scale))) + half;
+    return static_cast<std::uint32_t>(__builtin_irint(static_cast<double>(c) * scale)) + half;
   }
 };
 
@@ -87,7 +81,7 @@ struct Context {
   std::uint32_t levels = 0;  // L (even): an encoding is in [0, L], L/2 stands for 0
   double scale = 0;
   std::vector<std::optional<detail::AesCtr128>> streams;  // by peer rank: that pair's mask stream
-  std::vector<std::uint32_t> keystream, own;              // one chunk each
+  std::vector<std::uint32_t> own;                         // one chunk: a sum in the making
 
   explicit Context(Communicator c) : comm(std::move(c)) {}
 
@@ -117,14 +111,15 @@ DAGR_VECTOR_LOOP void encode_chunk(const float* x, std::size_t m, std::size_t fi
                                    std::uint32_t& c1, std::uint32_t& c2, bool& nan) {
   std::uint32_t s1 = 0, s2 = 0, bad = 0;
   const auto base = static_cast<std::uint32_t>(first) + 1;
+  const auto count = static_cast<std::uint32_t>(m);  // 32-bit indices: one vector lane each
   auto loop = [&](auto binary) {  // one straight-line loop per kind of scale
-    for (std::size_t i = 0; i < m; ++i) {
+    for (std::uint32_t i = 0; i < count; ++i) {
       const float v = x[i];
       bad |= v != v ? 1u : 0u;
       const std::uint32_t q = e.value<binary.value>(v);
       out[i] = q;
       s1 += q;
-      s2 += (base + static_cast<std::uint32_t>(i)) * q;
+      s2 += (base + i) * q;
     }
   };
   if (e.binary)
@@ -136,28 +131,35 @@ DAGR_VECTOR_LOOP void encode_chunk(const float* x, std::size_t m, std::size_t fi
   nan = nan || bad != 0;
 }
 
-// out = float(S - offset) · factor, where offset = count · L/2 (the signed
-// difference is exact in int32: |S - offset| <= count · L/2 < 2^31) and factor
-// = 1 / (scale · divisor); adds the summed data's checksums Σ S and
-// Σ (index + 1) · S to s1 and s2.
-DAGR_VECTOR_LOOP void decode_chunk(const std::uint32_t* w, std::size_t m, std::size_t first, std::uint32_t offset,
-                                   float factor, float* out, std::uint32_t& s1, std::uint32_t& s2) {
-  std::uint32_t a = 0, b = 0;
+// out = float(S - offset) · factor for S = a + b (b optional), where offset =
+// count · L/2 (the signed difference is exact in int32: |S - offset| <= count ·
+// L/2 < 2^31) and factor = 1 / (scale · divisor); adds the summed data's
+// checksums Σ S and Σ (index + 1) · S to s1 and s2. m is at most a chunk.
+DAGR_VECTOR_LOOP void decode_chunk(const std::uint32_t* a, const std::uint32_t* b, std::size_t m, std::size_t first,
+                                   std::uint32_t offset, float factor, float* out, std::uint32_t& s1,
+                                   std::uint32_t& s2) {
+  std::uint32_t x = 0, y = 0;
   const auto base = static_cast<std::uint32_t>(first) + 1;
-  for (std::size_t i = 0; i < m; ++i) {
-    a += w[i];
-    b += (base + static_cast<std::uint32_t>(i)) * w[i];
-    out[i] = static_cast<float>(static_cast<std::int32_t>(w[i] - offset)) * factor;
-  }
-  s1 += a;
-  s2 += b;
+  const auto count = static_cast<std::uint32_t>(m);  // 32-bit indices: one vector lane each
+  auto loop = [&](auto two) {
+    for (std::uint32_t i = 0; i < count; ++i) {
+      std::uint32_t w = a[i];
+      if constexpr (two.value) w += b[i];
+      x += w;
+      y += (base + i) * w;
+      out[i] = static_cast<float>(static_cast<std::int32_t>(w - offset)) * factor;
+    }
+  };
+  if (b)
+    loop(std::true_type{});
+  else
+    loop(std::false_type{});
+  s1 += x;
+  s2 += y;
 }
 
 DAGR_VECTOR_LOOP void add_words(std::uint32_t* w, const std::uint32_t* z, std::size_t m) {
   for (std::size_t i = 0; i < m; ++i) w[i] += z[i];
-}
-DAGR_VECTOR_LOOP void subtract_words(std::uint32_t* w, const std::uint32_t* z, std::size_t m) {
-  for (std::size_t i = 0; i < m; ++i) w[i] -= z[i];
 }
 
 // One secure allreduce, as the transform the communicator runs
@@ -171,33 +173,41 @@ class MaskedSum final : public detail::AllreduceTransform {
         encoding_(s.encoding()), offset_(static_cast<std::uint32_t>(world_) * encoding_.half),
         factor_(static_cast<float>(1.0 / (s.scale * (op == ReduceOp::avg ? world_ : 1)))) {}
 
+  // Chunk by chunk into `own`, masked there, then copied out whole: a large
+  // memcpy stores into memory another core last read faster than a vector
+  // loop does (on the EPYC here, 1.4x faster for a whole secure allreduce).
   void encode(std::size_t first, std::size_t count, std::uint32_t* words) override {
+    std::uint32_t* chunk = s_.own.data();
     for (std::size_t base = 0; base < count; base += kChunkWords) {
       const std::size_t m = std::min(kChunkWords, count - base);
-      encode_chunk(in_ + first + base, m, first + base, encoding_, words + base, lane1_, lane2_, nan_);
-      mask(first + base, m, words + base);
+      encode_masked(first + base, m, chunk);
+      std::memcpy(words + base, chunk, m * sizeof(std::uint32_t));
     }
   }
 
+  // Per chunk: the sum of all but one of the summands is gathered in `own`
+  // (this rank's encoding, made there, and peers' words added to it), and the
+  // last summand is added as the chunk is decoded.
   void reduce(std::size_t first, std::size_t count, const std::uint32_t* const* sources, int n, bool own,
               bool checked, float* copy) override {
     std::uint32_t s1 = 0, s2 = 0;
+    std::uint32_t* acc = s_.own.data();
     for (std::size_t base = 0; base < count; base += kChunkWords) {
       const std::size_t m = std::min(kChunkWords, count - base);
-      const std::uint32_t* sum = sources[0] + base;
+      const std::uint32_t *a = sources[0] + base, *b = nullptr;
       if (own || n > 1) {
-        std::uint32_t* acc = s_.own.data();
-        if (own) {
-          encode(first + base, m, acc);
-        } else {
-          std::copy_n(sum, m, acc);
-        }
-        for (int j = own ? 0 : 1; j < n; ++j) add_words(acc, sources[j] + base, m);
-        sum = acc;
+        int j = 0;
+        if (own)
+          encode_masked(first + base, m, acc);
+        else
+          std::copy_n(sources[j++] + base, m, acc);
+        for (; j < n - 1; ++j) add_words(acc, sources[j] + base, m);
+        a = acc;
+        b = j < n ? sources[j] + base : nullptr;
       }
-      float* out = out_ + first + base;
-      decode_chunk(sum, m, first + base, offset_, factor_, out, s1, s2);
-      if (copy) std::copy_n(out, m, copy + base);
+      // The copy for peers, into shared memory, is a memcpy (see encode()).
+      decode_chunk(a, b, m, first + base, offset_, factor_, out_ + first + base, s1, s2);
+      if (copy) std::memcpy(copy + base, out_ + first + base, m * sizeof(float));
     }
     if (checked) {
       sum1_ += s1;
@@ -221,18 +231,17 @@ class MaskedSum final : public detail::AllreduceTransform {
   }
 
  private:
+  // Elements [first, first + m), at most a chunk, encoded and masked into w.
+  void encode_masked(std::size_t first, std::size_t m, std::uint32_t* w) {
+    encode_chunk(in_ + first, m, first, encoding_, w, lane1_, lane2_, nan_);
+    mask(first, m, w);
+  }
+
   // Words [first, first + m) of every pair's stream, added (peer above this
   // rank) or subtracted (below), so the masks of all ranks sum to zero.
   void mask(std::size_t first, std::size_t m, std::uint32_t* w) {
-    std::uint32_t* z = s_.keystream.data();
-    for (std::size_t base = 0; base < m; base += kChunkWords) {
-      const std::size_t k = std::min(kChunkWords, m - base);
-      for (int j = 0; j < world_; ++j) {
-        if (j == me_) continue;
-        s_.streams[static_cast<std::size_t>(j)]->words(nonce_, first + base, k, z);
-        (j > me_ ? add_words : subtract_words)(w + base, z, k);
-      }
-    }
+    for (int j = 0; j < world_; ++j)
+      if (j != me_) s_.streams[static_cast<std::size_t>(j)]->add_words(nonce_, first, m, w, j < me_);
   }
 
   Context& s_;
@@ -304,7 +313,6 @@ SecureAggregator::SecureAggregator(Communicator comm, SecureAggregationOptions o
     sodium_memzero(shared, sizeof shared);
     sodium_memzero(key.data(), key.size());
   }
-  s.keystream.resize(kChunkWords);
   s.own.resize(kChunkWords);
 }
 
@@ -327,7 +335,7 @@ float SecureAggregator::decode(std::uint32_t sum, int count, ReduceOp op) const 
   const State& s = *state_;
   float out;
   std::uint32_t unused1 = 0, unused2 = 0;
-  decode_chunk(&sum, 1, 0, static_cast<std::uint32_t>(count) * (s.levels / 2),
+  decode_chunk(&sum, nullptr, 1, 0, static_cast<std::uint32_t>(count) * (s.levels / 2),
                static_cast<float>(1.0 / (s.scale * (op == ReduceOp::avg ? count : 1))), &out, unused1, unused2);
   return out;
 }
