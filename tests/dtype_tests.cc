@@ -3,6 +3,7 @@
 // every half, and floats of every sign, exponent and top mantissa bits with
 // low bits on both sides of each rounding boundary (ties, NaN payloads,
 // infinities, subnormal halves, overflow), at every offset and tail length.
+// The bfloat16 arrays against rounding to nearest even written another way.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -40,6 +41,35 @@ TEST(Float16Arrays, FloatsToHalfAsScalar) {
   from_float(in.data(), out.data(), in.size());
   for (std::size_t i = 0; i < in.size(); ++i)
     ASSERT_EQ(out[i].bits, Half(in[i]).bits) << "float 0x" << std::hex << std::bit_cast<std::uint32_t>(in[i]);
+}
+
+TEST(BFloat16Arrays, EveryValueToFloatAndFloatsToNearestEven) {
+  std::vector<BFloat16> every(1u << 16);
+  for (std::uint32_t b = 0; b < every.size(); ++b) every[b].bits = static_cast<std::uint16_t>(b);
+  std::vector<float> widened(every.size());
+  to_float(every.data(), widened.data(), every.size());
+  for (std::uint32_t b = 0; b < every.size(); ++b) ASSERT_EQ(std::bit_cast<std::uint32_t>(widened[b]), b << 16);
+
+  const std::uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff};
+  std::vector<float> in;
+  for (std::uint32_t high = 0; high < (1u << 16); ++high)
+    for (std::uint32_t low : lows) in.push_back(std::bit_cast<float>(high << 16 | low));
+  std::vector<BFloat16> out(in.size() + 7);
+  for (std::size_t offset : {0, 3, 7}) {  // three alignments of the output
+    from_float(in.data(), out.data() + offset, in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      const std::uint32_t x = std::bit_cast<std::uint32_t>(in[i]);
+      const std::uint16_t got = out[offset + i].bits, top = static_cast<std::uint16_t>(x >> 16);
+      if ((x & 0x7fffffffu) > 0x7f800000u) {  // NaN: still a NaN, quiet, same sign
+        ASSERT_EQ(got & 0xffc0, (top | 0x40) & 0xffc0) << std::hex << x;
+        continue;
+      }
+      const std::uint32_t rest = x & 0xffffu;
+      const bool up = rest > 0x8000u || (rest == 0x8000u && (top & 1u));
+      ASSERT_EQ(got, static_cast<std::uint16_t>(top + (up ? 1 : 0))) << std::hex << x;
+      ASSERT_EQ(got, BFloat16(in[i]).bits);
+    }
+  }
 }
 
 // A NaN or infinity among finite values, at every place of a block of 8 and

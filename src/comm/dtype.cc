@@ -104,18 +104,33 @@ Half::operator float() const {
   return std::bit_cast<float>(x | sign);
 }
 
-BFloat16::BFloat16(float f) {
+namespace {
+// float -> bfloat16 bits, rounding to nearest even; a NaN stays a (quiet) NaN.
+// Branch-free, so the array loops below vectorise.
+inline std::uint16_t bfloat16_bits(float f) {
   const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a (quiet) NaN
-    bits = static_cast<std::uint16_t>((x >> 16) | 0x40u);
-    return;
-  }
-  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);  // nearest even
-  bits = static_cast<std::uint16_t>((x + rounding) >> 16);
+  const std::uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  const std::uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return static_cast<std::uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
+}  // namespace
+
+BFloat16::BFloat16(float f) : bits(bfloat16_bits(f)) {}
 
 BFloat16::operator float() const {
   return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+}
+
+// Whole arrays of bfloat16: the scalar conversions in loops that vectorise,
+// built for AVX-512 and AVX2 as well (chosen once, at load time).
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void to_float(const BFloat16* in, float* out,
+                                                                                  std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(in[i].bits) << 16);
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void from_float(const float* in, BFloat16* out,
+                                                                                    std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i].bits = bfloat16_bits(in[i]);
 }
 
 // Whole arrays of binary16. F16C converts 8 values per instruction with the

@@ -55,17 +55,18 @@ void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources
   A acc[kBlock];
   T* dst = static_cast<T*>(target.dst);
   T* dst2 = static_cast<T*>(target.dst2);
-  // float16 blocks convert as whole arrays (dtype.h: F16C where the CPU has it).
-  constexpr bool kHalf = std::is_same_v<T, Half>;
-  [[maybe_unused]] std::conditional_t<kHalf, float[kBlock], char> converted;
+  // 16-bit float blocks convert as whole arrays (dtype.h: F16C for float16,
+  // vector loops for bfloat16).
+  constexpr bool k16Bit = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+  [[maybe_unused]] std::conditional_t<k16Bit, float[kBlock], char> converted;
   for (std::size_t base = 0; base < count; base += kBlock) {
     const std::size_t m = std::min(kBlock, count - base);
     const T* s0 = static_cast<const T*>(sources[0]) + base;
-    if constexpr (kHalf) to_float(s0, acc, m);
+    if constexpr (k16Bit) to_float(s0, acc, m);
     else for (std::size_t i = 0; i < m; ++i) acc[i] = static_cast<A>(s0[i]);
     for (int j = 1; j < n_sources; ++j) {
       const T* s = static_cast<const T*>(sources[j]) + base;
-      if constexpr (kHalf) {
+      if constexpr (k16Bit) {
         to_float(s, converted, m);
         for (std::size_t i = 0; i < m; ++i) acc[i] = combine<Op>(acc[i], converted[i]);
       } else {
@@ -76,7 +77,7 @@ void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources
       const A n = static_cast<A>(n_sources);
       for (std::size_t i = 0; i < m; ++i) acc[i] = acc[i] / n;
     }
-    if constexpr (kHalf) from_float(acc, dst + base, m);
+    if constexpr (k16Bit) from_float(acc, dst + base, m);
     else for (std::size_t i = 0; i < m; ++i) dst[base + i] = static_cast<T>(acc[i]);
     if (dst2) std::memcpy(dst2 + base, dst + base, m * sizeof(T));
   }

@@ -39,6 +39,10 @@ struct BFloat16 {
   explicit operator float() const;
 };
 
+// BFloat16(in[i]) and float(in[i]) for i < n, bit for bit, vectorised.
+void to_float(const BFloat16* in, float* out, std::size_t n);
+void from_float(const float* in, BFloat16* out, std::size_t n);
+
 template <class T> struct DTypeOf;
 template <> struct DTypeOf<float> { static constexpr DType value = DType::float32; };
 template <> struct DTypeOf<double> { static constexpr DType value = DType::float64; };
