@@ -185,25 +185,24 @@ void AesCtr128::apply_words(std::uint64_t nonce, std::uint64_t first, std::size_
   constexpr std::size_t kPerBlock = kBlockBytes / 4;
   if (count == 0) return;
   if (vectorised()) {
-    // A block cut by `first`: the whole block goes through a copy of its words.
+    // Words [skip, skip + m) of block `block` into w[0, m): a block cut by
+    // `first` or by the end goes through a copy of its words.
+    auto cut_block = [&](std::uint64_t block, std::size_t skip, std::size_t m, std::uint32_t* w) {
+      std::uint32_t partial[kPerBlock] = {};
+      std::copy_n(w, m, partial + skip);
+      vaes_blocks<op>(state_->round_keys, nonce, block, 1, reinterpret_cast<std::uint8_t*>(partial));
+      std::copy_n(partial + skip, m, w);
+    };
     std::uint64_t block = first / kPerBlock;
     if (const std::size_t skip = first % kPerBlock; skip != 0) {
-      std::uint32_t partial[kPerBlock] = {};
       const std::size_t m = std::min<std::size_t>(count, kPerBlock - skip);
-      std::copy_n(out, m, partial + skip);
-      vaes_blocks<op>(state_->round_keys, nonce, block++, 1, reinterpret_cast<std::uint8_t*>(partial));
-      std::copy_n(partial + skip, m, out);
+      cut_block(block++, skip, m, out);
       out += m;
       count -= m;
     }
     const std::size_t whole = count / kPerBlock, rest = count % kPerBlock;
     vaes_blocks<op>(state_->round_keys, nonce, block, whole, reinterpret_cast<std::uint8_t*>(out));
-    if (rest != 0) {  // the head of a block cut by the end
-      std::uint32_t partial[kPerBlock] = {};
-      std::copy_n(out + whole * kPerBlock, rest, partial);
-      vaes_blocks<op>(state_->round_keys, nonce, block + whole, 1, reinterpret_cast<std::uint8_t*>(partial));
-      std::copy_n(partial, rest, out + whole * kPerBlock);
-    }
+    if (rest != 0) cut_block(block + whole, 0, rest, out + whole * kPerBlock);
     return;
   }
   constexpr std::size_t kBufferBlocks = 256;

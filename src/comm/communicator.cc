@@ -58,6 +58,14 @@ struct CommState {
     });
   }
 
+  // Runs r on the calling thread, once the calls queued before it are done.
+  void run_now(Request r) {
+    queue_for(r.kind).run_inline([&] {
+      r.deadline = Clock::now() + r.timeout;
+      execute(r);
+    });
+  }
+
   // Runs f, a step every rank takes together: refuses after an earlier
   // failure, records a new one.
   template <class F>
@@ -254,12 +262,8 @@ detail::Request validated_request(const Communicator& comm, OpKind kind, const v
 }  // namespace
 
 void Communicator::run(const Call& c) {
-  detail::Request r = validated_request(*this, c.kind, c.in, c.out, c.count, c.dtype, c.op,
-                                        c.root_or_peer, c.tag, c.options.timeout.value_or(state_->timeout));
-  state_->queue_for(r.kind).run_inline([&] {
-    r.deadline = detail::Clock::now() + r.timeout;
-    state_->execute(r);
-  });
+  state_->run_now(validated_request(*this, c.kind, c.in, c.out, c.count, c.dtype, c.op, c.root_or_peer, c.tag,
+                                    c.options.timeout.value_or(state_->timeout)));
 }
 
 namespace detail {
@@ -267,10 +271,7 @@ void allreduce_transformed(const Communicator& comm, AllreduceTransform& transfo
                            std::size_t count) {
   Request r = to_request(OpKind::allreduce, in, out, count, DType::int32, ReduceOp::sum, 0, 0, comm.state_->timeout);
   r.transform = &transform;
-  comm.state_->queue_for(r.kind).run_inline([&] {
-    r.deadline = Clock::now() + r.timeout;
-    comm.state_->execute(r);
-  });
+  comm.state_->run_now(r);
 }
 }  // namespace detail
 

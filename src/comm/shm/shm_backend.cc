@@ -2,10 +2,10 @@
 
 #include <unistd.h>
 
-#include "allreduce_transform.h"
 #include <cstring>
 #include <thread>
 
+#include "allreduce_transform.h"
 #include "dagr/error.h"
 #include "fault_report.h"
 #include "job_secret.h"
