@@ -23,6 +23,12 @@ acc=$(sed -n 's/^Epoch 1: .*test accuracy \([0-9.]*\) .*/\1/p' "$tmp/p2.log")
 expect "2 stages learn (test accuracy $acc > 0.6 after 40 steps)" awk -v a="$acc" 'BEGIN { exit !(a > 0.6) }'
 expect "1F1B's measured peak in-flight is the schedule's (2)" \
   grep -q "peak in-flight micro-batches 2 (schedule: 2)" "$tmp/p2.log"
+summary=$(grep '"summary"' "$tmp/p2/metrics.jsonl")
+expect "the summary splits the bubble: the slowest stage's idle share (at most the averaged one) and the imbalance" \
+  python3 -c "import json, sys; d = json.loads(sys.argv[1]); b, s, i = (d['pipeline_bubble_measured'],
+    d['pipeline_bubble_slowest_stage'], d['pipeline_stage_imbalance']); print(b, s, i)
+sys.exit(not (0 <= s <= b + 0.05 and b < 1 and 1 <= i < 3))" "$summary"
+expect "the slowest stage's line" grep -q "^Pipeline: the slowest stage (rank [01]) idles" "$tmp/p2.log"
 timeout 60 "$dagr" infer --checkpoint "$tmp/p2/model.pt" --model mlp --workers 1 > "$tmp/infer.log" 2>&1
 expect "dagr infer (one worker) reads the gathered model: accuracy $acc" grep -q "^accuracy $acc " "$tmp/infer.log"
 timeout 60 "$dagr" infer --checkpoint "$tmp/p2/model.pt" --model mlp --workers 2 --pipeline-parallel 2 \

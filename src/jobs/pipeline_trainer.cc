@@ -402,6 +402,10 @@ int run_pipeline_training(const TrainOptions& o) {
     for (double& e : earlier_sums) e = 0;
     if (position >= per_rank) checkpoint(epoch + 1, 0, none);
     else checkpoint(epoch, position * D, none);
+    // Rank 0 writes the checkpoint (and the metrics) while the others would
+    // start the next epoch: the last stage's first receive would then count
+    // that writing as its step's wait. The ranks start each epoch together.
+    world.barrier();
   }
   const double train_s = seconds_since(train_start);
 
@@ -423,6 +427,22 @@ int run_pipeline_training(const TrainOptions& o) {
                           (t.wall - t.compute - t.recv - t.send) / per_step, (t.step - t.wall) / per_step};
   std::vector<double> breakdown(static_cast<std::size_t>(5 * world.size()));
   world.allgather(std::span<const double>(mine, 5), std::span<double>(breakdown));
+  // The averaged bubble mixes two losses: the fill and drain of the schedule,
+  // and the waits of a faster stage for a slower neighbour (stages cut at
+  // layer boundaries rarely do equal work). The slowest stage (the most
+  // forward and backward per step) never waits for a slower one: its idle
+  // share is the fill and drain the step pays, the figure to set beside
+  // (P−1)/(M+P−1); the imbalance is the slowest stage's work over the mean.
+  int slowest = 0;
+  double work_sum = 0;
+  for (int r = 0; r < world.size(); ++r) {
+    work_sum += breakdown[static_cast<std::size_t>(5 * r)];
+    if (breakdown[static_cast<std::size_t>(5 * r)] > breakdown[static_cast<std::size_t>(5 * slowest)]) slowest = r;
+  }
+  const double* sb = breakdown.data() + 5 * slowest;
+  const double slowest_wall = sb[0] + sb[1] + sb[2] + sb[3];
+  const double bubble_slowest = slowest_wall > 0 ? 1.0 - sb[0] / slowest_wall : 0;
+  const double imbalance = work_sum > 0 ? sb[0] * world.size() / work_sum : 1;
 
   if (groups.data.rank() == 0) gather_stages(model, bounds, groups.pipeline);
   if (rank == 0) {
@@ -437,6 +457,9 @@ int run_pipeline_training(const TrainOptions& o) {
                 "(schedule: %d), peak activation memory %.2f MiB (largest stage)\n",
                 100 * bubble, 100 * exec.simulation().bubble_fraction, static_cast<long long>(peaks[1]),
                 exec.simulation().max_peak_in_flight, static_cast<double>(peaks[0]) / (1 << 20));
+    std::printf("Pipeline: the slowest stage (rank %d) idles %.1f %% of its steps; its forward and backward are "
+                "%.2f× the ranks' mean (the rest of the bubble is faster stages waiting for it)\n",
+                slowest, 100 * bubble_slowest, imbalance);
     for (int r = 0; r < world.size(); ++r) {
       const double* b = breakdown.data() + 5 * r;
       std::printf("Pipeline rank %d (stage %d) per step: %.2f ms forward and backward, %.2f ms in receives, %.2f ms "
@@ -459,6 +482,8 @@ int run_pipeline_training(const TrainOptions& o) {
                               {"test_accuracy", test_accuracy},
                               {"pipeline_bubble_measured", bubble},
                               {"pipeline_bubble_simulated", exec.simulation().bubble_fraction},
+                              {"pipeline_bubble_slowest_stage", bubble_slowest},
+                              {"pipeline_stage_imbalance", imbalance},
                               {"pipeline_peak_in_flight", peaks[1]},
                               {"pipeline_peak_activation_bytes", peaks[0]},
                               {"pipeline_step_ms_per_rank", step_ms}}
