@@ -70,7 +70,9 @@ class CompressHook : public CommHook {
     const std::int64_t exact = type_ == torch::kFloat16 ? 2048 : 256;
     const bool as_digits = bucket.check > 0 && (kBase - 1) * static_cast<std::int64_t>(comm.size()) <= exact;
     torch::Tensor compressed = torch::empty({n + (as_digits ? bucket.check * kDigits : 0)}, buffer.options().dtype(type_));
-    compressed.narrow(0, 0, n).copy_(gradients / comm.size());
+    // Divided in float32 and cast to 16 bits in one pass (no float32 temporary).
+    torch::Tensor head = compressed.narrow(0, 0, n);
+    at::div_out(head, gradients, static_cast<double>(comm.size()));
     if (as_digits) compressed.narrow(0, n, bucket.check * kDigits).copy_(digits_of(check));
     Work work = average_async(comm, compressed, ReduceOp::sum);
     Work check_work = bucket.check > 0 && !as_digits ? average_async(comm, check) : Work();
