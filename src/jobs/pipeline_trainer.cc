@@ -433,13 +433,14 @@ int run_pipeline_training(const TrainOptions& o) {
   // forward and backward per step) never waits for a slower one: its idle
   // share is the fill and drain the step pays, the figure to set beside
   // (P−1)/(M+P−1); the imbalance is the slowest stage's work over the mean.
+  auto row = [&](int r) { return breakdown.data() + 5 * r; };  // rank r's 5 figures
   int slowest = 0;
   double work_sum = 0;
   for (int r = 0; r < world.size(); ++r) {
-    work_sum += breakdown[static_cast<std::size_t>(5 * r)];
-    if (breakdown[static_cast<std::size_t>(5 * r)] > breakdown[static_cast<std::size_t>(5 * slowest)]) slowest = r;
+    work_sum += row(r)[0];
+    if (row(r)[0] > row(slowest)[0]) slowest = r;
   }
-  const double* sb = breakdown.data() + 5 * slowest;
+  const double* sb = row(slowest);
   const double slowest_wall = sb[0] + sb[1] + sb[2] + sb[3];
   const double bubble_slowest = slowest_wall > 0 ? 1.0 - sb[0] / slowest_wall : 0;
   const double imbalance = work_sum > 0 ? sb[0] * world.size() / work_sum : 1;
@@ -461,7 +462,7 @@ int run_pipeline_training(const TrainOptions& o) {
                 "%.2f× the ranks' mean (the rest of the bubble is faster stages waiting for it)\n",
                 slowest, 100 * bubble_slowest, imbalance);
     for (int r = 0; r < world.size(); ++r) {
-      const double* b = breakdown.data() + 5 * r;
+      const double* b = row(r);
       std::printf("Pipeline rank %d (stage %d) per step: %.2f ms forward and backward, %.2f ms in receives, %.2f ms "
                   "in sends, %.2f ms else in the schedule, %.2f ms outside it\n",
                   r, r % P, 1e3 * b[0], 1e3 * b[1], 1e3 * b[2], 1e3 * b[3], 1e3 * b[4]);
@@ -472,9 +473,9 @@ int run_pipeline_training(const TrainOptions& o) {
     // [forward and backward, receives, sends, else in the schedule, outside it] per rank, ms per step.
     nlohmann::json step_ms = nlohmann::json::array();
     for (int r = 0; r < world.size(); ++r) {
-      nlohmann::json row = nlohmann::json::array();
-      for (int i = 0; i < 5; ++i) row.push_back(1e3 * breakdown[static_cast<std::size_t>(5 * r + i)]);
-      step_ms.push_back(row);
+      nlohmann::json ms = nlohmann::json::array();
+      for (int i = 0; i < 5; ++i) ms.push_back(1e3 * row(r)[i]);
+      step_ms.push_back(ms);
     }
     metrics << nlohmann::json{{"summary", true},
                               {"seconds", train_s},
