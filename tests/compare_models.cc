@@ -1,5 +1,5 @@
 // Compares two models saved by `dagr train`, tensor by tensor:
-//   compare_models mlp|cnn A.pt B.pt TOLERANCE
+//   compare_models mlp|cnn|deep-mlp A.pt B.pt TOLERANCE
 // prints the largest absolute difference of any parameter or buffer; exit 0
 // when it is at most TOLERANCE (0: the tensors must be bitwise equal), 1 when
 // not, 2 when a file does not load.
@@ -11,7 +11,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: compare_models mlp|cnn A.pt B.pt TOLERANCE\n");
+    std::fprintf(stderr, "usage: compare_models mlp|cnn|deep-mlp A.pt B.pt TOLERANCE\n");
     return 2;
   }
   const double tolerance = std::atof(argv[4]);

@@ -1,7 +1,8 @@
 // Pipeline parallelism with ranks as threads: the schedules' simulator
 // (bubble, peak in-flight, broken lists caught), the partition, and training
 // through the executor against one process with the same global batch for
-// P = 2, 3, M = 1, 4, GPipe and 1F1B, P × D = 2 × 2, and the CNN.
+// P = 2, 3, M = 1, 4, GPipe and 1F1B, P × D = 2 × 2, the CNN, and stages
+// split by tensor parallelism (P × T = 2 × 2, 2 × 3, P × T × D = 2 × 2 × 2).
 #include <gtest/gtest.h>
 
 #include <mutex>
@@ -9,6 +10,8 @@
 #include "dagr/error.h"
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
+#include "dagr/parallel/tensor_parallel_stage.h"
+#include "dagr/train/checkpoint.h"
 #include "rank_threads.h"
 
 namespace dagr {
@@ -96,13 +99,14 @@ struct Batch {
   torch::Tensor x, y;
 };
 
-// Trains `reference` (the whole model, one process) and P × D threads that
-// run it as a pipeline, K steps of SGD with momentum on the same global
-// batches; each rank's layers must equal the reference's afterwards, and the
-// gathered model on rank 0 too.
+// Trains `reference` (the whole model, one process) and P × T × D threads
+// that run it as a pipeline (with T > 1 each stage split over a tensor group),
+// K steps of SGD with momentum on the same global batches; each rank's layers
+// (gathered over its tensor group) and their momentum must equal the
+// reference's afterwards, and the gathered model on rank 0 too.
 void train_and_compare(torch::nn::Sequential reference, const std::vector<Batch>& batches, int P, int D, int M,
-                       ScheduleKind kind) {
-  SCOPED_TRACE(::testing::Message() << "P " << P << " D " << D << " M " << M << " " << name(kind));
+                       ScheduleKind kind, int T = 1) {
+  SCOPED_TRACE(::testing::Message() << "P " << P << " T " << T << " D " << D << " M " << M << " " << name(kind));
   auto copy = [](const torch::nn::Sequential& m) {
     return torch::nn::Sequential(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(m->clone()));
   };
@@ -114,8 +118,8 @@ void train_and_compare(torch::nn::Sequential reference, const std::vector<Batch>
     ref_opt.step();
   }
   std::mutex clone_lock;
-  run_ranks(P * D, [&](Communicator& world) {
-    auto groups = make_pipeline_groups(world, P);
+  run_ranks(P * T * D, [&](Communicator& world) {
+    auto groups = make_pipeline_groups(world, P, T);
     torch::nn::Sequential model{nullptr};
     {
       std::lock_guard<std::mutex> lock(clone_lock);
@@ -123,7 +127,10 @@ void train_and_compare(torch::nn::Sequential reference, const std::vector<Batch>
     }
     const auto bounds = partition_by_parameters(model, P);
     const int s = groups.pipeline.rank(), d = groups.data.rank();
-    auto stage = make_stage(model, bounds[s]);
+    auto dense_stage = make_stage(model, bounds[s]);
+    std::optional<TensorParallelStage> split;
+    if (T > 1) split.emplace(dense_stage, groups.tensor);
+    auto stage = split ? split->module() : dense_stage;
     PipelineExecutor exec(stage, groups.pipeline, make_schedule(kind, P, M));
     torch::optim::SGD opt(stage->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
     for (const auto& b : batches) {
@@ -143,12 +150,40 @@ void train_and_compare(torch::nn::Sequential reference, const std::vector<Batch>
       average_gradients(*stage, groups.data);
       opt.step();
     }
-    const auto want = make_stage(reference, bounds[s])->parameters(), got = stage->parameters();
+    const auto want_named = make_stage(reference, bounds[s])->named_parameters();
+    const auto want = want_named.values();
+    auto got = stage->parameters();
+    // The momentum under the dense stage's names, gathered as a checkpoint gathers it.
+    torch::OrderedDict<std::string, torch::Tensor> named;
+    for (std::size_t k = 0; k < got.size(); ++k) named.insert(want_named[k].key(), got[k]);
+    auto momentum = optimizer_state(opt, named);
+    if (split) {
+      got = split->gather(got);
+      map_per_element_state(momentum, named, [&](const auto& shards) { return split->gather(shards); });
+    }
+    std::map<std::string, torch::Tensor> want_momentum;
+    {
+      std::lock_guard<std::mutex> lock(clone_lock);
+      want_momentum = optimizer_state(ref_opt, want_named);
+    }
     ASSERT_EQ(want.size(), got.size());
-    for (std::size_t k = 0; k < want.size(); ++k)
+    for (std::size_t k = 0; k < want.size(); ++k) {
       EXPECT_TRUE(torch::allclose(got[k], want[k], 1e-4, 1e-5)) << "stage " << s << " parameter " << k << " differs by "
                                                                 << (got[k] - want[k]).abs().max().item<float>();
-    gather_stages(model, bounds, groups.pipeline);
+      const std::string key = want_named[k].key() + "/momentum_buffer";
+      ASSERT_TRUE(momentum.count(key) && want_momentum.count(key)) << key;
+      EXPECT_TRUE(torch::allclose(momentum[key], want_momentum[key], 1e-4, 1e-5)) << "stage " << s << " " << key;
+    }
+    if (split) {  // and back: this rank's shard of the dense moments is its own
+      const auto own = stage->parameters();
+      map_per_element_state(momentum, named, [&](const auto& whole) { return split->shard(whole); });
+      for (std::size_t k = 0; k < own.size(); ++k)
+        EXPECT_TRUE(torch::equal(momentum[want_named[k].key() + "/momentum_buffer"],
+                                 optimizer_state(opt, named)[want_named[k].key() + "/momentum_buffer"]))
+            << "shard(gather(momentum)) of parameter " << k;
+    }
+    if (split) split->gather_into(dense_stage);
+    if (groups.tensor.rank() == 0) gather_stages(model, bounds, groups.pipeline);
     if (world.rank() == 0) {
       const auto all = model->parameters(), ref = reference->parameters();
       for (std::size_t k = 0; k < all.size(); ++k) EXPECT_TRUE(torch::allclose(all[k], ref[k], 1e-4, 1e-5)) << k;
@@ -187,6 +222,40 @@ TEST(Pipeline, TwoStagesTimesTwoDataRanks) {
     auto model = small_mlp();
     train_and_compare(model, random_batches({8, 12}, 3, 5), 2, 2, 4, kind);
   }
+}
+
+// Tensor parallelism inside the stages: each stage of small_mlp holds one
+// Linear → ReLU → Linear run (T = 3 splits its 16 features 6, 5, 5).
+TEST(Pipeline, StagesSplitByTensorParallelism) {
+  for (auto kind : {ScheduleKind::gpipe, ScheduleKind::one_f_one_b}) {
+    torch::manual_seed(15);
+    auto model = small_mlp();
+    train_and_compare(model, random_batches({8, 12}, 3, 5), 2, 1, 4, kind, /*T=*/2);
+  }
+  torch::manual_seed(16);
+  train_and_compare(small_mlp(), random_batches({8, 12}, 3, 5), 2, 1, 2, ScheduleKind::one_f_one_b, /*T=*/3);
+  torch::manual_seed(17);
+  train_and_compare(small_mlp(), random_batches({8, 12}, 3, 5), 2, 2, 2, ScheduleKind::one_f_one_b, /*T=*/2);
+}
+
+// The CNN's second stage ends in its Linear → ReLU → Linear head: split; the
+// convolutions of the first stage stay whole on both tensor ranks.
+TEST(Pipeline, CnnHeadSplitByTensorParallelism) {
+  torch::manual_seed(18);
+  auto model = models::make_model("cnn");
+  const auto bounds = partition_by_parameters(model, 2);
+  EXPECT_TRUE(splittable_widths(make_stage(model, bounds[0])).empty());
+  EXPECT_EQ(splittable_widths(make_stage(model, bounds[1])), std::vector<std::int64_t>{128});
+  train_and_compare(model, random_batches({4, 1, 28, 28}, 2, 10), 2, 1, 2, ScheduleKind::gpipe, /*T=*/2);
+}
+
+TEST(Pipeline, TensorSplitNeedsARunInsideAStage) {
+  // The 2-layer mlp in 2 stages: its Linears always fall apart.
+  auto mlp = models::make_model("mlp", 32);
+  EXPECT_THROW(check_tensor_split(mlp, partition_by_parameters(mlp, 2), 2), InputError);
+  auto deep = models::make_model("deep-mlp", 8);
+  EXPECT_NO_THROW(check_tensor_split(deep, partition_by_parameters(deep, 2), 8));
+  EXPECT_THROW(check_tensor_split(deep, partition_by_parameters(deep, 2), 9), InputError);  // 8 features over 9 ranks
 }
 
 TEST(Pipeline, CnnInTwoStages) {

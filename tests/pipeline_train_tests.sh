@@ -4,9 +4,12 @@
 # infer` at another layout (one worker) with the test accuracy training
 # reported, and `dagr infer --pipeline-parallel 2` serves it as a pipeline with
 # the same predictions' count; the summary's peak in-flight is the schedule's;
-# resumed from its dense step-20 checkpoint the run ends bitwise where it did; --print-schedule draws the schedule without training; bad
-# pipeline flags (train and infer) fail with one line and exit 2. (P × D = 2 × 2
-# and the other layouts: pipeline_tests, ranks as threads.)
+# resumed from its dense step-20 checkpoint the run ends bitwise where it did;
+# the same with the deep-mlp's stages split by tensor parallelism (P × T =
+# 2 × 2, 4 workers); --print-schedule draws the schedule without training; bad
+# pipeline flags (train and infer) fail with one line and exit 2. (P × D = 2 × 2,
+# P × T × D = 2 × 2 × 2, and the parameters against one process:
+# pipeline_tests, ranks as threads.)
 # Usage: pipeline_train_tests.sh DAGR COMPARE_MODELS
 set -uo pipefail
 dagr=$1 compare_models=$2
@@ -49,6 +52,36 @@ expect "resumed at step 20" grep -q "continuing at epoch 1, sample 1280 of it (s
 diff=$("$compare_models" mlp "$tmp/p2/model.pt" "$tmp/part/model.pt" 0)
 expect "resumed: bitwise the uninterrupted run ($diff)" test $? -eq 0
 
+# Pipeline × tensor parallelism: the deep-mlp (hidden 256: stage 0 holds one
+# Linear → ReLU → Linear run, stage 1 three) in 2 stages of 2 tensor ranks each.
+run_pt() { local out=$1; shift; timeout 120 "$dagr" train --workers 4 --pipeline-parallel 2 --tensor-parallel 2 \
+             --micro-batches 4 --model deep-mlp --hidden 256 --batch-size 64 --epochs 1 --max-steps 80 --lr 0.001 \
+             --checkpoint-every 40 --out "$tmp/$out" "$@" > "$tmp/$out.log" 2>&1; }
+run_pt pt
+expect "P × T = 2 × 2: the run succeeds" test $? -eq 0
+cat "$tmp/pt.log"
+expect "P × T = 2 × 2: the layout line" grep -q "(pipeline-parallel 2 × tensor-parallel 2 × data-parallel 1)" "$tmp/pt.log"
+expect "P × T = 2 × 2: stage 0 splits its run" \
+  grep -q "^dagr train: stage 0: .*, its 1 Linear → ReLU → Linear runs split over 2 ranks" "$tmp/pt.log"
+expect "P × T = 2 × 2: stage 1 splits its three" \
+  grep -q "^dagr train: stage 1: .*, its 3 Linear → ReLU → Linear runs split over 2 ranks" "$tmp/pt.log"
+acc=$(sed -n 's/^Epoch 1: .*test accuracy \([0-9.]*\) .*/\1/p' "$tmp/pt.log")
+expect "P × T = 2 × 2 learns (test accuracy $acc > 0.5 after 80 steps)" awk -v a="$acc" 'BEGIN { exit !(a > 0.5) }'
+timeout 60 "$dagr" infer --checkpoint "$tmp/pt/model.pt" --model deep-mlp --workers 1 > "$tmp/infer-pt1.log" 2>&1
+expect "P × T = 2 × 2: the gathered model.pt in one worker: accuracy $acc" grep -q "^accuracy $acc " "$tmp/infer-pt1.log"
+timeout 60 "$dagr" infer --checkpoint "$tmp/pt/model.pt" --model deep-mlp --workers 4 --pipeline-parallel 2 \
+  --tensor-parallel 2 > "$tmp/infer-pt.log" 2>&1
+cat "$tmp/infer-pt.log"
+expect "dagr infer --pipeline-parallel 2 --tensor-parallel 2 predicts as one worker" \
+  test "$(grep ^accuracy "$tmp/infer-pt.log")" = "$(grep ^accuracy "$tmp/infer-pt1.log")"
+cp -r "$tmp/pt" "$tmp/pt-part"
+rm "$tmp/pt-part/$(ls "$tmp/pt-part" | grep '^checkpoint-' | sort | tail -1)"
+run_pt pt-part --resume
+expect "P × T = 2 × 2: resumed at step 40" grep -q "continuing at epoch 1, sample 2560 of it (step 40)" "$tmp/pt-part.log"
+diff=$("$compare_models" deep-mlp "$tmp/pt/model.pt" "$tmp/pt-part/model.pt" 0)
+expect "P × T = 2 × 2 resumed (Adam's moments gathered and split again): bitwise the uninterrupted run ($diff)" \
+  test $? -eq 0
+
 timeout 30 "$dagr" train --model deep-mlp --hidden 1024 --pipeline-parallel 2 --micro-batches 4 --schedule-pp gpipe \
   --print-schedule > "$tmp/schedule.log" 2>&1
 expect "--print-schedule exits 0" test $? -eq 0
@@ -60,6 +93,9 @@ expect "--print-schedule: the bubble" grep -q "bubble 20.0 %" "$tmp/schedule.log
 bad "more micro-batches than the batch" --pipeline-parallel 2 --micro-batches 65 --batch-size 64
 bad "more stages than layers" --pipeline-parallel 5
 bad "--max-restarts with a pipeline" --pipeline-parallel 2 --max-restarts 1
+bad "--tensor-parallel with the 2-layer mlp's stages" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
+bad "--tensor-parallel wider than the deep-mlp" --workers 4 --pipeline-parallel 2 --tensor-parallel 4 --model deep-mlp \
+  --hidden 3
 # bad_infer NAME FLAGS...: `dagr infer FLAGS` must be refused: exit 2 and one line.
 bad_infer() {
   local name=$1; shift
@@ -71,5 +107,7 @@ bad_infer() {
 }
 bad_infer "--pipeline-parallel 0" --pipeline-parallel 0
 bad_infer "more stages than layers" --workers 5 --pipeline-parallel 5
-bad_infer "with --tensor-parallel" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
+bad_infer "--tensor-parallel with the 2-layer mlp's stages" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
+bad_infer "--pipeline-parallel × --tensor-parallel not dividing the workers" --workers 2 --pipeline-parallel 2 \
+  --tensor-parallel 2
 finish

@@ -19,7 +19,7 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
   app->add_option("--workers", *workers, "Worker processes (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
-  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer (MLP only)")
+  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer: the mlp's, or with --pipeline-parallel each stage's Linear → ReLU → Linear runs")
       ->check(CLI::Range(1, 256));
   app->add_option("--pipeline-parallel", o->pipeline_parallel,
                   "Stages the model is cut into by layer (one rank each); each batch flows through them");
@@ -28,8 +28,9 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
   return {app, [o, workers, argv] {
             train::check_inference_options(*o);  // bad options: one line and exit 2 before any worker starts
-            DAGR_ENFORCE(!job_launcher().empty() || *workers % o->pipeline_parallel == 0, InputError,
-                         "--pipeline-parallel ", o->pipeline_parallel, " does not divide the ", *workers, " workers");
+            DAGR_ENFORCE(!job_launcher().empty() || *workers % (o->pipeline_parallel * o->tensor_parallel) == 0,
+                         InputError, "--pipeline-parallel ", o->pipeline_parallel, " × --tensor-parallel ",
+                         o->tensor_parallel, " does not divide the ", *workers, " workers");
             if (auto status = run_as_workers(*workers, argv)) return *status;
             return train::run_inference(*o);
           }};

@@ -14,6 +14,7 @@
 #include "dagr/error.h"
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
+#include "dagr/parallel/tensor_parallel_stage.h"
 #include "dagr/train/compute_threads.h"
 #include "network.h"
 
@@ -30,9 +31,10 @@ std::pair<double, double> median_p90(std::vector<double> ms) {
   return {at(0.5), at(0.9)};
 }
 
-// --pipeline-parallel P: world rank r is stage r mod P of pipeline r / P (as
-// in training); every rank loads the dense checkpoint and keeps its stage's
-// layers, cut by parameter count. Pipeline d takes batches d, d + D, …, each
+// --pipeline-parallel P (and --tensor-parallel T): the P × T × D layout of
+// training (dagr::make_pipeline_groups); every rank loads the dense checkpoint
+// and keeps its stage's layers, cut by parameter count, and with T > 1 splits
+// their Linear → ReLU → Linear runs over its tensor group. Pipeline d takes batches d, d + D, …, each
 // one micro-batch through PipelineExecutor::forward: a stage receives it,
 // computes its layers and sends the result on asynchronously, then takes its
 // next batch, so that stage s computes batch k + D while stage s + 1 computes
@@ -42,14 +44,18 @@ std::pair<double, double> median_p90(std::vector<double> ms) {
 // time between its outputs.
 int run_pipeline_inference(const InferOptions& o, Communicator& world, const data::ImageSet& test) {
   const int P = o.pipeline_parallel;
-  PipelineGroups groups = make_pipeline_groups(world, P);
-  const int s = groups.pipeline.rank(), D = groups.data.size();
+  PipelineGroups groups = make_pipeline_groups(world, P, o.tensor_parallel);
+  const int s = groups.pipeline.rank(), D = groups.data.size(), T = groups.tensor.size();
   const bool first = s == 0, last = s == P - 1;
   auto model = load_network(o.model, o.checkpoint, make_parallel_groups(world, 1)).dense();
   model->eval();
   const auto bounds = partition_by_parameters(model, P);
-  PipelineExecutor exec(make_stage(model, bounds[static_cast<std::size_t>(s)]), groups.pipeline,
-                        make_schedule(ScheduleKind::gpipe, P, 1));
+  auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
+  if (T > 1) {
+    check_tensor_split(model, bounds, T);
+    stage = TensorParallelStage(stage, groups.tensor).module();
+  }
+  PipelineExecutor exec(stage, groups.pipeline, make_schedule(ScheduleKind::gpipe, P, 1));
   const std::int64_t n = test.images.size(0);
   const std::int64_t batches = (n + o.batch_size - 1) / o.batch_size;
   std::vector<double> intervals_ms;
@@ -60,7 +66,7 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
   for (std::int64_t k = groups.data.rank(); k < batches; k += D) {
     const std::int64_t begin = k * o.batch_size, len = std::min(o.batch_size, n - begin);
     const auto out = exec.forward(first ? test.images.narrow(0, begin, len) : torch::Tensor());
-    if (!last) continue;
+    if (!last || groups.tensor.rank() != 0) continue;  // a tensor group's ranks hold the same output
     const auto now = Clock::now();
     intervals_ms.push_back(std::chrono::duration<double, std::milli>(now - previous).count());
     previous = now;
@@ -70,13 +76,13 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
   world.barrier();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   world.allreduce(std::span<std::int64_t>(counts, 2));
-  // The first pipeline's last stage (world rank P − 1) tells rank 0 its intervals' median and p90.
-  const auto [median, p90] = median_p90(world.rank() == P - 1 ? intervals_ms : std::vector<double>());
+  // The first pipeline's last stage (world rank (P − 1)·T) tells rank 0 its intervals' median and p90.
+  const auto [median, p90] = median_p90(world.rank() == (P - 1) * T ? intervals_ms : std::vector<double>());
   double figures[2] = {median, p90};
   world.allreduce(std::span<double>(figures, 2), ReduceOp::max);
   if (world.rank() == 0) {
-    std::printf("dagr infer: %s from %s on %d workers (pipeline-parallel %d × data-parallel %d)\n", o.model.c_str(),
-                o.checkpoint.c_str(), world.size(), P, D);
+    std::printf("dagr infer: %s from %s on %d workers (pipeline-parallel %d × tensor-parallel %d × data-parallel %d)\n",
+                o.model.c_str(), o.checkpoint.c_str(), world.size(), P, T, D);
     for (int k = 0; k < P; ++k)
       std::printf("dagr infer: stage %d: layers %d..%d\n", k, bounds[static_cast<std::size_t>(k)].begin,
                   bounds[static_cast<std::size_t>(k)].end - 1);
@@ -94,9 +100,13 @@ void check_inference_options(const InferOptions& o) {
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
   DAGR_ENFORCE(o.pipeline_parallel >= 1, InputError, "--pipeline-parallel must be at least 1, not ",
                o.pipeline_parallel);
-  DAGR_ENFORCE(o.pipeline_parallel == 1 || o.tensor_parallel == 1, InputError,
-               "--pipeline-parallel cannot be combined with --tensor-parallel (a stage is not split further)");
   const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
+  if (o.pipeline_parallel > 1 && o.tensor_parallel > 1) {
+    // On the cut of this model as wide as the group: the checkpoint's width is
+    // not known yet (each rank checks its own cut again once it is loaded).
+    auto model = models::make_model(o.model, o.tensor_parallel);
+    check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
+  }
   DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
                o.model, " has only ", layers, " layers to cut into stages");
 }

@@ -19,8 +19,8 @@ struct InferOptions {
 };
 
 // InputError for options no run can use: --pipeline-parallel below 1, above
-// the model's layers, or beside --tensor-parallel above 1. `dagr infer` calls
-// it before starting its workers.
+// the model's layers, or beside --tensor-parallel above 1 with no stage that
+// tensor parallelism could split. `dagr infer` calls it before starting its workers.
 void check_inference_options(const InferOptions& options);
 
 // Runs this process's rank; rank 0 prints accuracy, throughput and latency. Returns the exit status.

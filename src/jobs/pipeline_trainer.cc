@@ -1,20 +1,24 @@
 // One rank of `dagr train --pipeline-parallel P` (dagr/parallel/pipeline.h):
-//   join the group → P × D layout (stage = rank mod P) → build the whole
-//   model from the seed (the same on every rank), keep this stage's layers →
+//   join the group → P × T × D layout (dagr::make_pipeline_groups) → build
+//   the whole model from the seed (the same on every rank), keep this stage's
+//   layers, and with --tensor-parallel T split their Linear → ReLU → Linear
+//   runs over the stage's tensor group (dagr/parallel/tensor_parallel_stage.h) →
 //   each step: the pipeline's batch (its data rank's shard of the epoch) cut
 //   into M micro-batches; the first stage feeds the images, the last computes
 //   the loss of each micro-batch (its share of the batch's mean) → the
 //   schedule's actions → gradients averaged over the stage's data group →
 //   optimizer step → after each epoch, test accuracy through the pipeline
-//   (forward only) → the pipeline's rank 0 gathers the stages into the dense
-//   model and saves it (model.pt loads in `dagr infer` at any layout).
+//   (forward only) → the split stages gather their shards over their tensor
+//   groups, the pipeline's rank 0 gathers the stages into the dense model and
+//   saves it (model.pt loads in `dagr infer` at any layout).
 // Training-state checkpoints (dagr/train/checkpoint.h) every --checkpoint-every
-// steps and after every epoch are dense too: the first pipeline's stages send
-// their layers and their optimizer state to world rank 0, which writes them
-// under the dense model's names, so that --resume continues from them at any
-// layout (this one, another P, or plain `dagr train`) and so does plain
-// `dagr train --resume` with the checkpoint of a pipeline. Restarts and elastic
-// recovery are not here (check_pipeline_options refuses them).
+// steps and after every epoch are dense too: the first pipeline's stages
+// (tensor rank 0, after the gather) send their layers and their optimizer
+// state to world rank 0, which writes them under the dense model's names, so
+// that --resume continues from them at any layout (this one, another P or T,
+// or plain `dagr train`) and so does plain `dagr train --resume` with the
+// checkpoint of a pipeline. Restarts and elastic recovery are not here
+// (check_pipeline_options refuses them).
 #include "pipeline_trainer.h"
 
 #include <malloc.h>
@@ -32,6 +36,7 @@
 #include "dagr/launch/standby.h"
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
+#include "dagr/parallel/tensor_parallel_stage.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/sampler.h"
@@ -79,7 +84,7 @@ std::vector<StageBounds> choose_bounds(const TrainOptions& o, torch::nn::Sequent
   return bounds;
 }
 
-std::int64_t parameter_count(torch::nn::Module& m) {
+std::int64_t parameter_count(const torch::nn::Module& m) {
   std::int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel();
   return n;
@@ -96,7 +101,7 @@ double evaluate_pipeline(PipelineExecutor& exec, const torch::Tensor& images, co
   for (std::int64_t i = 0; i < idx.numel(); i += 1000) {
     const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
     const auto out = exec.forward(groups.pipeline.rank() == 0 ? images.index_select(0, part) : torch::Tensor());
-    if (last) {
+    if (last && groups.tensor.rank() == 0) {  // a tensor group's ranks all hold the same output
       counts[0] += out.argmax(1).eq(labels.index_select(0, part)).sum().item<std::int64_t>();
       counts[1] += part.numel();
     }
@@ -117,16 +122,42 @@ torch::OrderedDict<std::string, torch::Tensor> stage_parameters(const torch::nn:
   return named;
 }
 
+// The parameters the optimizer holds (the split stage's, with --tensor-parallel)
+// under the dense model's names of layers [b.begin, b.end).
+torch::OrderedDict<std::string, torch::Tensor> trained_parameters(const torch::nn::Sequential& model, StageBounds b,
+                                                                  const std::optional<TensorParallelStage>& split) {
+  auto named = stage_parameters(model, b);
+  if (!split) return named;
+  const auto shards = split->module()->parameters();
+  DAGR_ENFORCE(shards.size() == named.size(), Error, "the split stage has ", shards.size(), " parameters, not ",
+               named.size());
+  torch::OrderedDict<std::string, torch::Tensor> mapped;
+  for (std::size_t i = 0; i < shards.size(); ++i) mapped.insert(named[i].key(), shards[i]);
+  return mapped;
+}
+
+// This stage's optimizer state under the dense names, dense-shaped: a split
+// stage's moments are gathered over its tensor group (collective there).
+std::map<std::string, torch::Tensor> stage_optimizer_state(torch::optim::Optimizer& optimizer,
+                                                           const torch::nn::Sequential& model, StageBounds b,
+                                                           std::optional<TensorParallelStage>& split) {
+  const auto named = trained_parameters(model, b, split);
+  auto state = optimizer_state(optimizer, named);
+  if (split) map_per_element_state(state, named, [&](const auto& shards) { return split->gather(shards); });
+  return state;
+}
+
 // The dense checkpoint's model and optimizer state on the pipeline's rank 0
 // (collective over the pipeline): gather_stages copies every stage's layers
-// into its `model`, and every other stage sends its optimizer state (named
-// as the dense model's parameters) as an encoded checkpoint's bytes.
+// into its `model`, and every other stage sends `stage_state` (its optimizer
+// state, named as the dense model's parameters) as an encoded checkpoint's bytes.
 void gather_training_state(torch::nn::Sequential& model, const std::vector<StageBounds>& bounds,
-                           torch::optim::Optimizer& optimizer, Communicator& pipeline, TrainingCheckpoint& c) {
+                           std::map<std::string, torch::Tensor> stage_state, Communicator& pipeline,
+                           TrainingCheckpoint& c) {
   const int s = pipeline.rank();
   gather_stages(model, bounds, pipeline);
   TrainingCheckpoint mine;
-  mine.optimizer = optimizer_state(optimizer, stage_parameters(model, bounds[static_cast<std::size_t>(s)]));
+  mine.optimizer = std::move(stage_state);
   if (s != 0) {
     const std::vector<std::uint8_t> bytes = encode_checkpoint(mine);
     const auto size = static_cast<std::int64_t>(bytes.size());
@@ -177,8 +208,7 @@ void check_pipeline_options(const TrainOptions& o) {
   }
   DAGR_ENFORCE(o.micro_batches <= o.batch_size, InputError, "--micro-batches ", o.micro_batches,
                " is more than the batch of ", o.batch_size);
-  const char* refused = o.tensor_parallel > 1          ? "--tensor-parallel"
-                        : o.dp_clip > 0                ? "--dp-clip"
+  const char* refused = o.dp_clip > 0                  ? "--dp-clip"
                         : o.secure_clip > 0            ? "--secure-aggregation"
                         : o.elastic                    ? "--elastic"
                         : o.max_restarts > 0           ? "--max-restarts"
@@ -187,6 +217,12 @@ void check_pipeline_options(const TrainOptions& o) {
   const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
   DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
                o.model, " has only ", layers, " layers to cut into stages");
+  // Before any worker starts, on the cut by parameters (--pipeline-balance
+  // time cuts where it measures; each rank checks that cut again).
+  if (o.tensor_parallel > 1) {
+    auto model = models::make_model(o.model, o.hidden);
+    check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
+  }
 }
 
 std::string pipeline_schedule_text(const TrainOptions& o) {
@@ -218,21 +254,32 @@ int run_pipeline_training(const TrainOptions& o) {
   Communicator world = Communicator::from_env();
   const int rank = world.rank(), P = o.pipeline_parallel, M = o.micro_batches;
   torch::manual_seed(o.seed);
-  PipelineGroups groups = make_pipeline_groups(world, P);
-  const int s = groups.pipeline.rank(), D = groups.data.size();
+  PipelineGroups groups = make_pipeline_groups(world, P, o.tensor_parallel);
+  const int s = groups.pipeline.rank(), D = groups.data.size(), T = groups.tensor.size();
   const bool first = s == 0, last = s == P - 1;
   auto model = models::make_model(o.model, o.hidden);  // the same on every rank: the seed is
+  // --resume: every rank loads the whole model (it holds all layers, trains its
+  // own) and, below, its stage's share of the optimizer state, by the dense names.
+  const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(world, o.out) : std::nullopt;
+  if (resumed) load_module_state(*model, resumed->model);
   const auto bounds = choose_bounds(o, model, world, data::normalize_images(train.images.narrow(0, 0, std::max<std::int64_t>(o.batch_size / M, 1))));
-  auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
+  const StageBounds own = bounds[static_cast<std::size_t>(s)];
+  auto dense_stage = make_stage(model, own);
+  // --tensor-parallel T: the stage's Linear → ReLU → Linear runs split over its tensor group.
+  std::optional<TensorParallelStage> split;
+  if (T > 1) {
+    check_tensor_split(model, bounds, T);
+    split.emplace(dense_stage, groups.tensor);
+  }
+  auto stage = split ? split->module() : dense_stage;
   PipelineExecutor exec(stage, groups.pipeline, make_schedule(parse_schedule_kind(o.schedule_pp), P, M),
                         /*measure_memory=*/true);
   auto optimizer = make_optimizer(o, *stage);
-  // --resume: every rank loads the whole model (it holds all layers, trains its
-  // own) and its stage's share of the optimizer state, by the dense names.
-  const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(world, o.out) : std::nullopt;
   if (resumed) {
-    load_module_state(*model, resumed->model);
-    load_optimizer_state(*optimizer, stage_parameters(model, bounds[static_cast<std::size_t>(s)]), resumed->optimizer);
+    const auto named = trained_parameters(model, own, split);
+    auto state = resumed->optimizer;
+    if (split) map_per_element_state(state, named, [&](const auto& whole) { return split->shard(whole); });
+    load_optimizer_state(*optimizer, named, state);
   }
   const std::uint64_t sampler_seed = resumed ? resumed->sampler_seed : o.seed;
   DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = groups.data.rank(), .world_size = D,
@@ -269,14 +316,20 @@ int run_pipeline_training(const TrainOptions& o) {
     for (const std::string& line : metrics_lines) metrics << line << '\n';
     metrics.flush();
     const auto& sim = exec.simulation();
-    std::printf("dagr train: %s on %lld samples, %d workers (pipeline-parallel %d × data-parallel %d) × batch %lld "
-                "in %d micro-batches, %s lr %g, %d epochs\n",
-                o.model.c_str(), static_cast<long long>(train.images.size(0)), world.size(), P, D,
+    std::printf("dagr train: %s on %lld samples, %d workers (pipeline-parallel %d × tensor-parallel %d × data-parallel "
+                "%d) × batch %lld in %d micro-batches, %s lr %g, %d epochs\n",
+                o.model.c_str(), static_cast<long long>(train.images.size(0)), world.size(), P, T, D,
                 static_cast<long long>(batch), M, o.optimizer.c_str(), o.lr, o.epochs);
-    for (int k = 0; k < P; ++k)
-      std::printf("dagr train: stage %d: layers %d..%d, %lld parameters\n", k, bounds[static_cast<std::size_t>(k)].begin,
-                  bounds[static_cast<std::size_t>(k)].end - 1,
-                  static_cast<long long>(parameter_count(*make_stage(model, bounds[static_cast<std::size_t>(k)]))));
+    for (int k = 0; k < P; ++k) {
+      const auto layers = make_stage(model, bounds[static_cast<std::size_t>(k)]);
+      const std::string split_text =
+          T > 1 ? detail::concat(", its ", splittable_widths(layers).size(), " Linear → ReLU → Linear runs split over ",
+                                 T, " ranks")
+                : "";
+      std::printf("dagr train: stage %d: layers %d..%d, %lld parameters%s\n", k,
+                  bounds[static_cast<std::size_t>(k)].begin, bounds[static_cast<std::size_t>(k)].end - 1,
+                  static_cast<long long>(parameter_count(*layers)), split_text.c_str());
+    }
     std::printf("dagr train: %s schedule simulated: bubble %.1f %%, peak in-flight micro-batches %d\n",
                 o.schedule_pp.c_str(), 100 * sim.bubble_fraction, sim.max_peak_in_flight);
     if (o.resume && !resumed) std::printf("dagr train: no checkpoint in %s, starting from the beginning\n", o.out.c_str());
@@ -298,7 +351,11 @@ int run_pipeline_training(const TrainOptions& o) {
     double sums[3] = {local_sums[0], local_sums[1], local_sums[2]};
     world.allreduce(std::span<double>(sums, 3));
     TrainingCheckpoint c;
-    if (groups.data.rank() == 0) gather_training_state(model, bounds, *optimizer, groups.pipeline, c);
+    if (groups.data.rank() == 0) {
+      auto state = stage_optimizer_state(*optimizer, model, own, split);
+      if (split) split->gather_into(dense_stage);
+      if (groups.tensor.rank() == 0) gather_training_state(model, bounds, std::move(state), groups.pipeline, c);
+    }
     if (rank == 0) {
       c.epoch = epoch;
       c.samples_in_epoch = samples_in_epoch;
@@ -345,7 +402,7 @@ int run_pipeline_training(const TrainOptions& o) {
       });
       average_gradients(*stage, groups.data);
       optimizer->step();
-      if (last) {
+      if (last && groups.tensor.rank() == 0) {  // the tensor group's ranks computed the same loss
         sums[0] += stats.loss * static_cast<double>(n);
         for (int i = 0; i < M; ++i)
           sums[1] += static_cast<double>(
@@ -417,8 +474,8 @@ int run_pipeline_training(const TrainOptions& o) {
   std::int64_t peaks[2] = {peak_bytes, peak_in_flight};
   world.allreduce(std::span<std::int64_t>(peaks, 2), ReduceOp::max);
   const double bubble = figures[0] / world.size();
-  // Each pipeline trains its own samples; its ranks share them (and each ranks' step time is the pipeline's).
-  const double throughput = figures[1] > 0 ? figures[2] / P / (figures[1] / world.size()) : 0;
+  // Each pipeline trains its own samples; its P·T ranks share them (and each rank's step time is the pipeline's).
+  const double throughput = figures[1] > 0 ? figures[2] / (P * T) / (figures[1] / world.size()) : 0;
   // Where each rank's step goes, per step: forward and backward, receive
   // actions (waiting included), sends, the rest of the schedule's time, and
   // outside the schedule (the batch's preparation, the gradient average, the optimizer).
@@ -445,7 +502,10 @@ int run_pipeline_training(const TrainOptions& o) {
   const double bubble_slowest = slowest_wall > 0 ? 1.0 - sb[0] / slowest_wall : 0;
   const double imbalance = work_sum > 0 ? sb[0] * world.size() / work_sum : 1;
 
-  if (groups.data.rank() == 0) gather_stages(model, bounds, groups.pipeline);
+  if (groups.data.rank() == 0) {
+    if (split) split->gather_into(dense_stage);
+    if (groups.tensor.rank() == 0) gather_stages(model, bounds, groups.pipeline);
+  }
   if (rank == 0) {
     const std::string path = o.out + "/model.pt";
     torch::save(model, path + ".tmp");
@@ -465,7 +525,7 @@ int run_pipeline_training(const TrainOptions& o) {
       const double* b = row(r);
       std::printf("Pipeline rank %d (stage %d) per step: %.2f ms forward and backward, %.2f ms in receives, %.2f ms "
                   "in sends, %.2f ms else in the schedule, %.2f ms outside it\n",
-                  r, r % P, 1e3 * b[0], 1e3 * b[1], 1e3 * b[2], 1e3 * b[3], 1e3 * b[4]);
+                  r, r / T % P, 1e3 * b[0], 1e3 * b[1], 1e3 * b[2], 1e3 * b[3], 1e3 * b[4]);
     }
     std::printf("Checkpoints: %lld, %.1f ms each (dense, written by rank 0)\n", static_cast<long long>(checkpoints),
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));

@@ -1,6 +1,7 @@
 // `dagr train --pipeline-parallel P`: the training job with the model cut into
-// P stages (dagr/parallel/pipeline.h), composed with data parallelism over
-// the remaining world / P ranks.
+// P stages (dagr/parallel/pipeline.h), each split over T ranks with
+// --tensor-parallel T (dagr/parallel/tensor_parallel_stage.h), composed with
+// data parallelism over the remaining world / (P·T) ranks.
 #pragma once
 
 #include <string>
@@ -10,9 +11,9 @@
 namespace dagr::train {
 
 // InputError for pipeline options no run can use (P or M below 1, an unknown
-// schedule, more micro-batches than the batch, more stages than layers, or a
-// feature the pipeline job does not have: tensor parallelism, DP-SGD, secure
-// aggregation, elastic recovery, restarts).
+// schedule, more micro-batches than the batch, more stages than layers,
+// --tensor-parallel with no stage it could split, or a feature the pipeline
+// job does not have: DP-SGD, secure aggregation, elastic recovery, restarts).
 void check_pipeline_options(const TrainOptions& options);
 
 // What --print-schedule shows: the stages, each rank's action list, and the

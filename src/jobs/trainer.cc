@@ -127,11 +127,6 @@ torch::OrderedDict<std::string, torch::Tensor> dense_named_parameters(Network& n
   return named;
 }
 
-// Optimizer state kept per element of a parameter (shaped like it): gathered
-// into dense tensors for a checkpoint, split again on resume. Counts (Adam's
-// step) and learning rates are the same on every shard and pass as they are.
-constexpr const char* kPerElementState[] = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-
 // The checkpoint of this step (collective: tensor-parallel shards are gathered).
 TrainingCheckpoint capture(Network& net, torch::optim::Optimizer& optimizer, const Progress& p) {
   TrainingCheckpoint c;
@@ -150,16 +145,8 @@ TrainingCheckpoint capture(Network& net, torch::optim::Optimizer& optimizer, con
   c.model = module_state(*dense);
   const auto named = dense_named_parameters(net, dense);
   c.optimizer = optimizer_state(optimizer, named);
-  for (const char* kind : kPerElementState) {
-    std::vector<torch::Tensor> shards;
-    for (const auto& item : named) {
-      const auto it = c.optimizer.find(item.key() + "/" + kind);
-      if (it != c.optimizer.end()) shards.push_back(it->second);
-    }
-    if (shards.size() != named.size()) continue;  // this optimizer keeps no such state (yet)
-    const auto gathered = gather_like_parameters(net, shards);
-    for (std::size_t i = 0; i < named.size(); ++i) c.optimizer[named[i].key() + "/" + kind] = gathered[i];
-  }
+  // Optimizer moments are sharded like their parameters: gathered to the dense form.
+  map_per_element_state(c.optimizer, named, [&](const auto& shards) { return gather_like_parameters(net, shards); });
   return c;
 }
 
@@ -177,16 +164,7 @@ void restore_optimizer(Network& net, torch::optim::Optimizer& optimizer, const T
   auto dense = net.dense();
   const auto named = dense_named_parameters(net, dense);
   std::map<std::string, torch::Tensor> state = c.optimizer;
-  for (const char* kind : kPerElementState) {
-    std::vector<torch::Tensor> whole;
-    for (const auto& item : named) {
-      const auto it = state.find(item.key() + "/" + kind);
-      if (it != state.end()) whole.push_back(it->second);
-    }
-    if (whole.size() != named.size()) continue;
-    const auto shards = shard_like_parameters(net, whole);
-    for (std::size_t i = 0; i < named.size(); ++i) state[named[i].key() + "/" + kind] = shards[i];
-  }
+  map_per_element_state(state, named, [&](const auto& whole) { return shard_like_parameters(net, whole); });
   load_optimizer_state(optimizer, named, state);
 }
 

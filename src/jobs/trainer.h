@@ -19,7 +19,7 @@ struct TrainOptions {
   std::string schedule = "cosine";  // learning rate: "cosine" decays to 0 over the run, "constant"
   std::uint64_t seed = 0;
   int threads = 1;           // compute threads per worker
-  int tensor_parallel = 1;   // ranks that split the MLP's layers; the rest is data parallel
+  int tensor_parallel = 1;   // ranks that split the MLP's (or each stage's) layers; the rest is data parallel
   // pipeline_parallel > 1: the model cut by layer into that many stages, each batch in
   // micro_batches micro-batches, run by schedule_pp (gpipe, 1f1b); the stages are cut by
   // parameter count or by measured time (pipeline_balance). See pipeline_trainer.h.

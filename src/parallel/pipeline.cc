@@ -104,13 +104,15 @@ torch::nn::Sequential make_stage(const torch::nn::Sequential& model, StageBounds
   return stage;
 }
 
-PipelineGroups make_pipeline_groups(Communicator& world, int stages) {
-  DAGR_ENFORCE(stages >= 1 && world.size() % stages == 0, InputError, "--pipeline-parallel ", stages,
+PipelineGroups make_pipeline_groups(Communicator& world, int stages, int tensor) {
+  DAGR_ENFORCE(stages >= 1 && tensor >= 1 && world.size() % (stages * tensor) == 0, InputError,
+               "--pipeline-parallel ", stages, tensor > 1 ? detail::concat(" × --tensor-parallel ", tensor) : "",
                " does not divide the ", world.size(), " workers");
-  const int stage = world.rank() % stages, pipeline = world.rank() / stages;
-  auto pipe = world.split(pipeline, stage);
-  auto data = world.split(stage, pipeline);
-  return {*pipe, *data};
+  const int t = world.rank() % tensor, s = world.rank() / tensor % stages, d = world.rank() / (tensor * stages);
+  auto pipe = world.split(d * tensor + t, s);
+  auto data = world.split(s * tensor + t, d);
+  auto split = world.split(d * stages + s, t);
+  return {*pipe, *data, *split};
 }
 
 PipelineExecutor::PipelineExecutor(torch::nn::Sequential stage, Communicator pipeline, PipelineSchedule schedule,

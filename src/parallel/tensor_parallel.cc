@@ -113,15 +113,36 @@ Shard shard_of(std::int64_t total, int ranks, int rank) {
   return {rank * base + std::min<std::int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
 }
 
+torch::Tensor gather_along(const torch::Tensor& local, std::int64_t dim, std::int64_t total, Communicator& group) {
+  const std::int64_t last = local.dim() - 1;
+  if (dim == last || dim == -1) return gather_last_dim(local.contiguous(), total, group);
+  return gather_last_dim(local.transpose(dim, last).contiguous(), total, group).transpose(dim, last).contiguous();
+}
+
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(std::int64_t in, std::int64_t out, Communicator group,
                                                    bool gather_output)
     : in_(in), out_(out), group_(group), gather_output_(gather_output) {
   DAGR_ENFORCE(out >= group.size(), InputError, "ColumnParallelLinear: ", out, " output features cannot be split over ",
                group.size(), " ranks");
-  const Shard s = shard_of(out, group.size(), group.rank());
-  weight = register_parameter("weight", torch::empty({s.length, in}));
-  bias = register_parameter("bias", torch::empty({s.length}));
   auto [w, b] = dense_init(in, out, group_);
+  register_shard(w, b);
+}
+
+ColumnParallelLinearImpl::ColumnParallelLinearImpl(const torch::Tensor& weight, const torch::Tensor& bias,
+                                                   Communicator group, bool gather_output)
+    : in_(weight.dim() == 2 ? weight.size(1) : 0),
+      out_(weight.dim() == 2 ? weight.size(0) : 0),
+      group_(group),
+      gather_output_(gather_output) {
+  DAGR_ENFORCE(out_ >= group.size(), InputError, "ColumnParallelLinear: a weight of ", weight.sizes(),
+               " cannot be split by rows over ", group.size(), " ranks");
+  register_shard(weight, bias);
+}
+
+void ColumnParallelLinearImpl::register_shard(const torch::Tensor& w, const torch::Tensor& b) {
+  const Shard s = shard_of(out_, group_.size(), group_.rank());
+  weight = register_parameter("weight", torch::empty({s.length, in_}));
+  bias = register_parameter("bias", torch::empty({s.length}));
   load_dense(w, b);
 }
 
@@ -135,8 +156,7 @@ void ColumnParallelLinearImpl::load_dense(const torch::Tensor& w, const torch::T
 
 std::pair<torch::Tensor, torch::Tensor> ColumnParallelLinearImpl::gather_dense() {
   torch::NoGradGuard no_grad;
-  return {gather_last_dim(weight.t().contiguous(), out_, group_).t().contiguous(),
-          gather_last_dim(bias.reshape({1, -1}).contiguous(), out_, group_).reshape({out_})};
+  return {gather_along(weight, 0, out_, group_), gather_along(bias, 0, out_, group_)};
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
@@ -149,10 +169,25 @@ RowParallelLinearImpl::RowParallelLinearImpl(std::int64_t in, std::int64_t out, 
     : in_(in), out_(out), group_(group), input_is_parallel_(input_is_parallel) {
   DAGR_ENFORCE(in >= group.size(), InputError, "RowParallelLinear: ", in, " input features cannot be split over ",
                group.size(), " ranks");
-  const Shard s = shard_of(in, group.size(), group.rank());
-  weight = register_parameter("weight", torch::empty({out, s.length}));
-  bias = register_parameter("bias", torch::empty({out}));
   auto [w, b] = dense_init(in, out, group_);
+  register_shard(w, b);
+}
+
+RowParallelLinearImpl::RowParallelLinearImpl(const torch::Tensor& weight, const torch::Tensor& bias,
+                                             Communicator group, bool input_is_parallel)
+    : in_(weight.dim() == 2 ? weight.size(1) : 0),
+      out_(weight.dim() == 2 ? weight.size(0) : 0),
+      group_(group),
+      input_is_parallel_(input_is_parallel) {
+  DAGR_ENFORCE(in_ >= group.size(), InputError, "RowParallelLinear: a weight of ", weight.sizes(),
+               " cannot be split by columns over ", group.size(), " ranks");
+  register_shard(weight, bias);
+}
+
+void RowParallelLinearImpl::register_shard(const torch::Tensor& w, const torch::Tensor& b) {
+  const Shard s = shard_of(in_, group_.size(), group_.rank());
+  weight = register_parameter("weight", torch::empty({out_, s.length}));
+  bias = register_parameter("bias", torch::empty({out_}));
   load_dense(w, b);
 }
 
@@ -166,7 +201,7 @@ void RowParallelLinearImpl::load_dense(const torch::Tensor& w, const torch::Tens
 
 std::pair<torch::Tensor, torch::Tensor> RowParallelLinearImpl::gather_dense() {
   torch::NoGradGuard no_grad;
-  return {gather_last_dim(weight.contiguous(), in_, group_), bias.clone()};
+  return {gather_along(weight, 1, in_, group_), bias.clone()};
 }
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x) {

@@ -313,4 +313,20 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer,
   }
 }
 
+void map_per_element_state(std::map<std::string, torch::Tensor>& state,
+                           const torch::OrderedDict<std::string, torch::Tensor>& params, const TensorsMap& map) {
+  for (const char* kind : {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
+    std::vector<torch::Tensor> tensors;
+    for (const auto& item : params) {
+      const auto it = state.find(item.key() + "/" + kind);
+      if (it != state.end()) tensors.push_back(it->second);
+    }
+    if (tensors.empty() || tensors.size() != params.size()) continue;
+    const auto mapped = map(tensors);
+    DAGR_ENFORCE(mapped.size() == params.size(), Error, "map_per_element_state: ", mapped.size(), " tensors back for ",
+                 params.size());
+    for (std::size_t i = 0; i < params.size(); ++i) state[params[i].key() + "/" + kind] = mapped[i];
+  }
+}
+
 }  // namespace dagr

@@ -52,15 +52,20 @@ std::vector<StageBounds> partition_by_time(const torch::nn::Sequential& model, c
 // stage trains those layers of `model`.
 torch::nn::Sequential make_stage(const torch::nn::Sequential& model, StageBounds bounds);
 
-// World rank r is stage r mod P of pipeline r / P: consecutive ranks form a
-// pipeline and share a batch; ranks with the same stage form its data group,
-// which averages that stage's gradients. Collective over `world`; InputError
-// when P does not divide the world size.
+// World rank r is tensor rank t = r mod T of stage s = (r / T) mod P of
+// pipeline d = r / (T·P): the T ranks of a stage are neighbours (they talk
+// most), consecutive stages follow, and each pipeline shares a batch. The
+// pipeline group links the stages of one pipeline with the same t; the tensor
+// group splits a stage's layers (dagr/parallel/tensor_parallel_stage.h); the
+// data group joins the ranks with the same s and t, which average that part's
+// gradients. With T = 1 (no tensor parallelism) rank r is stage r mod P.
+// Collective over `world`; InputError when P·T does not divide the world size.
 struct PipelineGroups {
   Communicator pipeline;  // size P, rank = stage
-  Communicator data;      // size world / P
+  Communicator data;      // size world / (P·T)
+  Communicator tensor;    // size T
 };
-PipelineGroups make_pipeline_groups(Communicator& world, int stages);
+PipelineGroups make_pipeline_groups(Communicator& world, int stages, int tensor = 1);
 
 struct PipelineStepStats {
   int peak_in_flight = 0;         // most micro-batches forwarded and not yet backwarded, at once

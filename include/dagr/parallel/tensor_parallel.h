@@ -25,9 +25,17 @@ struct Shard {
 };
 Shard shard_of(std::int64_t total, int ranks, int rank);
 
+// Every rank's slice of dimension `dim` (shard_of(total, …) each), joined in
+// rank order: the dense tensor (collective over `group`).
+torch::Tensor gather_along(const torch::Tensor& local, std::int64_t dim, std::int64_t total, Communicator& group);
+
 class ColumnParallelLinearImpl : public torch::nn::Module {
  public:
   ColumnParallelLinearImpl(std::int64_t in, std::int64_t out, Communicator group, bool gather_output = true);
+  // This rank's rows of a dense layer's [out, in] weight and [out] bias
+  // (every rank of the group passes the same ones; nothing is drawn or sent).
+  ColumnParallelLinearImpl(const torch::Tensor& weight, const torch::Tensor& bias, Communicator group,
+                           bool gather_output = true);
   torch::Tensor forward(const torch::Tensor& x);
   // Takes this rank's rows of a dense [out, in] weight and [out] bias.
   void load_dense(const torch::Tensor& weight, const torch::Tensor& bias);
@@ -37,6 +45,7 @@ class ColumnParallelLinearImpl : public torch::nn::Module {
   torch::Tensor weight, bias;  // this rank's shard: [out_i, in], [out_i]
 
  private:
+  void register_shard(const torch::Tensor& weight, const torch::Tensor& bias);  // and load it
   std::int64_t in_, out_;
   Communicator group_;
   bool gather_output_;
@@ -46,6 +55,9 @@ TORCH_MODULE(ColumnParallelLinear);
 class RowParallelLinearImpl : public torch::nn::Module {
  public:
   RowParallelLinearImpl(std::int64_t in, std::int64_t out, Communicator group, bool input_is_parallel = false);
+  // This rank's columns of a dense layer's weight, and its whole bias.
+  RowParallelLinearImpl(const torch::Tensor& weight, const torch::Tensor& bias, Communicator group,
+                        bool input_is_parallel = false);
   torch::Tensor forward(const torch::Tensor& x);
   void load_dense(const torch::Tensor& weight, const torch::Tensor& bias);  // this rank's columns
   std::pair<torch::Tensor, torch::Tensor> gather_dense();
@@ -53,6 +65,7 @@ class RowParallelLinearImpl : public torch::nn::Module {
   torch::Tensor weight, bias;  // [out, in_i], [out] (the same on every rank)
 
  private:
+  void register_shard(const torch::Tensor& weight, const torch::Tensor& bias);  // and load it
   std::int64_t in_, out_;
   Communicator group_;
   bool input_is_parallel_;

@@ -28,6 +28,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -88,5 +89,15 @@ std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& op
 void load_optimizer_state(torch::optim::Optimizer& optimizer,
                           const torch::OrderedDict<std::string, torch::Tensor>& params,
                           const std::map<std::string, torch::Tensor>& state);
+
+// For moving optimizer state between a split model and its dense form: each
+// kind of state kept per element of a parameter (momentum_buffer, exp_avg,
+// exp_avg_sq, max_exp_avg_sq: tensors shaped like their parameter) is replaced
+// by `map` of that kind's tensors in the order of `params`. A kind that not
+// every one of `params` has (yet) is left as it is; counts (Adam's step) and
+// learning rates are the same for a shard as for the whole and stay.
+using TensorsMap = std::function<std::vector<torch::Tensor>(const std::vector<torch::Tensor>&)>;
+void map_per_element_state(std::map<std::string, torch::Tensor>& state,
+                           const torch::OrderedDict<std::string, torch::Tensor>& params, const TensorsMap& map);
 
 }  // namespace dagr
