@@ -258,6 +258,18 @@ TEST(Pipeline, TensorSplitNeedsARunInsideAStage) {
   EXPECT_THROW(check_tensor_split(deep, partition_by_parameters(deep, 2), 9), InputError);  // 8 features over 9 ranks
 }
 
+// A first stage of only a Flatten (what the cut gives narrow models in many
+// stages): nothing to differentiate there, and the step still runs.
+TEST(Pipeline, FirstStageWithoutParameters) {
+  namespace nn = torch::nn;
+  torch::manual_seed(19);
+  nn::Sequential model(nn::Flatten(), nn::Linear(12, 16), nn::ReLU(), nn::Linear(16, 5));
+  const auto bounds = partition_by_parameters(model, 3);
+  EXPECT_EQ(bounds[0].end, 1);
+  for (auto kind : {ScheduleKind::gpipe, ScheduleKind::one_f_one_b})
+    train_and_compare(model, random_batches({8, 3, 4}, 2, 5), 3, 1, 2, kind);
+}
+
 TEST(Pipeline, CnnInTwoStages) {
   torch::manual_seed(13);
   auto model = models::make_model("cnn");

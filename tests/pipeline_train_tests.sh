@@ -94,6 +94,12 @@ bad "more micro-batches than the batch" --pipeline-parallel 2 --micro-batches 65
 bad "more stages than layers" --pipeline-parallel 5
 bad "--max-restarts with a pipeline" --pipeline-parallel 2 --max-restarts 1
 bad "--tensor-parallel with the 2-layer mlp's stages" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
+bad "--pipeline-parallel × --tensor-parallel not dividing the workers" --workers 6 --pipeline-parallel 2 \
+  --tensor-parallel 2 --model deep-mlp
+bad "--zero with a pipeline" --workers 2 --pipeline-parallel 2 --zero 1
+bad "--comm-hook with a pipeline" --workers 2 --pipeline-parallel 2 --comm-hook fp16
+bad "--elastic with a pipeline and tensor parallelism" --workers 4 --pipeline-parallel 2 --tensor-parallel 2 \
+  --model deep-mlp --elastic
 bad "--tensor-parallel wider than the deep-mlp" --workers 4 --pipeline-parallel 2 --tensor-parallel 4 --model deep-mlp \
   --hidden 3
 # bad_infer NAME FLAGS...: `dagr infer FLAGS` must be refused: exit 2 and one line.

@@ -113,6 +113,12 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
               return 0;
             }
             train::check_options(*o);  // bad options: one line and exit 2 before any worker starts
+            const int split = o->pipeline_parallel * o->tensor_parallel;  // ranks that share each batch
+            const std::string pp = detail::concat("--pipeline-parallel ", o->pipeline_parallel),
+                              tp = detail::concat("--tensor-parallel ", o->tensor_parallel);
+            DAGR_ENFORCE(o->mode == "ps" || !job_launcher().empty() || *workers % split == 0, InputError,
+                         o->tensor_parallel == 1 ? pp : o->pipeline_parallel == 1 ? tp : pp + " × " + tp,
+                         " does not divide the ", *workers, " workers");
             if (!tensorboard->empty()) check_tensorboard_dir(*tensorboard);
             LaunchOptions recovery;
             recovery.max_restarts = o->max_restarts;

@@ -47,7 +47,7 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
   PipelineGroups groups = make_pipeline_groups(world, P, o.tensor_parallel);
   const int s = groups.pipeline.rank(), D = groups.data.size(), T = groups.tensor.size();
   const bool first = s == 0, last = s == P - 1;
-  auto model = load_network(o.model, o.checkpoint, make_parallel_groups(world, 1)).dense();
+  auto model = load_dense_model(o.model, o.checkpoint);
   model->eval();
   const auto bounds = partition_by_parameters(model, P);
   auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
@@ -101,14 +101,12 @@ void check_inference_options(const InferOptions& o) {
   DAGR_ENFORCE(o.pipeline_parallel >= 1, InputError, "--pipeline-parallel must be at least 1, not ",
                o.pipeline_parallel);
   const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
-  if (o.pipeline_parallel > 1 && o.tensor_parallel > 1) {
-    // On the cut of this model as wide as the group: the checkpoint's width is
-    // not known yet (each rank checks its own cut again once it is loaded).
-    auto model = models::make_model(o.model, o.tensor_parallel);
-    check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
-  }
   DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
                o.model, " has only ", layers, " layers to cut into stages");
+  if (o.pipeline_parallel > 1 && o.tensor_parallel > 1) {  // on the checkpoint's own cut, as the ranks will cut it
+    auto model = load_dense_model(o.model, o.checkpoint);
+    check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
+  }
 }
 
 int run_inference(const InferOptions& o) {

@@ -19,8 +19,9 @@ struct InferOptions {
 };
 
 // InputError for options no run can use: --pipeline-parallel below 1, above
-// the model's layers, or beside --tensor-parallel above 1 with no stage that
-// tensor parallelism could split. `dagr infer` calls it before starting its workers.
+// the model's layers, or beside --tensor-parallel above 1 when the
+// checkpoint's stages hold no run to split (or one too narrow; this reads the
+// checkpoint). `dagr infer` calls it before starting its workers.
 void check_inference_options(const InferOptions& options);
 
 // Runs this process's rank; rank 0 prints accuracy, throughput and latency. Returns the exit status.

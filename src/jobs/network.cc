@@ -44,8 +44,7 @@ Network make_network(const std::string& model, int hidden, const ParallelGroups&
   return split_network(TensorParallelMlp(hidden, groups.tensor), hidden);
 }
 
-Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups) {
-  check_splittable(model, groups);
+torch::nn::Sequential load_dense_model(const std::string& model, const std::string& path) {
   auto dense = models::make_model(model, 1);  // loading adopts the checkpoint's shapes
   try {
     torch::load(dense, path);
@@ -60,6 +59,13 @@ Network load_network(const std::string& model, const std::string& path, const Pa
                      p[2].size(1) == p[0].size(0),
                  InputError, path, ": the shapes are not an MLP 784→hidden→10");
   }
+  return dense;
+}
+
+Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups) {
+  check_splittable(model, groups);
+  auto dense = load_dense_model(model, path);
+  const auto p = dense->parameters();
   if (groups.tensor.size() == 1) return dense_network(dense);
   const int hidden = static_cast<int>(p[0].size(0));
   DAGR_ENFORCE(hidden >= groups.tensor.size(), InputError, path, ": hidden size ", hidden,

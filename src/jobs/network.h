@@ -31,7 +31,9 @@ std::vector<torch::Tensor> shard_like_parameters(Network& net, const std::vector
 
 // A fresh model; with groups.tensor.size() > 1 only the MLP can be split.
 Network make_network(const std::string& model, int hidden, const ParallelGroups& groups);
-// The model saved in `path` by dagr train (a dense checkpoint), sharded over groups.tensor.
+// The model saved in `path` by dagr train (a dense checkpoint), whole (InputError
+// when the file is not that model); and sharded over groups.tensor.
+torch::nn::Sequential load_dense_model(const std::string& model, const std::string& path);
 Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups);
 
 // Test accuracy: each data group evaluates every D-th sample; counts summed over the world.

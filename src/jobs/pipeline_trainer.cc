@@ -210,6 +210,8 @@ void check_pipeline_options(const TrainOptions& o) {
                " is more than the batch of ", o.batch_size);
   const char* refused = o.dp_clip > 0                  ? "--dp-clip"
                         : o.secure_clip > 0            ? "--secure-aggregation"
+                        : o.zero > 0                   ? "--zero"
+                        : o.comm_hook != "none"        ? "--comm-hook"
                         : o.elastic                    ? "--elastic"
                         : o.max_restarts > 0           ? "--max-restarts"
                                                        : nullptr;
@@ -322,10 +324,11 @@ int run_pipeline_training(const TrainOptions& o) {
                 static_cast<long long>(batch), M, o.optimizer.c_str(), o.lr, o.epochs);
     for (int k = 0; k < P; ++k) {
       const auto layers = make_stage(model, bounds[static_cast<std::size_t>(k)]);
+      const std::size_t runs = T > 1 ? splittable_widths(layers).size() : 0;
       const std::string split_text =
-          T > 1 ? detail::concat(", its ", splittable_widths(layers).size(), " Linear → ReLU → Linear runs split over ",
-                                 T, " ranks")
-                : "";
+          T == 1     ? ""
+          : runs > 0 ? detail::concat(", its ", runs, " Linear → ReLU → Linear runs split over ", T, " ranks")
+                     : detail::concat(", no Linear → ReLU → Linear run inside: each of its ", T, " ranks computes it whole");
       std::printf("dagr train: stage %d: layers %d..%d, %lld parameters%s\n", k,
                   bounds[static_cast<std::size_t>(k)].begin, bounds[static_cast<std::size_t>(k)].end - 1,
                   static_cast<long long>(parameter_count(*layers)), split_text.c_str());

@@ -206,7 +206,7 @@ void check_options(const TrainOptions& o) {
                "--momentum must be a number from 0 to 1, not ", o.momentum);
   DAGR_ENFORCE(o.schedule == "cosine" || o.schedule == "constant", InputError, "unknown schedule '", o.schedule,
                "' (cosine, constant)");
-  DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1, InputError,
+  DAGR_ENFORCE(!o.elastic || o.tensor_parallel == 1 || o.pipeline_parallel > 1, InputError,
                "--elastic needs --tensor-parallel 1 (a tensor group cannot lose a shard; use --max-restarts)");
   DAGR_ENFORCE(o.min_workers >= 1, InputError, "--min-workers must be at least 1");
   DAGR_ENFORCE(o.zero >= 0 && o.zero <= 2, InputError, "--zero must be 1 or 2 (0: off), not ", o.zero);

@@ -217,8 +217,10 @@ PipelineStepStats PipelineExecutor::step(const std::vector<torch::Tensor>& input
           break;
         }
         case ActionKind::backward: {
+          // A first stage of layers without parameters (a lone Flatten) has
+          // nothing to differentiate: its output does not require grad.
           if (last) m.loss.backward();
-          else torch::autograd::backward({m.output}, {m.grad_output});
+          else if (m.output.requires_grad()) torch::autograd::backward({m.output}, {m.grad_output});
           m.output = m.loss = m.grad_output = torch::Tensor();
           if (first) m.input = torch::Tensor();
           held -= m.bytes;
