@@ -19,7 +19,9 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
   app->add_option("--workers", *workers, "Worker processes (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
-  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer: the mlp's, or with --pipeline-parallel each stage's Linear → ReLU → Linear runs")
+  app->add_option("--tensor-parallel", o->tensor_parallel,
+                  "Ranks that split each layer: the mlp's, or with --pipeline-parallel each stage's Linear → ReLU → "
+                  "Linear runs")
       ->check(CLI::Range(1, 256));
   app->add_option("--pipeline-parallel", o->pipeline_parallel,
                   "Stages the model is cut into by layer (one rank each); each batch flows through them");

@@ -34,7 +34,9 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::IsMember({"cosine", "constant"}));
   app->add_option("--seed", o->seed, "Seed for initialisation and shuffling");
   app->add_option("--threads", o->threads, "Compute threads per worker")->check(CLI::Range(1, 1024));
-  app->add_option("--tensor-parallel", o->tensor_parallel, "Ranks that split each layer: the mlp's, or with --pipeline-parallel each stage's Linear → ReLU → Linear runs")
+  app->add_option("--tensor-parallel", o->tensor_parallel,
+                  "Ranks that split each layer: the mlp's, or with --pipeline-parallel each stage's Linear → ReLU → "
+                  "Linear runs")
       ->check(CLI::Range(1, 256));
   // Pipeline parallelism (jobs/pipeline_trainer.h): stages by layer, micro-batches, a schedule.
   app->add_option("--pipeline-parallel", o->pipeline_parallel, "Stages the model is cut into by layer (one rank each)")

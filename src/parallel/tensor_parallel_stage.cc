@@ -70,7 +70,6 @@ TensorParallelStage::TensorParallelStage(const torch::nn::Sequential& dense, Com
     module_->push_back(RowParallelLinear(second->weight, second->bias, group_, /*input_is_parallel=*/true));
     // Column: weight and bias split by rows; row: weight split by columns, bias whole.
     splits_.insert(splits_.end(), {{0, hidden}, {0, hidden}, {1, hidden}, {}});
-    ++runs_;
     i += 2;
   }
 }

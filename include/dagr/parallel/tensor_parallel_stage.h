@@ -47,7 +47,6 @@ class TensorParallelStage {
   TensorParallelStage(const torch::nn::Sequential& dense, Communicator group);
 
   torch::nn::Sequential module() const { return module_; }
-  int split_runs() const { return runs_; }  // Linear → ReLU → Linear runs split
 
   // Tensors shaped like module()->parameters() (the parameters themselves, or
   // optimizer moments), in its order, as dense tensors shaped like the dense
@@ -68,7 +67,6 @@ class TensorParallelStage {
   torch::nn::Sequential module_;
   Communicator group_;
   std::vector<Split> splits_;
-  int runs_ = 0;
 };
 
 }  // namespace dagr
