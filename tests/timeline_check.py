@@ -11,7 +11,7 @@ Exits 1 naming the first broken property:
     0..n-1 of that step, n >= MIN_BUCKETS), the same buckets on every rank,
     with bytes > 0, one after another in bucket order;
   - flow events pair up: each id has one "s" and one "f", on different ranks,
-    each inside a communication span of the same step and bucket, and every
+    each in the middle of a communication span of the same step and bucket, and every
     collective has RANKS - 1 pairs.
 """
 import collections
@@ -112,14 +112,20 @@ def main():
             fail(f"flow {fid} has {[p['ph'] for p in points]}, expected one s and one f")
         if points[0]["pid"] == points[1]["pid"]:
             fail(f"flow {fid} stays on rank {points[0]['pid']}")
-        # The collectives each end may belong to (two where it sits where one span ends and the next begins).
+        # The collectives each end may belong to: the spans it sits in the
+        # middle of (the producer's rule; "inside" alone is ambiguous where a
+        # span has no length and sits where the one before it ends).
         candidates = []
         for p in points:
             at = ns(p["ts"])
-            inside = {(e["args"]["step"], e["args"]["bucket"]) for e in tracks[(p["pid"], 1)] if e["start"] <= at <= e["end"]}
-            if not inside:
+            track = tracks[(p["pid"], 1)]
+            if not any(e["start"] <= at <= e["end"] for e in track):
                 fail(f"flow {fid}'s {p['ph']} at {p['ts']} lies in no communication span of rank {p['pid']}")
-            candidates.append(inside)
+            middle = {(e["args"]["step"], e["args"]["bucket"]) for e in track
+                      if e["start"] + (e["end"] - e["start"]) // 2 == at}
+            if not middle:
+                fail(f"flow {fid}'s {p['ph']} at {p['ts']} is not in the middle of a communication span of rank {p['pid']}")
+            candidates.append(middle)
         keys = candidates[0] & candidates[1]
         if len(keys) != 1:
             fail(f"flow {fid} joins the collectives {candidates[0]} and {candidates[1]}, not one")

@@ -159,7 +159,8 @@ Part decode_part(const std::vector<std::uint8_t>& bytes) {
 // collective (same group, step and bucket) are joined, from the one whose
 // middle comes first ("s") to each of the others ("f", bound to the span that
 // encloses it), each pair with an id of its own; the arrow points sit in the
-// middle of the spans, strictly inside them.
+// middle of the spans (a span with no length: its start, which may be where
+// the span before it ends).
 std::string merge(std::vector<Part>& parts, std::size_t max_events) {
   std::sort(parts.begin(), parts.end(), [](const Part& a, const Part& b) { return a.pid < b.pid; });
   bool one_host = true;
