@@ -23,7 +23,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A flag CLI11 refuses (unknown, out of range, missing): one line and exit
+    // 2, as every other bad input (CLI11's own exit would be 105-ish, two lines).
+    std::fprintf(stderr, "dagr: %s (see --help)\n", e.what());
+    return 2;
   }
   for (auto& c : commands) {
     if (!c.app->parsed()) continue;
