@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Pipeline parallelism on 2 cores (issue 13): the deeper MLP (deep-mlp, 9
-# Linear layers of HIDDEN) trained by one process on one core beside 2
+# Pipeline parallelism on 2 cores (issue 13): the deeper MLP (deep-mlp, DEPTH
+# hidden layers of HIDDEN) trained by one process on one core beside 2
 # pipeline stages (one core each) with GPipe and 1F1B, M micro-batches.
 # Runs are interleaved, REPEATS rounds; prints each run and the medians of
 # throughput (samples/s in training steps, after dagr train's 20 warm-up
@@ -10,7 +10,7 @@
 # schedule, where each rank's step went in the last round (ms per step:
 # forward and backward, receives, sends, the rest of the schedule, outside it).
 #
-#   scripts/perf_pipeline.sh [DAGR] [REPEATS] [M] [STEPS] [HIDDEN] [BATCH]
+#   scripts/perf_pipeline.sh [DAGR] [REPEATS] [M] [STEPS] [HIDDEN] [BATCH] [DEPTH]
 set -euo pipefail
 dagr=${1:-build/dagr}
 repeats=${2:-3}
@@ -18,17 +18,18 @@ m=${3:-8}
 steps=${4:-36}
 hidden=${5:-1024}
 batch=${6:-2048}
+depth=${7:-8}
 out=$(mktemp -d /tmp/perf_pipeline.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
 epochs=$(( (steps * batch + 59999) / 60000 ))  # enough epochs of Fashion-MNIST's 60000 for STEPS steps
-common=(--model deep-mlp --hidden "$hidden" --batch-size "$batch" --optimizer sgd --lr 0.01 --epochs "$epochs"
+common=(--model deep-mlp --hidden "$hidden" --depth "$depth" --batch-size "$batch" --optimizer sgd --lr 0.01 --epochs "$epochs"
         --max-steps "$steps" --threads 1)
 summary() { grep '"summary"' "$1/metrics.jsonl"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# deep-mlp hidden $hidden, batch $batch, M $m, $steps steps per run, $repeats rounds"
+echo "# deep-mlp hidden $hidden depth $depth, batch $batch, M $m, $steps steps per run, $repeats rounds"
 declare -A tput bubble slowest imbalance mem split
 for r in $(seq 1 "$repeats"); do
   OPENBLAS_NUM_THREADS=1 "$dagr" train --workers 1 "${common[@]}" --out "$out/one" > /dev/null 2> "$out/one.err"

@@ -249,6 +249,14 @@ TEST(Pipeline, CnnHeadSplitByTensorParallelism) {
   train_and_compare(model, random_batches({4, 1, 28, 28}, 2, 10), 2, 1, 2, ScheduleKind::gpipe, /*T=*/2);
 }
 
+TEST(Pipeline, DeepMlpDepth) {
+  // Flatten, depth × (Linear, ReLU), the output Linear.
+  EXPECT_EQ(models::make_model("deep-mlp", 8)->size(), 18u);
+  EXPECT_EQ(models::make_model("deep-mlp", 8, 3)->size(), 8u);
+  EXPECT_EQ(models::make_model("deep-mlp", 8, 1)->size(), 4u);
+  EXPECT_THROW(models::make_model("deep-mlp", 8, 0), InputError);
+}
+
 TEST(Pipeline, TensorSplitNeedsARunInsideAStage) {
   // The 2-layer mlp in 2 stages: its Linears always fall apart.
   auto mlp = models::make_model("mlp", 32);

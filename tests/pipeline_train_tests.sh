@@ -6,8 +6,10 @@
 # the same predictions' count; the summary's peak in-flight is the schedule's;
 # resumed from its dense step-20 checkpoint the run ends bitwise where it did;
 # the same with the deep-mlp's stages split by tensor parallelism (P × T =
-# 2 × 2, 4 workers); --print-schedule draws the schedule without training; bad
-# pipeline flags (train and infer) fail with one line and exit 2. (P × D = 2 × 2,
+# 2 × 2, 4 workers); --print-schedule draws the schedule without training (and
+# cuts the deep-mlp of --depth 16 where parameters balance); bad pipeline
+# flags (train and infer), and a checkpoint read at another --depth, fail with
+# one line and exit 2. (P × D = 2 × 2,
 # P × T × D = 2 × 2 × 2, and the parameters against one process:
 # pipeline_tests, ranks as threads.)
 # Usage: pipeline_train_tests.sh DAGR COMPARE_MODELS
@@ -89,6 +91,11 @@ cat "$tmp/schedule.log"
 expect "--print-schedule: the stages" grep -q "^stage 1: layers 9..17 of deep-mlp, 4208650 parameters" "$tmp/schedule.log"
 expect "--print-schedule: the picture" grep -q "^rank 1  .  F0 F1 F2 F3 B0 B0 B1 B1 B2 B2 B3 B3" "$tmp/schedule.log"
 expect "--print-schedule: the bubble" grep -q "bubble 20.0 %" "$tmp/schedule.log"
+# --depth 16 (the benchmark's deeper cut): L0 and 7 hidden layers on stage 0, 8 and the output on stage 1.
+timeout 30 "$dagr" train --model deep-mlp --depth 16 --hidden 1024 --pipeline-parallel 2 --print-schedule \
+  > "$tmp/schedule16.log" 2>&1
+expect "--print-schedule --depth 16: the stages" \
+  grep -q "^stage 1: layers 17..33 of deep-mlp, 8407050 parameters" "$tmp/schedule16.log"
 
 bad "more micro-batches than the batch" --pipeline-parallel 2 --micro-batches 65 --batch-size 64
 bad "more stages than layers" --pipeline-parallel 5
@@ -102,6 +109,8 @@ bad "--elastic with a pipeline and tensor parallelism" --workers 4 --pipeline-pa
   --model deep-mlp --elastic
 bad "--tensor-parallel wider than the deep-mlp" --workers 4 --pipeline-parallel 2 --tensor-parallel 4 --model deep-mlp \
   --hidden 3
+bad "--depth with the mlp" --depth 4
+bad "--depth 0" --model deep-mlp --depth 0
 # bad_infer NAME FLAGS...: `dagr infer FLAGS` must be refused: exit 2 and one line.
 bad_infer() {
   local name=$1; shift
@@ -116,4 +125,13 @@ bad_infer "more stages than layers" --workers 5 --pipeline-parallel 5
 bad_infer "--tensor-parallel with the 2-layer mlp's stages" --workers 4 --pipeline-parallel 2 --tensor-parallel 2
 bad_infer "--pipeline-parallel × --tensor-parallel not dividing the workers" --workers 2 --pipeline-parallel 2 \
   --tensor-parallel 2
+bad_infer "--depth with the mlp" --depth 4
+# A deep-mlp checkpoint read at another depth: refused, never run with some of its layers.
+for depth in 4 12; do
+  timeout 60 "$dagr" infer --checkpoint "$tmp/pt/model.pt" --model deep-mlp --depth $depth > "$tmp/bad.log" 2>&1
+  rc=$?
+  expect "infer the depth-8 deep-mlp at --depth $depth: exit 2, one line (got $rc)" \
+    test $rc -eq 2 -a "$(wc -l < "$tmp/bad.log")" -eq 1
+  cat "$tmp/bad.log"
+done
 finish

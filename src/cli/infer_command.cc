@@ -17,6 +17,8 @@ Command add_infer(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--checkpoint", o->checkpoint, "model.pt written by dagr train")->required();
   app->add_option("--model", o->model, "mlp, cnn or deep-mlp (what the checkpoint holds)")
       ->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
+  app->add_option("--depth", o->depth, "deep-mlp: its hidden layers, as trained (default 8)")
+      ->check(CLI::Range(1, 4096));
   app->add_option("--workers", *workers, "Worker processes (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
   app->add_option("--tensor-parallel", o->tensor_parallel,

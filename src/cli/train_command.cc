@@ -19,6 +19,7 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   auto workers = std::make_shared<int>(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   app->add_option("--model", o->model, "mlp, cnn or deep-mlp")->check(CLI::IsMember({"mlp", "cnn", "deep-mlp"}));
   app->add_option("--hidden", o->hidden, "MLP hidden size")->check(CLI::Range(1, 1 << 20));
+  app->add_option("--depth", o->depth, "deep-mlp: its hidden layers (default 8)")->check(CLI::Range(1, 4096));
   app->add_option("--dataset", o->dataset, "Folder of IDX files (train-*, t10k-*)");
   app->add_option("--workers", *workers, "Worker processes (default: one per core; ignored inside a launched job)")
       ->check(CLI::Range(1, 256));

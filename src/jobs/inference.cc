@@ -47,7 +47,7 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
   PipelineGroups groups = make_pipeline_groups(world, P, o.tensor_parallel);
   const int s = groups.pipeline.rank(), D = groups.data.size(), T = groups.tensor.size();
   const bool first = s == 0, last = s == P - 1;
-  auto model = load_dense_model(o.model, o.checkpoint);
+  auto model = load_dense_model(o.model, o.depth, o.checkpoint);
   model->eval();
   const auto bounds = partition_by_parameters(model, P);
   auto stage = make_stage(model, bounds[static_cast<std::size_t>(s)]);
@@ -98,13 +98,15 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
 
 void check_inference_options(const InferOptions& o) {
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
+  DAGR_ENFORCE(o.depth == models::kDefaultDepth || o.model == "deep-mlp", InputError, "--depth ", o.depth,
+               " is the deep-mlp's (the ", o.model, " has a fixed depth)");
   DAGR_ENFORCE(o.pipeline_parallel >= 1, InputError, "--pipeline-parallel must be at least 1, not ",
                o.pipeline_parallel);
-  const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
+  const int layers = static_cast<int>(models::make_model(o.model, 1, o.depth)->size());
   DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
                o.model, " has only ", layers, " layers to cut into stages");
   if (o.pipeline_parallel > 1 && o.tensor_parallel > 1) {  // on the checkpoint's own cut, as the ranks will cut it
-    auto model = load_dense_model(o.model, o.checkpoint);
+    auto model = load_dense_model(o.model, o.depth, o.checkpoint);
     check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
   }
 }
@@ -118,7 +120,7 @@ int run_inference(const InferOptions& o) {
     return run_pipeline_inference(o, world, test);
   }
   const ParallelGroups groups = make_parallel_groups(world, o.tensor_parallel);
-  Network net = load_network(o.model, o.checkpoint, groups);
+  Network net = load_network(o.model, o.depth, o.checkpoint, groups);
   net.module->eval();
   const data::ImageSet test = data::load_image_set(o.dataset, "t10k");
   torch::NoGradGuard no_grad;

@@ -9,6 +9,7 @@ namespace dagr::train {
 struct InferOptions {
   std::string checkpoint;
   std::string model = "mlp";
+  int depth = 8;  // deep-mlp only: the checkpoint's hidden layers
   std::string dataset;
   int tensor_parallel = 1;
   // > 1: the model cut by layer into this many stages (by parameter count, as
@@ -18,8 +19,8 @@ struct InferOptions {
   int threads = 1;
 };
 
-// InputError for options no run can use: --pipeline-parallel below 1, above
-// the model's layers, or beside --tensor-parallel above 1 when the
+// InputError for options no run can use: --depth for a model other than the
+// deep-mlp, --pipeline-parallel below 1, above the model's layers, or beside --tensor-parallel above 1 when the
 // checkpoint's stages hold no run to split (or one too narrow; this reads the
 // checkpoint). `dagr infer` calls it before starting its workers.
 void check_inference_options(const InferOptions& options);

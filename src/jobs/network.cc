@@ -38,21 +38,32 @@ void check_splittable(const std::string& model, const ParallelGroups& groups) {
 
 }  // namespace
 
-Network make_network(const std::string& model, int hidden, const ParallelGroups& groups) {
+Network make_network(const std::string& model, int hidden, int depth, const ParallelGroups& groups) {
   check_splittable(model, groups);
-  if (groups.tensor.size() == 1) return dense_network(models::make_model(model, hidden));
+  if (groups.tensor.size() == 1) return dense_network(models::make_model(model, hidden, depth));
   return split_network(TensorParallelMlp(hidden, groups.tensor), hidden);
 }
 
-torch::nn::Sequential load_dense_model(const std::string& model, const std::string& path) {
-  auto dense = models::make_model(model, 1);  // loading adopts the checkpoint's shapes
+torch::nn::Sequential load_dense_model(const std::string& model, int depth, const std::string& path) {
+  // Loading adopts the checkpoint's shapes, not its layer count: a module
+  // reads only the layers it has, so a deeper checkpoint's extra layers
+  // would be ignored without the count below.
+  auto dense = models::make_model(model, 1, depth);
+  const std::string what_model =
+      detail::concat(model, model == "deep-mlp" ? detail::concat(" (--depth ", depth, ")") : std::string());
+  std::size_t layers = 0;
   try {
-    torch::load(dense, path);
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    layers = archive.keys().size();
+    dense->load(archive);
   } catch (const c10::Error& e) {
     const std::string what = e.what();
-    throw InputError(detail::concat(path, ": not a dagr ", model, " checkpoint (",
+    throw InputError(detail::concat(path, ": not a dagr ", what_model, " checkpoint (",
                                     what.substr(0, what.find('\n')), ")"));
   }
+  DAGR_ENFORCE(layers == dense->size(), InputError, path, ": not a dagr ", what_model, " checkpoint (", layers,
+               " layers, not ", dense->size(), ")");
   const auto p = dense->parameters();
   if (model == "mlp") {
     DAGR_ENFORCE(p.size() == 4 && p[0].dim() == 2 && p[0].size(1) == 784 && p[2].dim() == 2 && p[2].size(0) == 10 &&
@@ -62,9 +73,9 @@ torch::nn::Sequential load_dense_model(const std::string& model, const std::stri
   return dense;
 }
 
-Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups) {
+Network load_network(const std::string& model, int depth, const std::string& path, const ParallelGroups& groups) {
   check_splittable(model, groups);
-  auto dense = load_dense_model(model, path);
+  auto dense = load_dense_model(model, depth, path);
   const auto p = dense->parameters();
   if (groups.tensor.size() == 1) return dense_network(dense);
   const int hidden = static_cast<int>(p[0].size(0));

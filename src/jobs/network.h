@@ -30,11 +30,12 @@ std::vector<torch::Tensor> gather_like_parameters(Network& net, const std::vecto
 std::vector<torch::Tensor> shard_like_parameters(Network& net, const std::vector<torch::Tensor>& dense);
 
 // A fresh model; with groups.tensor.size() > 1 only the MLP can be split.
-Network make_network(const std::string& model, int hidden, const ParallelGroups& groups);
+Network make_network(const std::string& model, int hidden, int depth, const ParallelGroups& groups);
 // The model saved in `path` by dagr train (a dense checkpoint), whole (InputError
-// when the file is not that model); and sharded over groups.tensor.
-torch::nn::Sequential load_dense_model(const std::string& model, const std::string& path);
-Network load_network(const std::string& model, const std::string& path, const ParallelGroups& groups);
+// when the file is not that model, at that depth for the deep-mlp); and sharded
+// over groups.tensor.
+torch::nn::Sequential load_dense_model(const std::string& model, int depth, const std::string& path);
+Network load_network(const std::string& model, int depth, const std::string& path, const ParallelGroups& groups);
 
 // Test accuracy: each data group evaluates every D-th sample; counts summed over the world.
 double evaluate(Network& net, const torch::Tensor& images, const torch::Tensor& labels, const ParallelGroups& groups,

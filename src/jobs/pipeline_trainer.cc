@@ -216,13 +216,13 @@ void check_pipeline_options(const TrainOptions& o) {
                         : o.max_restarts > 0           ? "--max-restarts"
                                                        : nullptr;
   DAGR_ENFORCE(!refused, InputError, refused, " cannot be combined with --pipeline-parallel yet");
-  const int layers = static_cast<int>(models::make_model(o.model, 1)->size());
+  const int layers = static_cast<int>(models::make_model(o.model, 1, o.depth)->size());
   DAGR_ENFORCE(o.pipeline_parallel <= layers, InputError, "--pipeline-parallel ", o.pipeline_parallel, ": the ",
                o.model, " has only ", layers, " layers to cut into stages");
   // Before any worker starts, on the cut by parameters (--pipeline-balance
   // time cuts where it measures; each rank checks that cut again).
   if (o.tensor_parallel > 1) {
-    auto model = models::make_model(o.model, o.hidden);
+    auto model = models::make_model(o.model, o.hidden, o.depth);
     check_tensor_split(model, partition_by_parameters(model, o.pipeline_parallel), o.tensor_parallel);
   }
 }
@@ -230,7 +230,7 @@ void check_pipeline_options(const TrainOptions& o) {
 std::string pipeline_schedule_text(const TrainOptions& o) {
   check_pipeline_options(o);
   const auto plan = make_schedule(parse_schedule_kind(o.schedule_pp), o.pipeline_parallel, o.micro_batches);
-  auto model = models::make_model(o.model, o.hidden);
+  auto model = models::make_model(o.model, o.hidden, o.depth);
   std::string text;
   if (o.pipeline_balance == "parameters") {
     const auto bounds = partition_by_parameters(model, o.pipeline_parallel);
@@ -259,7 +259,7 @@ int run_pipeline_training(const TrainOptions& o) {
   PipelineGroups groups = make_pipeline_groups(world, P, o.tensor_parallel);
   const int s = groups.pipeline.rank(), D = groups.data.size(), T = groups.tensor.size();
   const bool first = s == 0, last = s == P - 1;
-  auto model = models::make_model(o.model, o.hidden);  // the same on every rank: the seed is
+  auto model = models::make_model(o.model, o.hidden, o.depth);  // the same on every rank: the seed is
   // --resume: every rank loads the whole model (it holds all layers, trains its
   // own) and, below, its stage's share of the optimizer state, by the dense names.
   const std::optional<TrainingCheckpoint> resumed = o.resume ? load_everywhere(world, o.out) : std::nullopt;

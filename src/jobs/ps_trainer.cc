@@ -365,7 +365,7 @@ int run_ps_training(const TrainOptions& o, Communicator& world, const data::Imag
   DAGR_ENFORCE(o.servers < world.size(), InputError, "--servers ", o.servers, " must be below the number of workers ",
                world.size(), " (servers and workers are all ranks of the job)");
   torch::manual_seed(o.seed);
-  torch::nn::Sequential model = models::make_model(o.model, o.hidden);
+  torch::nn::Sequential model = models::make_model(o.model, o.hidden, o.depth);
   PsLinks links = make_ps_links(world, o.servers);
   DistributedSampler sampler({.dataset_size = train.images.size(0), .rank = 0, .world_size = links.workers,
                               .seed = o.seed});

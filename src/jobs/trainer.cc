@@ -152,7 +152,7 @@ TrainingCheckpoint capture(Network& net, torch::optim::Optimizer& optimizer, con
 
 // Puts a checkpoint's model into `net` (collective: each rank keeps its shard).
 void restore_model(Network& net, const TrainOptions& o, const TrainingCheckpoint& c) {
-  auto dense = models::make_model(o.model, o.hidden);
+  auto dense = models::make_model(o.model, o.hidden, o.depth);
   load_module_state(*dense, c.model);
   net.load_dense(dense);
   at::Generator generator = torch::globalContext().defaultGenerator(torch::kCPU);
@@ -198,6 +198,9 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(o.epochs >= 1, InputError, "--epochs must be at least 1");
   DAGR_ENFORCE(o.batch_size >= 1, InputError, "--batch-size must be at least 1");
   DAGR_ENFORCE(o.threads >= 1, InputError, "--threads must be at least 1");
+  DAGR_ENFORCE(o.depth >= 1, InputError, "--depth must be at least 1");
+  DAGR_ENFORCE(o.depth == models::kDefaultDepth || o.model == "deep-mlp", InputError, "--depth ", o.depth,
+               " is the deep-mlp's (the ", o.model, " has a fixed depth)");
   DAGR_ENFORCE(o.max_steps >= 0, InputError, "--max-steps must not be negative");
   DAGR_ENFORCE(o.checkpoint_every >= 0, InputError, "--checkpoint-every must not be negative");
   DAGR_ENFORCE(o.stop_after_steps >= 0, InputError, "--stop-after-steps must not be negative");
@@ -299,7 +302,7 @@ int run_training(const TrainOptions& o) {
   // Tensor groups split the model; data groups split the samples (DDP reduces over them).
   ParallelGroups groups = make_parallel_groups(comm, o.tensor_parallel);
   if (!o.timeline.empty()) timeline::start(comm);  // --timeline: recorded until the end, written by rank 0
-  Network net = make_network(o.model, o.hidden, groups);
+  Network net = make_network(o.model, o.hidden, o.depth, groups);
   const std::optional<TrainingCheckpoint> resumed = resume ? load_everywhere(comm, o.out) : std::nullopt;
   if (resumed) restore_model(net, o, *resumed);
   std::optional<DistributedDataParallel> ddp;  // re-made on a smaller group by elastic recovery

@@ -4,7 +4,7 @@
 
 namespace dagr::models {
 
-torch::nn::Sequential make_model(const std::string& name, int hidden) {
+torch::nn::Sequential make_model(const std::string& name, int hidden, int depth) {
   namespace nn = torch::nn;
   if (name == "mlp") {
     DAGR_ENFORCE(hidden >= 1, InputError, "hidden size must be positive, not ", hidden);
@@ -16,8 +16,9 @@ torch::nn::Sequential make_model(const std::string& name, int hidden) {
                           nn::Flatten(), nn::Linear(64 * 5 * 5, 128), nn::ReLU(), nn::Linear(128, 10));
   if (name == "deep-mlp") {
     DAGR_ENFORCE(hidden >= 1, InputError, "hidden size must be positive, not ", hidden);
+    DAGR_ENFORCE(depth >= 1, InputError, "depth must be positive, not ", depth);
     nn::Sequential model(nn::Flatten(), nn::Linear(784, hidden), nn::ReLU());
-    for (int i = 0; i < 7; ++i) {
+    for (int i = 1; i < depth; ++i) {
       model->push_back(nn::Linear(hidden, hidden));
       model->push_back(nn::ReLU());
     }
