@@ -37,7 +37,7 @@ chmod +x "$work/agent"
 run2() {
   timeout 300 ip netns exec "$h1" mpirun --allow-run-as-root --hostfile "$work/hosts" -np 2 \
     --mca plm_rsh_agent "$work/agent" --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include 10.232.0.0/24 \
-    --mca oob_tcp_if_include 10.232.0.0/24 --mca mpi_yield_when_idle 1 "$@"
+    --mca oob_tcp_if_include 10.232.0.0/24 --mca mpi_yield_when_idle 1 --bind-to none "$@"
 }
 for i in $(seq 1 "$RUNS"); do
   run2 "$work/raw" 0.3 $SIZES >> "$out/mpi-net-values.txt"

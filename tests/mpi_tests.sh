@@ -117,12 +117,12 @@ if ip netns add "$h1" 2>/dev/null && ip netns add "$h2" && ip link add v1-$$ typ
   chmod +x "$tmp/agent"
   timeout 120 ip netns exec "$h1" mpirun --allow-run-as-root --hostfile "$tmp/hosts" -np 2 \
     --mca plm_rsh_agent "$tmp/agent" --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include 10.231.0.0/24 \
-    --mca oob_tcp_if_include 10.231.0.0/24 "$worker" collectives > "$tmp/out" 2>&1
+    --mca oob_tcp_if_include 10.231.0.0/24 --bind-to none "$worker" collectives > "$tmp/out" 2>&1
   expect "two hosts over veth: all collectives correct" test $? -eq 0 -a "$(grep -c 'all collectives correct' "$tmp/out")" -eq 2
   grep -v 'all collectives correct' "$tmp/out" | head -20
   timeout 120 ip netns exec "$h1" mpirun --allow-run-as-root --hostfile "$tmp/hosts" -np 2 \
     --mca plm_rsh_agent "$tmp/agent" --mca pml ob1 --mca btl self,tcp --mca btl_tcp_if_include 10.231.0.0/24 \
-    --mca oob_tcp_if_include 10.231.0.0/24 "$mpi_worker" mismatches > "$tmp/out" 2>&1
+    --mca oob_tcp_if_include 10.231.0.0/24 --bind-to none "$mpi_worker" mismatches > "$tmp/out" 2>&1
   expect "two hosts over veth: every kind of mismatch is a MismatchError on both" \
     test $? -eq 0 -a "$(grep -c 'mismatches caught, MPI still healthy' "$tmp/out")" -eq 2
   grep -v 'still healthy' "$tmp/out" | head -5

@@ -39,10 +39,16 @@ two_hosts_up() {
 # Ranks fill host 1 first (--map-by slot) and talk TCP even within a host
 # (both namespaces see one /dev/shm, where OpenMPI's shared-memory transport
 # would name its segments alike and crash). On 2 cores idle ranks must yield,
-# or every message waits for a scheduler tick.
+# or every message waits for a scheduler tick. No binding: each emulated host
+# binds its first rank to its own first core, the same core 0 of this one
+# machine, so mpirun's default (--bind-to core for 2 ranks) put both hosts'
+# ranks on one core and left the other idle; each then got its peer's message
+# only once the peer, computing on that core, gave it up (up to ~1.5 ms late
+# at every step, measured with 512-byte exchanges; 13 µs unbound).
 two_hosts_mpirun() {
   local np=$1; shift
   timeout 600 ip netns exec "$two_hosts_h1" mpirun --allow-run-as-root --hostfile "$two_hosts_work/hosts" -np "$np" \
     --map-by slot --mca plm_rsh_agent "$two_hosts_work/agent" --mca pml ob1 --mca btl self,tcp \
-    --mca btl_tcp_if_include 10.232.0.0/24 --mca oob_tcp_if_include 10.232.0.0/24 --mca mpi_yield_when_idle 1 "$@"
+    --mca btl_tcp_if_include 10.232.0.0/24 --mca oob_tcp_if_include 10.232.0.0/24 --mca mpi_yield_when_idle 1 \
+    --bind-to none "$@"
 }
