@@ -41,6 +41,10 @@ struct RankControl {
   // peer finds its liveness lock (segment.h) released without leaving.
   alignas(kCacheLine) std::atomic<RankState> state;
   std::int32_t pid;
+  // The rank's number in the group `dagr launch` started (its RANK), which
+  // errors use: a subgroup's own numbers mean nothing to the user. Set with
+  // pid, before `attached`; meaningless while pid is 0.
+  std::int32_t world_rank;
   // While this rank waits past its spin: the peer it waits for (-1: none) and
   // a heartbeat (steady-clock ns) renewed every millisecond. A stopped process
   // renews nothing, which is how a timeout finds the silent rank at the end of
@@ -95,6 +99,7 @@ struct SegmentHeader {
   std::atomic<std::int32_t> broken;
   std::atomic<RankState> broken_why;
   std::int32_t broken_pid;
+  std::int32_t broken_world_rank;  // the culprit's number in the launched group (it may be in another group)
   // The last shrink that formed a group, and its members (a rank that arrived
   // too late finds itself left out here).
   std::atomic<std::uint64_t> formed_round;

@@ -69,18 +69,21 @@ Layout layout_of(const Segment& segment, const std::string& name, int rank, int 
 
 }  // namespace
 
-ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world)
+ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world,
+                       int world_rank)
     : segment_(std::move(segment)),
       view_(segment_.data(), layout),
       name_(std::move(name)),
       rank_(rank),
+      world_rank_(world_rank < 0 ? rank : world_rank),
+      world_(world),
       size_(layout.size),
       waiter_(segment_, view_, rank, wait_policy_from_env(layout.size), world),
       sources_(static_cast<std::size_t>(layout.size)),
       words_(static_cast<std::size_t>(layout.size)) {}
 
 std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, int size,
-                                             Clock::time_point deadline, bool world) {
+                                             Clock::time_point deadline, bool world, int world_rank) {
   DAGR_ENFORCE(size >= 1 && rank >= 0 && rank < size, InputError, "rank ", rank,
                " is not in a group of size ", size);
   const std::string& secret = job_secret();
@@ -89,12 +92,12 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
     const Layout layout(size, geometry_from_env(size));
     Segment segment = Segment::create(name, layout.total);
     initialise(segment.data(), layout, secret);
-    self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
+    self.reset(new ShmBackend(std::move(segment), layout, name, rank, world, world_rank));
   } else {
     try {
       Segment segment = Segment::open(name, deadline);
       const Layout layout = layout_of(segment, name, rank, size, secret, deadline);
-      self.reset(new ShmBackend(std::move(segment), layout, name, rank, world));
+      self.reset(new ShmBackend(std::move(segment), layout, name, rank, world, world_rank));
     } catch (const TimeoutError&) {
       if (world) report_absent(0);  // rank 0 never set the group up
       throw;
@@ -129,7 +132,7 @@ std::unique_ptr<ShmBackend> ShmBackend::solo() {
                                      .channel_bytes = 4096});
   Segment segment = Segment::anonymous(layout.total);
   initialise(segment.data(), layout, "");  // private memory: nobody joins it
-  std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0, false));
+  std::unique_ptr<ShmBackend> self(new ShmBackend(std::move(segment), layout, "", 0, false, -1));
   self->attach();
   return self;
 }
@@ -142,14 +145,17 @@ void ShmBackend::attach() {
                " is already taken by pid ", c.pid, " (two processes were given the same RANK?)");
   attached_ = true;
   c.pid = static_cast<std::int32_t>(getpid());
+  c.world_rank = world_rank_;
   c.waiting_for.store(-1, std::memory_order_relaxed);
   c.state.store(RankState::attached, std::memory_order_release);
+  if (world_) Waiter::attach_world(view_, rank_);
   view_.header().attached.fetch_add(1, std::memory_order_acq_rel);
   waiter_.notify();
 }
 
 ShmBackend::~ShmBackend() {
   if (!attached_) return;  // refused at attach(): the rank belongs to another process
+  if (world_) Waiter::detach_world(view_.header());
   RankControl& c = view_.control(rank_);
   c.state.store(RankState::left, std::memory_order_release);
   waiter_.notify();
@@ -160,14 +166,14 @@ std::unique_ptr<Backend> ShmBackend::split(int color, std::span<const int> membe
                                            const std::string& group_id, Clock::time_point deadline) {
   if (color < 0) return nullptr;
   if (members.size() == 1) return solo();
-  return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline);
+  return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline, false, world_rank_);
 }
 
 void ShmBackend::run(const Request& r) {
   if (r.kind == OpKind::send || r.kind == OpKind::recv) {
     // Its own context: a send and a recv may run beside a collective.
-    const WaitContext context{r.deadline, r.timeout, [&r] {
-      return concat(dagr::name(r.kind), r.kind == OpKind::send ? " to" : " from", " rank ", r.root,
+    const WaitContext context{r.deadline, r.timeout, [this, &r] {
+      return concat(dagr::name(r.kind), r.kind == OpKind::send ? " to " : " from ", waiter_.name_of(r.root),
                     " (", dagr::name(r.dtype), ", count=", r.count, ", tag=", r.tag, ")");
     }};
     return r.kind == OpKind::send ? send(r, context) : recv(r, context);
@@ -223,8 +229,8 @@ void ShmBackend::arrive(const Request& r, bool small) {
     SlotHeader& theirs = view_.slot(p, call);
     waiter_.wait(p, context_, [&] { return theirs.seq.load(std::memory_order_acquire) == call; });
     DAGR_ENFORCE(theirs.fingerprint == current_, MismatchError, "collective #", call,
-                 " does not match across ranks: rank ", rank_, " called ", current_.describe(),
-                 " but rank ", p, " called ", theirs.fingerprint.describe());
+                 " does not match across ranks: ", waiter_.name_of(rank_), " called ", current_.describe(),
+                 " but ", waiter_.name_of(p), " called ", theirs.fingerprint.describe());
   }
 }
 

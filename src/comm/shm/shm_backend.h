@@ -41,8 +41,10 @@ class ShmBackend final : public Backend {
   // removes the name, so nothing is left in /dev/shm even if the job dies later.
   // `world`: the group `dagr launch` started, whose ranks are the launcher's,
   // so a rank that never joins can be reported to it by number.
+  // `world_rank`: this rank's number in that group (-1: `rank`), by which
+  // errors in any group name it.
   static std::unique_ptr<ShmBackend> join(const std::string& name, int rank, int size,
-                                          Clock::time_point deadline, bool world = false);
+                                          Clock::time_point deadline, bool world = false, int world_rank = -1);
   // A group of one in private memory.
   static std::unique_ptr<ShmBackend> solo();
   ~ShmBackend() override;
@@ -63,7 +65,7 @@ class ShmBackend final : public Backend {
   ShrinkOutcome shrink(std::uint64_t value, std::chrono::milliseconds timeout);
 
  private:
-  ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world);
+  ShmBackend(Segment segment, const Layout& layout, std::string name, int rank, bool world, int world_rank);
   void attach();
   bool gone(int peer) const;  // died or left, as far as this rank can tell now
 
@@ -112,6 +114,8 @@ class ShmBackend final : public Backend {
   SegmentView view_;
   std::string name_;
   int rank_;
+  int world_rank_;  // this rank in the launched group (RankControl::world_rank)
+  bool world_;      // this is the launched group (join's `world`)
   int size_;
   Waiter waiter_;
   std::uint64_t calls_ = 0;     // collectives so far: the call number

@@ -86,9 +86,9 @@ void ShmBackend::recv(const Request& r, const WaitContext& context) const {
   if (!(header.fingerprint == want) || header.tag != r.tag) {
     ch.broken.store(1, std::memory_order_release);
     waiter_.notify();
-    throw MismatchError(concat("rank ", rank_, " expected ", want.describe(), " tag ", r.tag,
-                               " from rank ", r.root, " but rank ", r.root, " sent ",
-                               header.fingerprint.describe(), " tag ", header.tag));
+    const std::string peer = waiter_.name_of(r.root);
+    throw MismatchError(concat(waiter_.name_of(rank_), " expected ", want.describe(), " tag ", r.tag, " from ", peer,
+                               " but ", peer, " sent ", header.fingerprint.describe(), " tag ", header.tag));
   }
   take(static_cast<std::byte*>(r.out), r.bytes());
 }

@@ -80,7 +80,7 @@ ShrinkOutcome ShmBackend::shrink(std::uint64_t value, std::chrono::milliseconds 
   const auto join_deadline = Clock::now() + timeout, publish_deadline = join_deadline + timeout;
   auto left_out = [&] {
     DAGR_ENFORCE(h.formed_round.load(std::memory_order_acquire) == 0 || has(load(h.formed_members), rank_),
-                 PeerError, "rank ", rank_,
+                 PeerError, waiter_.name_of(rank_),
                  " was left out: the other survivors formed a group without it (it came after their timeout)");
   };
   auto pause = [] { std::this_thread::sleep_for(std::chrono::microseconds(200)); };
@@ -109,8 +109,8 @@ ShrinkOutcome ShmBackend::shrink(std::uint64_t value, std::chrono::milliseconds 
       Publication pub = read_publication(view_.control(p));
       while (pub.round < round && !gone(p)) {
         left_out();
-        DAGR_ENFORCE(Clock::now() < publish_deadline, TimeoutError, "rank ", rank_,
-                     " timed out shrinking the group: rank ", p, " joined but did not publish its view");
+        DAGR_ENFORCE(Clock::now() < publish_deadline, TimeoutError, waiter_.name_of(rank_),
+                     " timed out shrinking the group: ", waiter_.name_of(p), " joined but did not publish its view");
         pause();
         pub = read_publication(view_.control(p));
       }
@@ -118,7 +118,7 @@ ShrinkOutcome ShmBackend::shrink(std::uint64_t value, std::chrono::milliseconds 
       agreed_min = std::min(agreed_min, pub.value);
     }
     if (!agreed) {
-      DAGR_ENFORCE(Clock::now() < publish_deadline, TimeoutError, "rank ", rank_,
+      DAGR_ENFORCE(Clock::now() < publish_deadline, TimeoutError, waiter_.name_of(rank_),
                    " could not agree with the other survivors on who is left before the timeout");
       continue;
     }
@@ -133,7 +133,7 @@ ShrinkOutcome ShmBackend::shrink(std::uint64_t value, std::chrono::milliseconds 
     const auto new_rank = static_cast<int>(std::find(out.survivors.begin(), out.survivors.end(), rank_) -
                                            out.survivors.begin());
     const int new_size = static_cast<int>(out.survivors.size());
-    out.backend = new_size == 1 ? solo() : join(concat(name_, ".s", round), new_rank, new_size, publish_deadline);
+    out.backend = new_size == 1 ? solo() : join(concat(name_, ".s", round), new_rank, new_size, publish_deadline, false, world_rank_);
     return out;
   }
 }

@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <climits>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #include "dagr/error.h"
@@ -38,7 +40,34 @@ FaultKind fault_kind(RankState why) {
   return why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent;
 }
 
+// The launched group's segment (Waiter::attach_world), read and written under
+// the mutex: the group may be destroyed while another group still waits.
+struct WorldRecord {
+  std::mutex mutex;
+  std::optional<SegmentView> view;
+  int self = -1;
+};
+WorldRecord& world_record() {
+  static auto* record = new WorldRecord;  // never destroyed: waits may outlive static destruction
+  return *record;
+}
+
 }  // namespace
+
+void Waiter::attach_world(const SegmentView& view, int self) {
+  WorldRecord& w = world_record();
+  std::lock_guard lock(w.mutex);
+  w.view.emplace(view);
+  w.self = self;
+}
+
+void Waiter::detach_world(const SegmentHeader& header) {
+  WorldRecord& w = world_record();
+  std::lock_guard lock(w.mutex);
+  if (!w.view || &w.view->header() != &header) return;
+  w.view.reset();
+  w.self = -1;
+}
 
 void Waiter::notify() const {
   SegmentHeader& h = view_.header();
@@ -52,13 +81,15 @@ void Waiter::notify() const {
 // The first failure seen in a group is written into its header (layout.h) so
 // that every other waiter gives up too, then reported to the launcher
 // (fault_report.h), then thrown.
-void Waiter::fail(int peer, RankState why, const std::string& message, bool timeout) const {
+void Waiter::fail(int peer, RankState why, const std::string& message, bool timeout, const Silent* culprit) const {
   SegmentHeader& h = view_.header();
-  const int pid = view_.control(peer).pid;
+  const RankControl& c = view_.control(peer);
+  const int pid = culprit ? culprit->pid : c.pid;
   std::int32_t none = 0;
   if (h.broken.compare_exchange_strong(none, -1, std::memory_order_acq_rel)) {
     h.broken_why.store(why, std::memory_order_relaxed);
     h.broken_pid = pid;
+    h.broken_world_rank = culprit ? culprit->world_rank : c.pid > 0 ? c.world_rank : -1;
     h.broken.store(peer + 1, std::memory_order_release);
   }
   notify();
@@ -85,13 +116,19 @@ RankState Waiter::peer_state(int peer) const {
   return state;
 }
 
+std::string Waiter::name_of(int r) const {
+  const RankControl& c = view_.control(r);
+  if (c.pid > 0) return concat("rank ", c.world_rank);
+  return world_ ? concat("rank ", r) : concat("rank ", r, " of this group");
+}
+
 void Waiter::fail_peer(int peer, RankState state, const WaitContext& context) const {
   const int pid = view_.control(peer).pid;
   if (state == RankState::dead)
-    fail(peer, state, concat("rank ", peer, " (pid ", pid, ") died while rank ", self_, " waited for it in ",
+    fail(peer, state, concat(name_of(peer), " (pid ", pid, ") died while ", name_of(self_), " waited for it in ",
                              context.describe()));
-  fail(peer, state, concat("rank ", peer, " (pid ", pid, ") left the group (its communicator was destroyed) while rank ",
-                           self_, " waited for it in ", context.describe()));
+  fail(peer, state, concat(name_of(peer), " (pid ", pid, ") left the group (its communicator was destroyed) while ",
+                           name_of(self_), " waited for it in ", context.describe()));
 }
 
 void Waiter::check_group(const WaitContext& context) const {
@@ -103,8 +140,9 @@ void Waiter::check_group(const WaitContext& context) const {
   const char* what = why == RankState::dead ? "died" : why == RankState::left ? "left the group" : "went silent";
   report_fault(fault_kind(why),
                h.broken_pid);
-  throw PeerError(concat("rank ", peer, " (pid ", h.broken_pid, ") ", what, ", so the group gave up ",
-                         context.describe(), " on rank ", self_));
+  const std::string culprit = h.broken_world_rank >= 0 ? concat("rank ", h.broken_world_rank) : name_of(peer);
+  throw PeerError(concat(culprit, " (pid ", h.broken_pid, ") ", what, ", so the group gave up ",
+                         context.describe(), " on ", name_of(self_)));
 }
 
 namespace {
@@ -113,33 +151,76 @@ std::int64_t ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-// Publishes what this rank waits for while a slow wait lasts.
+// Publishes what this rank waits for while a slow wait lasts: in this group,
+// and (another group) in the launched group's record, by launched-group rank.
+// Several threads of a process may wait at once; the record holds the last
+// one renewed, and a wait that ends clears it only if it still holds its own.
 struct WaitingFor {
   RankControl& me;
-  WaitingFor(RankControl& control, int peer) : me(control) {
-    me.heartbeat_ns.store(ns(Clock::now()), std::memory_order_relaxed);
+  const SegmentHeader& group;  // which segment `me` is in
+  int world_peer;              // the peer's launched-group rank; -1: unknown
+  WaitingFor(RankControl& control, const SegmentHeader& header, int peer, int peer_world)
+      : me(control), group(header), world_peer(peer_world) {
     me.waiting_for.store(peer, std::memory_order_release);
+    renew(ns(Clock::now()));
   }
-  ~WaitingFor() { me.waiting_for.store(-1, std::memory_order_release); }
+  // Each ms: the heartbeat here, and the wait in the launched group's record.
+  void renew(std::int64_t now) const {
+    me.heartbeat_ns.store(now, std::memory_order_relaxed);
+    if (world_peer < 0) return;
+    WorldRecord& w = world_record();
+    std::lock_guard lock(w.mutex);
+    if (!w.view || &w.view->header() == &group) return;  // this is the launched group
+    RankControl& record = w.view->control(w.self);
+    record.waiting_for.store(world_peer, std::memory_order_release);
+    record.heartbeat_ns.store(now, std::memory_order_relaxed);
+  }
+  ~WaitingFor() {
+    me.waiting_for.store(-1, std::memory_order_release);
+    if (world_peer < 0) return;
+    WorldRecord& w = world_record();
+    std::lock_guard lock(w.mutex);
+    if (!w.view || &w.view->header() == &group) return;
+    std::int32_t mine = world_peer;
+    w.view->control(w.self).waiting_for.compare_exchange_strong(mine, -1, std::memory_order_acq_rel);
+  }
 };
+
+// The end of a chain of waits from `from` in `view`: a rank not waiting, or
+// waiting for `self`, or whose heartbeat is older than `stale`; `from` when
+// the chain comes back on itself.
+int chain_end(const SegmentView& view, int from, int self, std::int64_t stale) {
+  std::vector<bool> seen(static_cast<std::size_t>(view.layout().size));
+  for (int r = from; r >= 0 && r < view.layout().size && !seen[static_cast<std::size_t>(r)];) {
+    seen[static_cast<std::size_t>(r)] = true;
+    const RankControl& c = view.control(r);
+    const int next = c.waiting_for.load(std::memory_order_acquire);
+    if (next < 0 || next == self || c.heartbeat_ns.load(std::memory_order_relaxed) < stale) return r;
+    r = next;
+  }
+  return from;
+}
 
 }  // namespace
 
 // A timed-out wait on `peer` blames the rank at the end of the chain of
-// waits: peer may itself be waiting, alive and well, for a rank that stopped.
-// A rank is silent when it is not waiting, or its heartbeat is older than
-// 500 ms (it was stopped, or it is stuck outside dagr).
-int Waiter::silent_rank(int peer) const {
+// waits: peer may itself be waiting, alive and well, for a rank that stopped,
+// in this group or another (the launched group's record has every process's
+// waits). A rank is silent when it is not waiting, or its heartbeat is older
+// than 500 ms (it was stopped, or it is stuck outside dagr).
+Waiter::Silent Waiter::silent_rank(int peer) const {
   const std::int64_t stale = ns(Clock::now()) - 500'000'000;
-  std::vector<bool> seen(static_cast<std::size_t>(view_.layout().size));
-  for (int r = peer; r >= 0 && r < view_.layout().size && !seen[static_cast<std::size_t>(r)];) {
-    seen[static_cast<std::size_t>(r)] = true;
-    const RankControl& c = view_.control(r);
-    const int next = c.waiting_for.load(std::memory_order_acquire);
-    if (next < 0 || next == self_ || c.heartbeat_ns.load(std::memory_order_relaxed) < stale) return r;
-    r = next;
+  const RankControl& p = view_.control(peer);
+  {
+    WorldRecord& w = world_record();
+    std::lock_guard lock(w.mutex);
+    if (w.view && p.pid > 0 && p.world_rank >= 0 && p.world_rank < w.view->layout().size) {
+      const int end = chain_end(*w.view, p.world_rank, w.self, stale);
+      return {end, w.view->control(end).pid};
+    }
   }
-  return peer;
+  const RankControl& c = view_.control(chain_end(view_, peer, self_, stale));
+  return {c.pid > 0 ? c.world_rank : peer, c.pid > 0 ? c.pid : p.pid};
 }
 
 void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),
@@ -164,12 +245,13 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
   // Phases 2 and 3: yield, then sleep in short slices; check the peer and the
   // deadline, and renew the heartbeat, each ms.
   SegmentHeader& h = view_.header();
-  const WaitingFor waiting(view_.control(self_), peer);
+  const RankControl& peer_control = view_.control(peer);
+  const WaitingFor waiting(view_.control(self_), h, peer, peer_control.pid > 0 ? peer_control.world_rank : -1);
   for (;;) {
     const auto now = Clock::now();
     if (now >= next_check) {
       if (ready(arg)) return;
-      waiting.me.heartbeat_ns.store(ns(now), std::memory_order_relaxed);
+      waiting.renew(ns(now));
       // The peer may publish, finish and leave (or the group break) between
       // the check above and these: what it published before still counts, so
       // a failure is looked at once more after ready() (the state is read
@@ -182,14 +264,19 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
         check_group(context);
       }
       if (now >= context.deadline) {
-        const int silent = silent_rank(peer);
-        const int pid = view_.control(silent).pid;
-        fail(silent, RankState::absent,
-             concat("rank ", self_, " timed out after ", context.timeout.count() / 1000.0, " s waiting for rank ", peer,
-                    silent != peer ? concat(", itself waiting for rank ", silent) : std::string(),
-                    pid > 0 ? concat(" (pid ", pid, ")") : std::string(), ", which stopped responding, in ",
+        const Silent silent = silent_rank(peer);
+        const bool is_peer = peer_control.pid > 0 ? silent.world_rank == peer_control.world_rank : silent.pid <= 0;
+        // The group is marked broken by its own rank at the end of the chain
+        // when the culprit is in this group, else by the peer that waits for it.
+        int mark = peer;
+        for (int r = 0; r < view_.layout().size; ++r)
+          if (view_.control(r).pid > 0 && view_.control(r).world_rank == silent.world_rank) mark = r;
+        fail(mark, RankState::absent,
+             concat(name_of(self_), " timed out after ", context.timeout.count() / 1000.0, " s waiting for ",
+                    name_of(peer), is_peer ? std::string() : concat(", itself waiting for rank ", silent.world_rank),
+                    silent.pid > 0 ? concat(" (pid ", silent.pid, ")") : std::string(), ", which stopped responding, in ",
                     context.describe()),
-             true);
+             true, &silent);
       }
       next_check = now + std::chrono::milliseconds(1);
     }

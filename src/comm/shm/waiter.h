@@ -48,12 +48,33 @@ class Waiter {
   // PeerError if another rank already found the group broken.
   void check_group(const WaitContext& context) const;
 
+  // "rank N", N being rank r's number in the group `dagr launch` started (the
+  // launcher's and the user's numbering, whatever group this is); "rank r of
+  // this group" for a rank of a subgroup that never attached.
+  std::string name_of(int r) const;
+
+  // The launched group's segment, where every process has a control block:
+  // each wait in any group is also published there (in that group's
+  // numbering), so that a timeout can follow a chain of waits across groups
+  // (a pipeline stage waiting for its neighbour, which waits for its tensor
+  // group). Set by the launched group's backend while it is attached.
+  static void attach_world(const SegmentView& view, int self);
+  static void detach_world(const SegmentHeader& header);  // if `header`'s group is the one attached
+
  private:
-  int silent_rank(int peer) const;  // the end of the chain of waits from `peer`
+  struct Silent {
+    int world_rank, pid;
+  };
+  // The end of the chain of waits from `peer`: in the launched group's
+  // record when there is one (any group), else in this group.
+  Silent silent_rank(int peer) const;
   // `peer`'s state, turned to dead when its liveness lock is gone (segment.h).
   RankState peer_state(int peer) const;
   [[noreturn]] void fail_peer(int peer, RankState state, const WaitContext& context) const;
-  [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false) const;
+  // Marks the group broken by `peer` (this group's rank; the culprit, known by
+  // its launched-group rank and pid, may be in another group), reports, throws.
+  [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false,
+                         const Silent* culprit = nullptr) const;
   void wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),
                  const void* arg) const;
 
