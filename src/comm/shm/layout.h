@@ -51,6 +51,10 @@ struct RankControl {
   // a chain of waits (waiter.cc).
   alignas(kCacheLine) std::atomic<std::int32_t> waiting_for;
   std::atomic<std::int64_t> heartbeat_ns;
+  // After a failed wait, until its next wait: 1 + the launched-group rank this
+  // rank blamed (0: none). A chain of waits that reaches a rank which gave up
+  // ends at the rank it blamed, not at the rank that gave up.
+  std::atomic<std::int32_t> blames;
   // Shrinking (shm_shrink.cc): the round this rank has joined, and what it
   // published for the round it last published (a seqlock on `published`).
   alignas(kCacheLine) std::atomic<std::uint64_t> shrink_joined;

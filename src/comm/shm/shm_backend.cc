@@ -147,6 +147,7 @@ void ShmBackend::attach() {
   c.pid = static_cast<std::int32_t>(getpid());
   c.world_rank = world_rank_;
   c.waiting_for.store(-1, std::memory_order_relaxed);
+  c.blames.store(0, std::memory_order_relaxed);
   c.state.store(RankState::attached, std::memory_order_release);
   if (world_) Waiter::attach_world(view_, rank_);
   view_.header().attached.fetch_add(1, std::memory_order_acq_rel);

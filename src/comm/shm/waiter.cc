@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <climits>
 #include <mutex>
+#include <utility>
 #include <optional>
 #include <vector>
 
@@ -81,15 +82,28 @@ void Waiter::notify() const {
 // The first failure seen in a group is written into its header (layout.h) so
 // that every other waiter gives up too, then reported to the launcher
 // (fault_report.h), then thrown.
+// This rank gave up blaming launched-group rank `world_rank` (-1: unknown):
+// noted here and in the launched group's record, for chains through it.
+void Waiter::note_blame(int world_rank) const {
+  const std::int32_t blames = world_rank >= 0 ? world_rank + 1 : 0;
+  view_.control(self_).blames.store(blames, std::memory_order_release);
+  WorldRecord& w = world_record();
+  std::lock_guard lock(w.mutex);
+  if (w.view && &w.view->header() != &view_.header())
+    w.view->control(w.self).blames.store(blames, std::memory_order_release);
+}
+
 void Waiter::fail(int peer, RankState why, const std::string& message, bool timeout, const Silent* culprit) const {
   SegmentHeader& h = view_.header();
   const RankControl& c = view_.control(peer);
   const int pid = culprit ? culprit->pid : c.pid;
+  const int culprit_world_rank = culprit ? culprit->world_rank : c.pid > 0 ? c.world_rank : -1;
+  note_blame(culprit_world_rank);
   std::int32_t none = 0;
   if (h.broken.compare_exchange_strong(none, -1, std::memory_order_acq_rel)) {
     h.broken_why.store(why, std::memory_order_relaxed);
     h.broken_pid = pid;
-    h.broken_world_rank = culprit ? culprit->world_rank : c.pid > 0 ? c.world_rank : -1;
+    h.broken_world_rank = culprit_world_rank;
     h.broken.store(peer + 1, std::memory_order_release);
   }
   notify();
@@ -127,8 +141,17 @@ void Waiter::fail_peer(int peer, RankState state, const WaitContext& context) co
   if (state == RankState::dead)
     fail(peer, state, concat(name_of(peer), " (pid ", pid, ") died while ", name_of(self_), " waited for it in ",
                              context.describe()));
-  fail(peer, state, concat(name_of(peer), " (pid ", pid, ") left the group (its communicator was destroyed) while ",
-                           name_of(self_), " waited for it in ", context.describe()));
+  // A peer that left because a wait of its own failed passes the blame on
+  // (RankControl::blames, here or in another group, through the launched
+  // group's record).
+  const RankControl& c = view_.control(peer);
+  const Silent end = silent_rank(peer);
+  const bool passed_on = c.pid > 0 && end.world_rank != c.world_rank;
+  fail(peer, state, concat(name_of(peer), " (pid ", pid, ") ",
+                           passed_on ? concat("gave up, blaming rank ", end.world_rank,
+                                              end.pid > 0 ? concat(" (pid ", end.pid, "),") : std::string(","))
+                                     : std::string("left the group (its communicator was destroyed)"),
+                           " while ", name_of(self_), " waited for it in ", context.describe()));
 }
 
 void Waiter::check_group(const WaitContext& context) const {
@@ -140,6 +163,7 @@ void Waiter::check_group(const WaitContext& context) const {
   const char* what = why == RankState::dead ? "died" : why == RankState::left ? "left the group" : "went silent";
   report_fault(fault_kind(why),
                h.broken_pid);
+  note_blame(h.broken_world_rank);
   const std::string culprit = h.broken_world_rank >= 0 ? concat("rank ", h.broken_world_rank) : name_of(peer);
   throw PeerError(concat(culprit, " (pid ", h.broken_pid, ") ", what, ", so the group gave up ",
                          context.describe(), " on ", name_of(self_)));
@@ -161,6 +185,7 @@ struct WaitingFor {
   int world_peer;              // the peer's launched-group rank; -1: unknown
   WaitingFor(RankControl& control, const SegmentHeader& header, int peer, int peer_world)
       : me(control), group(header), world_peer(peer_world) {
+    me.blames.store(0, std::memory_order_relaxed);  // waiting again: no longer a rank that gave up
     me.waiting_for.store(peer, std::memory_order_release);
     renew(ns(Clock::now()));
   }
@@ -172,6 +197,7 @@ struct WaitingFor {
     std::lock_guard lock(w.mutex);
     if (!w.view || &w.view->header() == &group) return;  // this is the launched group
     RankControl& record = w.view->control(w.self);
+    record.blames.store(0, std::memory_order_relaxed);
     record.waiting_for.store(world_peer, std::memory_order_release);
     record.heartbeat_ns.store(now, std::memory_order_relaxed);
   }
@@ -186,19 +212,34 @@ struct WaitingFor {
   }
 };
 
-// The end of a chain of waits from `from` in `view`: a rank not waiting, or
-// waiting for `self`, or whose heartbeat is older than `stale`; `from` when
-// the chain comes back on itself.
-int chain_end(const SegmentView& view, int from, int self, std::int64_t stale) {
-  std::vector<bool> seen(static_cast<std::size_t>(view.layout().size));
-  for (int r = from; r >= 0 && r < view.layout().size && !seen[static_cast<std::size_t>(r)];) {
+// The end of a chain of waits from `from` in `view`, as a launched-group rank
+// and its pid (0: not in this view). A rank that gave up passes the chain on
+// to the rank it blamed; the chain ends at a rank not waiting, or waiting for
+// `self`, or whose heartbeat is older than `stale`; at `from` when it comes
+// back on itself.
+std::pair<int, int> chain_end(const SegmentView& view, int from, int self, std::int64_t stale) {
+  const int size = view.layout().size;
+  auto world_rank = [&](int r) { return view.control(r).pid > 0 ? view.control(r).world_rank : r; };
+  auto index_of = [&](int world) {
+    for (int r = 0; r < size; ++r)
+      if (view.control(r).pid > 0 && view.control(r).world_rank == world) return r;
+    return -1;
+  };
+  std::vector<bool> seen(static_cast<std::size_t>(size));
+  for (int r = from; r >= 0 && r < size && !seen[static_cast<std::size_t>(r)];) {
     seen[static_cast<std::size_t>(r)] = true;
     const RankControl& c = view.control(r);
+    if (const int blames = c.blames.load(std::memory_order_acquire); blames > 0) {
+      r = index_of(blames - 1);
+      if (r < 0) return {blames - 1, 0};
+      continue;
+    }
     const int next = c.waiting_for.load(std::memory_order_acquire);
-    if (next < 0 || next == self || c.heartbeat_ns.load(std::memory_order_relaxed) < stale) return r;
+    if (next < 0 || next == self || c.heartbeat_ns.load(std::memory_order_relaxed) < stale)
+      return {world_rank(r), c.pid};
     r = next;
   }
-  return from;
+  return {world_rank(from), view.control(from).pid};
 }
 
 }  // namespace
@@ -215,12 +256,12 @@ Waiter::Silent Waiter::silent_rank(int peer) const {
     WorldRecord& w = world_record();
     std::lock_guard lock(w.mutex);
     if (w.view && p.pid > 0 && p.world_rank >= 0 && p.world_rank < w.view->layout().size) {
-      const int end = chain_end(*w.view, p.world_rank, w.self, stale);
-      return {end, w.view->control(end).pid};
+      const auto [world_rank, pid] = chain_end(*w.view, p.world_rank, w.self, stale);
+      return {world_rank, pid};
     }
   }
-  const RankControl& c = view_.control(chain_end(view_, peer, self_, stale));
-  return {c.pid > 0 ? c.world_rank : peer, c.pid > 0 ? c.pid : p.pid};
+  const auto [world_rank, pid] = chain_end(view_, peer, self_, stale);
+  return {world_rank, pid};
 }
 
 void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const void*),

@@ -71,6 +71,7 @@ class Waiter {
   // `peer`'s state, turned to dead when its liveness lock is gone (segment.h).
   RankState peer_state(int peer) const;
   [[noreturn]] void fail_peer(int peer, RankState state, const WaitContext& context) const;
+  void note_blame(int world_rank) const;  // RankControl::blames, here and in the launched group's record
   // Marks the group broken by `peer` (this group's rank; the culprit, known by
   // its launched-group rank and pid, may be in another group), reports, throws.
   [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false,
