@@ -9,7 +9,7 @@ namespace dagr::train {
 struct InferOptions {
   std::string checkpoint;
   std::string model = "mlp";
-  int depth = 8;  // deep-mlp only: the checkpoint's hidden layers
+  int depth = 8;  // deep-mlp only: the checkpoint's hidden layers (models::kDefaultDepth)
   std::string dataset;
   int tensor_parallel = 1;
   // > 1: the model cut by layer into this many stages (by parameter count, as

@@ -10,7 +10,7 @@ namespace dagr::train {
 struct TrainOptions {
   std::string model = "mlp";
   int hidden = 256;
-  int depth = 8;             // deep-mlp only: its hidden layers (models::make_model)
+  int depth = 8;             // deep-mlp only: its hidden layers (models::kDefaultDepth, make_model)
   std::string dataset;       // folder of IDX files
   int epochs = 10;
   std::int64_t batch_size = 64;  // per rank

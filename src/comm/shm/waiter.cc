@@ -212,6 +212,13 @@ struct WaitingFor {
   }
 };
 
+// The rank of `view` whose launched-group rank is `world_rank`; -1: none.
+int index_of(const SegmentView& view, int world_rank) {
+  for (int r = 0; r < view.layout().size; ++r)
+    if (view.control(r).pid > 0 && view.control(r).world_rank == world_rank) return r;
+  return -1;
+}
+
 // The end of a chain of waits from `from` in `view`, as a launched-group rank
 // and its pid (0: not in this view). A rank that gave up passes the chain on
 // to the rank it blamed; the chain ends at a rank not waiting, or waiting for
@@ -220,17 +227,12 @@ struct WaitingFor {
 std::pair<int, int> chain_end(const SegmentView& view, int from, int self, std::int64_t stale) {
   const int size = view.layout().size;
   auto world_rank = [&](int r) { return view.control(r).pid > 0 ? view.control(r).world_rank : r; };
-  auto index_of = [&](int world) {
-    for (int r = 0; r < size; ++r)
-      if (view.control(r).pid > 0 && view.control(r).world_rank == world) return r;
-    return -1;
-  };
   std::vector<bool> seen(static_cast<std::size_t>(size));
   for (int r = from; r >= 0 && r < size && !seen[static_cast<std::size_t>(r)];) {
     seen[static_cast<std::size_t>(r)] = true;
     const RankControl& c = view.control(r);
     if (const int blames = c.blames.load(std::memory_order_acquire); blames > 0) {
-      r = index_of(blames - 1);
+      r = index_of(view, blames - 1);
       if (r < 0) return {blames - 1, 0};
       continue;
     }
@@ -309,10 +311,8 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
         const bool is_peer = peer_control.pid > 0 ? silent.world_rank == peer_control.world_rank : silent.pid <= 0;
         // The group is marked broken by its own rank at the end of the chain
         // when the culprit is in this group, else by the peer that waits for it.
-        int mark = peer;
-        for (int r = 0; r < view_.layout().size; ++r)
-          if (view_.control(r).pid > 0 && view_.control(r).world_rank == silent.world_rank) mark = r;
-        fail(mark, RankState::absent,
+        const int culprit_here = index_of(view_, silent.world_rank);
+        fail(culprit_here >= 0 ? culprit_here : peer, RankState::absent,
              concat(name_of(self_), " timed out after ", context.timeout.count() / 1000.0, " s waiting for ",
                     name_of(peer), is_peer ? std::string() : concat(", itself waiting for rank ", silent.world_rank),
                     silent.pid > 0 ? concat(" (pid ", silent.pid, ")") : std::string(), ", which stopped responding, in ",
