@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "dagr/error.h"
+#include "dagr/torch/compat.h"
 #include "dagr/train/zero_optimizer.h"
 
 namespace dagr {
@@ -240,7 +241,6 @@ void load_module_state(torch::nn::Module& module, const std::map<std::string, to
 
 namespace {
 using ParamState = torch::optim::OptimizerParamState;
-std::string key_of(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 }  // namespace
 
 std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& optimizer,
@@ -254,7 +254,7 @@ std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& op
     out["group" + std::to_string(g) + "/lr"] = torch::tensor(optimizer.param_groups()[g].options().get_lr(), torch::kFloat64);
   auto& state = optimizer.state();
   for (const auto& item : params) {
-    const auto it = state.find(key_of(item.value()));
+    const auto it = state.find(torch_compat::optimizer_state_key(item.value()));
     if (it == state.end()) continue;  // no step taken yet
     const std::string& name = item.key();
     if (sgd) {
@@ -297,7 +297,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer,
       if (!buffer.defined()) continue;
       auto s = std::make_unique<torch::optim::SGDParamState>();
       s->momentum_buffer(buffer);
-      state[key_of(p)] = std::move(s);
+      state[torch_compat::optimizer_state_key(p)] = std::move(s);
     } else {
       auto step = get(name + "/step", {});
       if (!step.defined()) continue;
@@ -308,7 +308,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer,
       s->max_exp_avg_sq(get(name + "/max_exp_avg_sq", p));
       DAGR_ENFORCE(s->exp_avg().defined() && s->exp_avg_sq().defined(), InputError, "the checkpoint's Adam state of ",
                    name, " is incomplete");
-      state[key_of(p)] = std::move(s);
+      state[torch_compat::optimizer_state_key(p)] = std::move(s);
     }
   }
 }

@@ -6,12 +6,12 @@
 
 #include "dagr/error.h"
 #include "dagr/train/comm_hook.h"
+#include "dagr/torch/compat.h"
 #include "dagr/torch/tensor.h"
 
 namespace dagr {
 namespace {
 
-std::string key_of(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
 // SGD's and Adam's per-element state, by the names checkpoints give it.
 constexpr const char* kKinds[] = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
@@ -127,7 +127,7 @@ struct ZeroOptimizer::Impl {
   // keeps no such state.
   torch::Tensor gather(const Shard& s, std::string_view kind) {
     auto of = [&](const torch::Tensor& slice) -> torch::Tensor {
-      const auto it = inner->state().find(key_of(slice));
+      const auto it = inner->state().find(torch_compat::optimizer_state_key(slice));
       return it == inner->state().end() ? torch::Tensor() : state_tensor(*it->second, kind);
     };
     const torch::Tensor probe = of(s.own.defined() ? s.own : s.common);
@@ -225,7 +225,7 @@ struct ZeroOptimizer::Impl {
           if (!buffer.defined()) continue;
           auto st = std::make_unique<torch::optim::SGDParamState>();
           st->momentum_buffer(buffer);
-          inner_state[key_of(slice)] = std::move(st);
+          inner_state[torch_compat::optimizer_state_key(slice)] = std::move(st);
         } else {
           if (!step) continue;
           auto st = std::make_unique<torch::optim::AdamParamState>();
@@ -235,7 +235,7 @@ struct ZeroOptimizer::Impl {
           st->max_exp_avg_sq(part(flats["max_exp_avg_sq"]));
           DAGR_ENFORCE(st->exp_avg().defined() && st->exp_avg_sq().defined(), InputError,
                        "the optimizer state's Adam moments are incomplete");
-          inner_state[key_of(slice)] = std::move(st);
+          inner_state[torch_compat::optimizer_state_key(slice)] = std::move(st);
         }
       }
     }

@@ -9,6 +9,9 @@
 
 #include <functional>
 #include <memory>
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 namespace dagr::torch_compat {
 
@@ -36,6 +39,22 @@ using BatchOptional = detail::Result<decltype(&Sampler::next)>::type;
 // A tensor's first element, writable (2.1 added mutable_data_ptr() and may
 // deprecate data_ptr() on const tensors; data_ptr() is in both).
 inline void* mutable_data(const torch::Tensor& t) { return t.data_ptr(); }
+
+// The key an optimizer files a parameter's state under (Optimizer::state()):
+// the TensorImpl's address printed as a string in 1.13, the address itself in
+// 2.x. Read off the map's own key type, so it matches whichever this libtorch
+// declares.
+using OptimizerStateKey = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+template <class Key = OptimizerStateKey>
+Key optimizer_state_key(const torch::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream s;  // what 1.13's c10::guts::to_string does
+    s << param.unsafeGetTensorImpl();
+    return s.str();
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
+}
 
 // Runs `ready` each time autograd has accumulated `param`'s gradient (a post
 // hook on its gradient accumulator; 2.1 also offers

@@ -1,0 +1,105 @@
+// FusedAdam against libtorch's Adam: the same parameters and state after many
+// steps (to float rounding), state that either optimizer can continue from,
+// and libtorch's own step where the loop does not apply.
+#include <gtest/gtest.h>
+
+#include "dagr/train/checkpoint.h"
+#include "dagr/train/fused_adam.h"
+
+namespace {
+
+torch::nn::Sequential mlp(torch::ScalarType type) {
+  torch::manual_seed(3);
+  torch::nn::Sequential m(torch::nn::Linear(20, 33), torch::nn::ReLU(), torch::nn::Linear(33, 4));
+  m->to(type);
+  return m;
+}
+
+// `steps` steps on data that changes every step.
+void train(torch::nn::Sequential& m, torch::optim::Optimizer& optimizer, int steps, int first = 0) {
+  const auto type = m->parameters()[0].scalar_type();
+  for (int i = first; i < first + steps; ++i) {
+    optimizer.zero_grad();
+    const auto x = torch::sin(torch::arange(16 * 20, type) * 0.37 * (i + 1)).reshape({16, 20});
+    m->forward(x).pow(2).mean().backward();
+    optimizer.step();
+  }
+}
+
+// The largest difference between the two models' parameters, relative to the largest parameter.
+double relative_difference(torch::nn::Sequential& a, torch::nn::Sequential& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a->parameters().size(); ++i) {
+    diff = std::max(diff, (a->parameters()[i] - b->parameters()[i]).abs().max().item<double>());
+    scale = std::max(scale, a->parameters()[i].abs().max().item<double>());
+  }
+  return diff / scale;
+}
+
+struct Case {
+  torch::ScalarType type;
+  double weight_decay;
+  double one_step;  // the relative difference allowed after one step,
+  double tolerance;  // and after 200 (rounding differences grow as the runs drift apart)
+};
+
+class FusedAdamMatches : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FusedAdamMatches, LibtorchsAdam) {
+  const Case c = GetParam();
+  auto a = mlp(c.type), b = mlp(c.type);
+  const auto options = torch::optim::AdamOptions(1e-2).weight_decay(c.weight_decay);
+  torch::optim::Adam reference(a->parameters(), options);
+  dagr::FusedAdam fused(b->parameters(), options);
+  train(a, reference, 1);
+  train(b, fused, 1);
+  EXPECT_LE(relative_difference(a, b), c.one_step);
+  train(a, reference, 199, 1);
+  train(b, fused, 199, 1);
+  const double difference = relative_difference(a, b);
+  EXPECT_LE(difference, c.tolerance);
+  // The parameters moved far from where they began: a step that did nothing would fail above.
+  auto start = mlp(c.type);
+  EXPECT_GT(relative_difference(start, b), 0.1);
+  // The state is where libtorch keeps it, as libtorch keeps it.
+  const auto ra = dagr::optimizer_state(reference, a->named_parameters());
+  const auto rb = dagr::optimizer_state(fused, b->named_parameters());
+  ASSERT_EQ(ra.size(), rb.size());
+  for (const auto& [key, t] : ra) {
+    ASSERT_TRUE(rb.count(key)) << key;
+    EXPECT_TRUE(torch::allclose(t, rb.at(key), 1e-3, 1e-6)) << key;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, FusedAdamMatches,
+                         ::testing::Values(Case{torch::kFloat32, 0, 1e-6, 1e-5}, Case{torch::kFloat32, 0.1, 1e-6, 1e-3},
+                                           Case{torch::kFloat64, 0, 1e-15, 1e-12},
+                                           Case{torch::kFloat64, 0.1, 1e-15, 1e-12}));
+
+// Trained halfway by one optimizer, the state loaded into the other, trained on:
+// the same as one optimizer all the way.
+TEST(FusedAdam, ContinuesFromLibtorchsStateAndBack) {
+  auto whole = mlp(torch::kFloat32), handed = mlp(torch::kFloat32);
+  torch::optim::Adam reference(whole->parameters(), torch::optim::AdamOptions(1e-2));
+  train(whole, reference, 100);
+  torch::optim::Adam first(handed->parameters(), torch::optim::AdamOptions(1e-2));
+  train(handed, first, 50);
+  dagr::FusedAdam second(handed->parameters(), torch::optim::AdamOptions(1e-2));
+  const auto state = dagr::optimizer_state(first, handed->named_parameters());
+  dagr::load_optimizer_state(second, handed->named_parameters(), state);
+  train(handed, second, 50, 50);
+  EXPECT_LE(relative_difference(whole, handed), 1e-5);
+}
+
+// amsgrad is not fused: the step is libtorch's own, bit for bit.
+TEST(FusedAdam, AmsgradIsLibtorchsStep) {
+  auto a = mlp(torch::kFloat32), b = mlp(torch::kFloat32);
+  const auto options = torch::optim::AdamOptions(1e-2).amsgrad(true);
+  torch::optim::Adam reference(a->parameters(), options);
+  dagr::FusedAdam fused(b->parameters(), options);
+  train(a, reference, 20);
+  train(b, fused, 20);
+  EXPECT_EQ(relative_difference(a, b), 0.0);
+}
+
+}  // namespace
