@@ -54,4 +54,4 @@ sort -k1,1 -k2,2 "$values" | awk '
     for (k in keys) { split(k, p, " "); b = p[1] " none"
       printf "%-5s %-9s %12.0f %7.2fx %12s %8s %10.4f\n", p[1], p[2], R[k], R[k] / R[b],
         T[k] < 0 ? "-" : sprintf("%.1f", T[k]), (T[k] < 0 || T[b] <= 0) ? "-" : sprintf("%.2fx", T[k] / T[b]), A[k] } }' | sort
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg); link: $rate"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg); link: $rate; BLAS: $("$dagr" --version | sed -n 's/.*, \(OpenBLAS.*kernels\).*/\1/p')"

@@ -13,6 +13,8 @@ dagr=$(realpath "${2:-build/dagr}")
 anchors=${3:-../shared/anchors}
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 export ANCHORS_OUT=$out/anchors-build OPENBLAS_NUM_THREADS=1
+source scripts/lib/same_blas.sh
+same_blas_as "$dagr"
 train() {  # name, then dagr train flags
   local name=$1; shift
   "$dagr" train --optimizer sgd --lr 0.1 --momentum 0.9 --schedule constant --batch-size 64 --threads 1 \
@@ -36,4 +38,4 @@ sort -k1,1 -k2,2g "$out/values" | awk '
     for (k = 1; k <= 2; k++) { x = models[k]; a = M["libtorch_" x]
       printf "%s: libtorch 1 process %.0f; dagr 1 worker %.0f (%.2fx); dagr 2 workers %.0f (%.2fx)   runs: 2w%s / anchor%s\n",
         x, a, M[x "_1w"], M[x "_1w"] / a, M[x "_2w"], M[x "_2w"] / a, all[x "_2w"], all["libtorch_" x] } }'
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg); BLAS: $("$dagr" --version | sed -n 's/.*, \(OpenBLAS.*kernels\).*/\1/p')"

@@ -11,6 +11,8 @@ anchors=../shared/anchors
 out=bench-out
 rm -rf "$out"; mkdir -p "$out"
 export ANCHORS_OUT=$PWD/$out/anchors-build
+source scripts/lib/same_blas.sh
+same_blas_as "$dagr"
 train() {  # name, then dagr train flags: appends "name samples_per_second" to the summary input
   local name=$1; shift
   "$dagr" train --optimizer sgd --lr 0.1 --momentum 0.9 --schedule constant --batch-size 64 --threads 1 \

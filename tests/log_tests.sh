@@ -10,6 +10,23 @@ source "$(dirname "$0")/testlib.sh"
 "$dagr" --version > "$tmp/out" 2>&1
 expect "--version names dagr and libtorch" grep -Eq '^dagr [0-9]+\.[0-9]+\.[0-9]+ \(libtorch [0-9.]+' "$tmp/out"
 
+# OpenBLAS's kernels (src/cli/blas_core.h): on a CPU with AVX2 and FMA, never
+# one of OpenBLAS's cores without AVX2, which it picks for CPUs it does not
+# know; a user's OPENBLAS_CORETYPE is kept, and the processes dagr starts see it.
+env -u OPENBLAS_CORETYPE "$dagr" --version > "$tmp/version" 2>&1
+kernels=$(sed -n 's/.*OpenBLAS \([^ ]*\) kernels.*/\1/p' "$tmp/version")
+chosen=$(sed -n 's/.*(OPENBLAS_CORETYPE=\([^)]*\)).*/\1/p' "$tmp/version")
+expect "--version names OpenBLAS's kernels" test -n "$kernels"
+flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+if [[ $flags == *" avx2 "* && $flags == *" fma "* ]]; then
+  old=" Katmai Coppermine Northwood Prescott Banias Atom Core2 Penryn Dunnington Nehalem Sandybridge Opteron Opteron(SSE3) Barcelona Nano Bobcat Bulldozer Piledriver Steamroller "
+  expect "kernels with AVX2 on a CPU with AVX2 and FMA (not $kernels)" test "${old/ $kernels /}" = "$old"
+  OPENBLAS_CORETYPE=Haswell "$dagr" --version > "$tmp/out" 2>&1
+  expect "a user's OPENBLAS_CORETYPE is kept" grep -q 'OpenBLAS Haswell kernels' "$tmp/out"
+  env -u OPENBLAS_CORETYPE "$dagr" launch -n 1 -- sh -c 'echo "core ${OPENBLAS_CORETYPE:-(as OpenBLAS detects)}"' > "$tmp/out" 2>&1
+  expect "workers see the kernels dagr chose" grep -qF "core ${chosen:-(as OpenBLAS detects)}" "$tmp/out"
+fi
+
 "$dagr" train --help > "$tmp/out" 2>&1
 expect "--help shows defaults" grep -Eq -- '--epochs .*=10' "$tmp/out"
 "$dagr" launch --help > "$tmp/out" 2>&1

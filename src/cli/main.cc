@@ -5,16 +5,20 @@
 #include <cstdio>
 #include <vector>
 
+#include "blas_core.h"
 #include "commands.h"
 #include "comm/log.h"
 #include "dagr/comm/communicator.h"
 #include "dagr/error.h"
 
 int main(int argc, char** argv) {
+  dagr::cli::use_blas_kernels_for_this_cpu(argv);
   CLI::App app{"dagr: distributed training and serving of libtorch models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", fmt::format("dagr {} (libtorch {}, MPI backends {})", dagr::log::version(),
-                                                TORCH_VERSION, dagr::Communicator::mpi_available() ? "built" : "not built"));
+  const std::string blas = dagr::cli::blas_kernels();
+  app.set_version_flag("--version", fmt::format("dagr {} (libtorch {}, MPI backends {}{})", dagr::log::version(),
+                                                TORCH_VERSION, dagr::Communicator::mpi_available() ? "built" : "not built",
+                                                blas.empty() ? "" : ", " + blas));
   app.option_defaults()->always_capture_default();  // --help shows each option's default (subcommands inherit it)
   const std::vector<std::string> args(argv, argv + argc);
   std::vector<dagr::cli::Command> commands{dagr::cli::add_launch(app), dagr::cli::add_bench(app, args),
