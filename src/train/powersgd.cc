@@ -15,6 +15,7 @@ struct PowerSgdHook::State {
   std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
   std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
   std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error (n × m)
+  std::map<std::size_t, torch::Tensor> before;  // by parameter index: scratch for M + E during a step
   std::int64_t step_sent = 0, step_dense = 0, sent = 0, dense = 0;
 };
 
@@ -53,7 +54,7 @@ struct Job {
   std::vector<std::size_t> params;         // the compressed matrices' parameters
   std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
   std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
-  std::vector<torch::Tensor> before;       // with error feedback: M + E, before the approximation
+  std::vector<torch::Tensor> before;       // with error feedback: M + E, before the approximation (State::before)
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
@@ -171,7 +172,11 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
       torch::Tensor& e = s.error[param];
       if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
       m.add_(e);
-      job->before.push_back(m.clone());
+      torch::Tensor& before = s.before[param];  // kept from step to step: no new tensor each step
+      if (!before.defined() || before.sizes() != m.sizes() || before.scalar_type() != job->type)
+        before = torch::empty_like(m);
+      before.copy_(m);
+      job->before.push_back(before);
     }
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
     torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
@@ -201,7 +206,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
       if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
         job->grads[k].copy_(m.view(job->grads[k].sizes()));
       const std::size_t param = job->params[k];
-      if (state->options.error_feedback) state->error[param] = job->before[k] - m;
+      if (state->options.error_feedback) at::sub_out(state->error[param], job->before[k], m);
       if (state->options.warm_start) state->q[param] = job->q[k];
     }
     return HookWork();
