@@ -54,7 +54,7 @@ struct Job {
   std::vector<std::size_t> params;         // the compressed matrices' parameters
   std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
   std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
-  std::vector<torch::Tensor> before;       // with error feedback: M + E, before the approximation (State::before)
+  std::vector<torch::Tensor> input;        // what is approximated: m, or with error feedback M + E (State::before)
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
@@ -168,16 +168,16 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     torch::Tensor& m = job->m[k];
     const std::size_t param = job->params[k];
     const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
-    if (o.error_feedback) {
+    torch::Tensor input = m;
+    if (o.error_feedback) {  // M + E into a scratch tensor kept from step to step (one pass, no new tensor)
       torch::Tensor& e = s.error[param];
       if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
-      m.add_(e);
-      torch::Tensor& before = s.before[param];  // kept from step to step: no new tensor each step
+      torch::Tensor& before = s.before[param];
       if (!before.defined() || before.sizes() != m.sizes() || before.scalar_type() != job->type)
         before = torch::empty_like(m);
-      before.copy_(m);
-      job->before.push_back(before);
+      input = at::add_out(before, m, e);
     }
+    job->input.push_back(input);
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
     torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
     q_at += cols * r;
@@ -191,13 +191,13 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
       q.copy_(torch::randn({cols, r}, gen, options));
     }
     orthogonalize(q);
-    torch::mm_out(p, m, q);
+    torch::mm_out(p, input, q);
     job->p.push_back(p);
     job->q.push_back(q);
   }
   Work p_work = average_async(comm, job->sent_first, ReduceOp::sum);
 
-  // Then: P orthogonalised, Q = Mᵀ P averaged over the ranks, M̂ = P Qᵀ.
+  // Then: P orthogonalised, Q = (M + E)ᵀ P averaged over the ranks, M̂ = P Qᵀ into the gradient, E = M + E − M̂.
   std::shared_ptr<State> state = state_;
   auto decompress = [job, state] {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
@@ -206,7 +206,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
       if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
         job->grads[k].copy_(m.view(job->grads[k].sizes()));
       const std::size_t param = job->params[k];
-      if (state->options.error_feedback) at::sub_out(state->error[param], job->before[k], m);
+      if (state->options.error_feedback) at::sub_out(state->error[param], job->input[k], m);
       if (state->options.warm_start) state->q[param] = job->q[k];
     }
     return HookWork();
@@ -214,7 +214,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   auto compute_q = [job, decompress, comm]() mutable {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
       orthogonalize(job->p[k]);
-      torch::mm_out(job->q[k], job->m[k].t(), job->p[k]);
+      torch::mm_out(job->q[k], job->input[k].t(), job->p[k]);
     }
     return HookWork(average_async(comm, job->q_all, ReduceOp::avg), decompress);
   };
