@@ -39,7 +39,7 @@
 #include "dagr/parallel/tensor_parallel_stage.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
-#include "dagr/train/fused_adam.h"
+#include "dagr/train/fused_optimizers.h"
 #include "dagr/train/sampler.h"
 
 namespace dagr::train {
@@ -50,7 +50,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torch::nn::Module& m) {
   if (o.optimizer == "sgd")
-    return std::make_unique<torch::optim::SGD>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
+    return std::make_unique<FusedSgd>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
   return std::make_unique<FusedAdam>(m.parameters(), torch::optim::AdamOptions(o.lr));
 }
 

@@ -36,7 +36,7 @@
 
 #include "dagr/error.h"
 #include "dagr/models/models.h"
-#include "dagr/train/fused_adam.h"
+#include "dagr/train/fused_optimizers.h"
 #include "dagr/train/parameter_server.h"
 #include "dagr/train/sampler.h"
 
@@ -96,7 +96,7 @@ std::pair<double, double> count_correct(torch::nn::Sequential& model, const data
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, std::vector<torch::Tensor> params) {
   if (o.optimizer == "sgd")
-    return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(o.lr).momentum(o.momentum));
+    return std::make_unique<FusedSgd>(params, torch::optim::SGDOptions(o.lr).momentum(o.momentum));
   return std::make_unique<FusedAdam>(params, torch::optim::AdamOptions(o.lr));
 }
 

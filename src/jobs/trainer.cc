@@ -38,7 +38,7 @@
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
 #include "dagr/train/dp_sgd.h"
-#include "dagr/train/fused_adam.h"
+#include "dagr/train/fused_optimizers.h"
 #include "dagr/train/zero_optimizer.h"
 #include "dagr/train/powersgd.h"
 #include "dagr/train/privacy_accountant.h"
@@ -66,7 +66,7 @@ double seconds_since_command_start() {
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torch::nn::Module& m) {
   if (o.optimizer == "sgd")
-    return std::make_unique<torch::optim::SGD>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
+    return std::make_unique<FusedSgd>(m.parameters(), torch::optim::SGDOptions(o.lr).momentum(o.momentum));
   if (o.optimizer == "adam")
     return std::make_unique<FusedAdam>(m.parameters(), torch::optim::AdamOptions(o.lr));
   throw InputError(detail::concat("unknown optimizer '", o.optimizer, "' (sgd, adam)"));
@@ -76,7 +76,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
 std::unique_ptr<torch::optim::Optimizer> make_zero_optimizer(const TrainOptions& o, DistributedDataParallel& ddp) {
   auto make = [sgd = o.optimizer == "sgd", lr = o.lr, momentum = o.momentum](std::vector<torch::Tensor> shard)
       -> std::unique_ptr<torch::optim::Optimizer> {
-    if (sgd) return std::make_unique<torch::optim::SGD>(shard, torch::optim::SGDOptions(lr).momentum(momentum));
+    if (sgd) return std::make_unique<FusedSgd>(shard, torch::optim::SGDOptions(lr).momentum(momentum));
     return std::make_unique<FusedAdam>(shard, torch::optim::AdamOptions(lr));
   };
   return std::make_unique<ZeroOptimizer>(ddp, make, ZeroOptions{.stage = o.zero});

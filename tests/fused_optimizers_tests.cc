@@ -1,10 +1,10 @@
-// FusedAdam against libtorch's Adam: the same parameters and state after many
-// steps (to float rounding), state that either optimizer can continue from,
-// and libtorch's own step where the loop does not apply.
+// FusedAdam and FusedSgd against libtorch's Adam and SGD: the same parameters
+// and state after many steps (to float rounding), state that either optimizer
+// can continue from, and libtorch's own step where the loop does not apply.
 #include <gtest/gtest.h>
 
 #include "dagr/train/checkpoint.h"
-#include "dagr/train/fused_adam.h"
+#include "dagr/train/fused_optimizers.h"
 
 namespace {
 
@@ -76,9 +76,48 @@ INSTANTIATE_TEST_SUITE_P(Types, FusedAdamMatches,
                                            Case{torch::kFloat64, 0, 1e-15, 1e-12},
                                            Case{torch::kFloat64, 0.1, 1e-15, 1e-12}));
 
-// Trained halfway by one optimizer, the state loaded into the other, trained on:
-// the same as one optimizer all the way.
-TEST(FusedAdam, ContinuesFromLibtorchsStateAndBack) {
+struct SgdCase {
+  torch::optim::SGDOptions options;
+  torch::ScalarType type;
+  double tolerance;  // relative, after one step and after 200
+};
+
+class FusedSgdMatches : public ::testing::TestWithParam<SgdCase> {};
+
+TEST_P(FusedSgdMatches, LibtorchsSgd) {
+  const SgdCase c = GetParam();
+  auto a = mlp(c.type), b = mlp(c.type);
+  torch::optim::SGD reference(a->parameters(), c.options);
+  dagr::FusedSgd fused(b->parameters(), c.options);
+  train(a, reference, 1);
+  train(b, fused, 1);
+  EXPECT_LE(relative_difference(a, b), c.tolerance);
+  train(a, reference, 199, 1);
+  train(b, fused, 199, 1);
+  EXPECT_LE(relative_difference(a, b), c.tolerance);
+  auto start = mlp(c.type);
+  EXPECT_GT(relative_difference(start, b), 0.1);
+  const auto ra = dagr::optimizer_state(reference, a->named_parameters());
+  const auto rb = dagr::optimizer_state(fused, b->named_parameters());
+  ASSERT_EQ(ra.size(), rb.size());
+  for (const auto& [key, t] : ra) {
+    ASSERT_TRUE(rb.count(key)) << key;
+    EXPECT_TRUE(torch::allclose(t, rb.at(key), 1e-4, 1e-6)) << key;
+  }
+}
+
+using Sgd = torch::optim::SGDOptions;
+INSTANTIATE_TEST_SUITE_P(Options, FusedSgdMatches,
+                         ::testing::Values(SgdCase{Sgd(0.05).momentum(0.9), torch::kFloat32, 1e-5},
+                                           SgdCase{Sgd(0.05).momentum(0.9).weight_decay(0.01), torch::kFloat32, 1e-5},
+                                           SgdCase{Sgd(0.05).momentum(0.9).nesterov(true), torch::kFloat32, 1e-5},
+                                           SgdCase{Sgd(0.05).momentum(0.5).dampening(0.3), torch::kFloat32, 1e-5},
+                                           SgdCase{Sgd(0.05), torch::kFloat32, 1e-5},
+                                           SgdCase{Sgd(0.05).momentum(0.9), torch::kFloat64, 1e-12}));
+
+// Trained halfway by libtorch's Adam, the state loaded into FusedAdam, trained
+// on: the same as libtorch's all the way.
+TEST(FusedAdam, ContinuesFromLibtorchsState) {
   auto whole = mlp(torch::kFloat32), handed = mlp(torch::kFloat32);
   torch::optim::Adam reference(whole->parameters(), torch::optim::AdamOptions(1e-2));
   train(whole, reference, 100);

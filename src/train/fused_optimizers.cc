@@ -1,0 +1,199 @@
+#include "dagr/train/fused_optimizers.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <memory>
+
+#include "dagr/torch/compat.h"
+
+namespace dagr {
+namespace {
+
+// The constants of one parameter's step, computed in double as libtorch
+// computes them and then rounded to the parameter's type.
+template <class T>
+struct AdamStep {
+  T beta1, beta2, one_minus_beta1, one_minus_beta2, weight_decay, eps;
+  T bias2_sqrt;  // √(1 − β₂ᵗ)
+  T step_size;   // lr / (1 − β₁ᵗ)
+};
+
+// libtorch's Adam for elements [begin, end), its tensor operations in order:
+//   g  = g + wd·p                  (grad.add(p, wd), when wd ≠ 0)
+//   m  = m·β₁ + (1 − β₁)·g         (exp_avg.mul_(β₁).add_(g, 1 − β₁))
+//   v  = v·β₂ + (1 − β₂)·g·g       (exp_avg_sq.mul_(β₂).addcmul_(g, g, 1 − β₂))
+//   p  = p − step_size · m / (√v / √(1 − β₂ᵗ) + eps)
+// The loop makes no calls (sqrt is an instruction here: this file is compiled
+// without errno for math functions) and its choices are the same for every
+// element, so it vectorises; so does SGD's below.
+template <class T>
+void adam_elements(const AdamStep<T>& c, T* __restrict p, const T* __restrict g, T* __restrict m,
+                   T* __restrict v, std::int64_t begin, std::int64_t end) {
+  for (std::int64_t i = begin; i < end; ++i) {
+    const T grad = c.weight_decay != 0 ? g[i] + c.weight_decay * p[i] : g[i];
+    const T mi = m[i] * c.beta1 + c.one_minus_beta1 * grad;
+    const T vi = v[i] * c.beta2 + c.one_minus_beta2 * (grad * grad);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] - c.step_size * (mi / (std::sqrt(vi) / c.bias2_sqrt + c.eps));
+  }
+}
+
+// The constants of one parameter's SGD step, as AdamStep's.
+template <class T>
+struct SgdStep {
+  T lr, momentum, keep, weight_decay;  // keep = 1 − dampening
+  bool nesterov;
+  bool first;  // the momentum buffer starts as the gradient (libtorch clones it)
+};
+
+// libtorch's SGD for elements [begin, end), its tensor operations in order:
+//   g = g + wd·p                            (when wd ≠ 0)
+//   b = g on the first step, else b·μ + (1 − dampening)·g   (with momentum μ ≠ 0)
+//   d = g + μ·b with Nesterov, else b       (g without momentum)
+//   p = p − lr·d
+template <class T>
+void sgd_elements(const SgdStep<T>& c, T* __restrict p, const T* __restrict g, T* __restrict b, std::int64_t begin,
+                  std::int64_t end) {
+  for (std::int64_t i = begin; i < end; ++i) {
+    const T grad = c.weight_decay != 0 ? g[i] + c.weight_decay * p[i] : g[i];
+    T d = grad;
+    if (b) {
+      const T bi = c.first ? grad : b[i] * c.momentum + c.keep * grad;
+      b[i] = bi;
+      d = c.nesterov ? grad + c.momentum * bi : bi;
+    }
+    p[i] = p[i] + (-c.lr) * d;
+  }
+}
+
+// Whether one loop can step p: a CPU tensor of float32 or float64 laid out as
+// its gradient and as each of its state tensors.
+bool fusable(const torch::Tensor& p, std::initializer_list<torch::Tensor> state) {
+  if (!p.grad().defined()) return true;  // not stepped
+  const auto type = p.scalar_type();
+  auto same = [&](const torch::Tensor& t) { return t.scalar_type() == type && t.is_contiguous() && !t.is_sparse(); };
+  bool ok = (type == torch::kFloat32 || type == torch::kFloat64) && p.device().is_cpu() && same(p) && same(p.grad());
+  for (const torch::Tensor& t : state) ok = ok && (!t.defined() || same(t));
+  return ok;
+}
+
+// Runs f(begin, end) over [0, n) on torch's intra-op threads.
+template <class F>
+void for_elements(std::int64_t n, F&& f) {
+  at::parallel_for(0, n, 1 << 15, f);
+}
+
+// The state libtorch's optimizer holds for p, or nullptr before its first step.
+template <class State>
+State* state_of(ska::flat_hash_map<torch_compat::OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>& states,
+                const torch::Tensor& p) {
+  const auto it = states.find(torch_compat::optimizer_state_key(p));
+  return it == states.end() ? nullptr : dynamic_cast<State*>(it->second.get());
+}
+
+}  // namespace
+
+torch::Tensor FusedAdam::step(LossClosure closure) {
+  for (const auto& group : param_groups_)
+    for (const auto& p : group.params()) {
+      const auto* state = state_of<torch::optim::AdamParamState>(state_, p);
+      if (static_cast<const torch::optim::AdamOptions&>(group.options()).amsgrad() ||
+          (state_.count(torch_compat::optimizer_state_key(p)) && !state) ||
+          !fusable(p, {state ? state->exp_avg() : torch::Tensor(), state ? state->exp_avg_sq() : torch::Tensor()}))
+        return torch::optim::Adam::step(std::move(closure));
+    }
+
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    torch::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& slot = state_[torch_compat::optimizer_state_key(p)];
+      if (!slot) {  // as libtorch's Adam starts a parameter's state
+        auto fresh = std::make_unique<torch::optim::AdamParamState>();
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& state = static_cast<torch::optim::AdamParamState&>(*slot);
+      state.step(state.step() + 1);
+      const auto [beta1, beta2] = options.betas();
+      const double bias1 = 1 - std::pow(beta1, state.step()), bias2 = 1 - std::pow(beta2, state.step());
+      torch::Tensor grad = p.grad();
+      AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "FusedAdam", [&] {
+        const AdamStep<scalar_t> c{.beta1 = static_cast<scalar_t>(beta1),
+                                   .beta2 = static_cast<scalar_t>(beta2),
+                                   .one_minus_beta1 = static_cast<scalar_t>(1 - beta1),
+                                   .one_minus_beta2 = static_cast<scalar_t>(1 - beta2),
+                                   .weight_decay = static_cast<scalar_t>(options.weight_decay()),
+                                   .eps = static_cast<scalar_t>(options.eps()),
+                                   .bias2_sqrt = static_cast<scalar_t>(std::sqrt(bias2)),
+                                   .step_size = static_cast<scalar_t>(options.lr() / bias1)};
+        scalar_t* pd = p.data_ptr<scalar_t>();
+        const scalar_t* gd = grad.data_ptr<scalar_t>();
+        scalar_t* md = state.exp_avg().data_ptr<scalar_t>();
+        scalar_t* vd = state.exp_avg_sq().data_ptr<scalar_t>();
+        for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { adam_elements(c, pd, gd, md, vd, begin, end); });
+      });
+    }
+  }
+  return loss;
+}
+
+torch::Tensor FusedSgd::step(LossClosure closure) {
+  for (const auto& group : param_groups_)
+    for (const auto& p : group.params()) {
+      const auto* state = state_of<torch::optim::SGDParamState>(state_, p);
+      if ((state_.count(torch_compat::optimizer_state_key(p)) && !state) ||
+          !fusable(p, {state ? state->momentum_buffer() : torch::Tensor()}))
+        return torch::optim::SGD::step(std::move(closure));
+    }
+
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    torch::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::SGDOptions&>(group.options());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      torch::Tensor buffer;
+      bool first = false;
+      if (options.momentum() != 0) {
+        auto& slot = state_[torch_compat::optimizer_state_key(p)];
+        if (!slot) {  // libtorch starts the buffer as a copy of the gradient
+          auto fresh = std::make_unique<torch::optim::SGDParamState>();
+          fresh->momentum_buffer(torch::empty_like(p, torch::MemoryFormat::Contiguous));
+          slot = std::move(fresh);
+          first = true;
+        }
+        buffer = static_cast<torch::optim::SGDParamState&>(*slot).momentum_buffer();
+      }
+      torch::Tensor grad = p.grad();
+      AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "FusedSgd", [&] {
+        const SgdStep<scalar_t> c{.lr = static_cast<scalar_t>(options.lr()),
+                                  .momentum = static_cast<scalar_t>(options.momentum()),
+                                  .keep = static_cast<scalar_t>(1 - options.dampening()),
+                                  .weight_decay = static_cast<scalar_t>(options.weight_decay()),
+                                  .nesterov = options.nesterov(),
+                                  .first = first};
+        scalar_t* pd = p.data_ptr<scalar_t>();
+        const scalar_t* gd = grad.data_ptr<scalar_t>();
+        scalar_t* bd = buffer.defined() ? buffer.data_ptr<scalar_t>() : nullptr;
+        for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { sgd_elements(c, pd, gd, bd, begin, end); });
+      });
+    }
+  }
+  return loss;
+}
+
+}  // namespace dagr
