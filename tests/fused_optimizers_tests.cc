@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "dagr/train/checkpoint.h"
+#include "dagr/torch/compat.h"
 #include "dagr/train/fused_optimizers.h"
 
 namespace {
@@ -139,6 +140,56 @@ TEST(FusedAdam, AmsgradIsLibtorchsStep) {
   train(a, reference, 20);
   train(b, fused, 20);
   EXPECT_EQ(relative_difference(a, b), 0.0);
+}
+
+}  // namespace
+
+namespace {
+
+// What the loop cannot take is libtorch's: a closure that makes bfloat16
+// gradients (decided after the closure ran), state of another shape (refused
+// as libtorch refuses it, not read past its end).
+TEST(FusedOptimizers, WhatTheLoopCannotTakeIsLibtorchsStep) {
+  auto bf16 = [] { return torch::full({5}, 0.5, torch::kBFloat16).requires_grad_(); };
+  torch::Tensor a = bf16(), b = bf16();
+  torch::optim::Adam reference({a}, torch::optim::AdamOptions(0.1));
+  dagr::FusedAdam fused({b}, torch::optim::AdamOptions(0.1));
+  for (int i = 0; i < 2; ++i) {
+    reference.step([&] { reference.zero_grad(); auto l = (a * a).sum(); l.backward(); return l; });
+    const auto loss = fused.step([&] { fused.zero_grad(); auto l = (b * b).sum(); l.backward(); return l; });
+    EXPECT_TRUE(loss.defined());
+  }
+  EXPECT_TRUE(torch::equal(a, b));
+
+  torch::Tensor p = torch::ones({1000}).requires_grad_();
+  p.mutable_grad() = torch::ones({1000});
+  auto short_state = std::make_unique<torch::optim::AdamParamState>();
+  short_state->exp_avg(torch::zeros({3}));
+  short_state->exp_avg_sq(torch::zeros({3}));
+  dagr::FusedAdam adam({p});
+  adam.state()[dagr::torch_compat::optimizer_state_key(p)] = std::move(short_state);
+  EXPECT_ANY_THROW(adam.step());
+  auto short_buffer = std::make_unique<torch::optim::SGDParamState>();
+  short_buffer->momentum_buffer(torch::zeros({3}));
+  dagr::FusedSgd sgd({p}, torch::optim::SGDOptions(0.1).momentum(0.9));
+  sgd.state()[dagr::torch_compat::optimizer_state_key(p)] = std::move(short_buffer);
+  EXPECT_ANY_THROW(sgd.step());
+}
+
+// A step is an in-place change for autograd: a graph that saved the parameter
+// before it refuses to run backward, as with libtorch's optimizers.
+TEST(FusedOptimizers, AStepBumpsTheVersionCounter) {
+  torch::Tensor p = torch::ones({4}).requires_grad_();
+  dagr::FusedAdam adam({p});
+  dagr::FusedSgd sgd({p}, torch::optim::SGDOptions(0.1).momentum(0.9));
+  for (torch::optim::Optimizer* o : std::initializer_list<torch::optim::Optimizer*>{&adam, &sgd}) {
+    const auto saved = (p * p).sum();  // saves p for its backward
+    p.mutable_grad() = torch::ones({4});
+    const auto before = p._version();
+    o->step();
+    EXPECT_GT(p._version(), before);
+    EXPECT_ANY_THROW(saved.backward());
+  }
 }
 
 }  // namespace

@@ -19,12 +19,16 @@ chosen=$(sed -n 's/.*(OPENBLAS_CORETYPE=\([^)]*\)).*/\1/p' "$tmp/version")
 expect "--version names OpenBLAS's kernels" test -n "$kernels"
 flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
 if [[ $flags == *" avx2 "* && $flags == *" fma "* ]]; then
-  old=" Katmai Coppermine Northwood Prescott Banias Atom Core2 Penryn Dunnington Nehalem Sandybridge Opteron Opteron(SSE3) Barcelona Nano Bobcat Bulldozer Piledriver Steamroller "
+  old=" Katmai Coppermine Northwood Prescott Banias Atom Core2 Penryn Dunnington Nehalem Sandybridge Opteron Opteron_SSE3 Barcelona Nano Bobcat Bulldozer Piledriver Steamroller Unknown Athlon "
   expect "kernels with AVX2 on a CPU with AVX2 and FMA (not $kernels)" test "${old/ $kernels /}" = "$old"
   OPENBLAS_CORETYPE=Haswell "$dagr" --version > "$tmp/out" 2>&1
   expect "a user's OPENBLAS_CORETYPE is kept" grep -q 'OpenBLAS Haswell kernels' "$tmp/out"
   env -u OPENBLAS_CORETYPE "$dagr" launch -n 1 -- sh -c 'echo "core ${OPENBLAS_CORETYPE:-(as OpenBLAS detects)}"' > "$tmp/out" 2>&1
   expect "workers see the kernels dagr chose" grep -qF "core ${chosen:-(as OpenBLAS detects)}" "$tmp/out"
+  # Started through the dynamic loader, /proc/self/exe is the loader: the restart must still run dagr.
+  loader=$(readelf -l "$dagr" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+  env -u OPENBLAS_CORETYPE "$loader" "$dagr" --version > "$tmp/out" 2>&1
+  expect "started as '$loader dagr', dagr restarts as dagr" grep -qF "OpenBLAS $kernels kernels" "$tmp/out"
 fi
 
 "$dagr" train --help > "$tmp/out" 2>&1

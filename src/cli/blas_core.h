@@ -19,8 +19,9 @@ namespace dagr::cli {
 // without AVX2 and this CPU has AVX2 and FMA: sets OPENBLAS_CORETYPE to the
 // best core the CPU's features allow (SkylakeX with AVX-512, else Haswell)
 // and re-executes this program with the same arguments (the processes it
-// starts inherit the variable). Otherwise returns and changes nothing. Call
-// first thing in main, before any thread or file is made.
+// starts inherit the variable). Otherwise returns and changes nothing; if the
+// restart fails, warns, unsets the variable again and returns. Call first
+// thing in main, before any thread or file is made.
 void use_blas_kernels_for_this_cpu(char** argv);
 
 // The OpenBLAS kernels in use, for --version: "OpenBLAS SkylakeX kernels",

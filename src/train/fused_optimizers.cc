@@ -68,14 +68,19 @@ void sgd_elements(const SgdStep<T>& c, T* __restrict p, const T* __restrict g, T
   }
 }
 
-// Whether one loop can step p: a CPU tensor of float32 or float64 laid out as
-// its gradient and as each of its state tensors.
+// Whether one loop can step p: a CPU tensor of float32 or float64, its
+// gradient and each of its state tensors (none before its first step) of the
+// same dtype and shape, contiguous. Anything else is libtorch's to step (or to
+// refuse, as for state of another shape).
 bool fusable(const torch::Tensor& p, std::initializer_list<torch::Tensor> state) {
   if (!p.grad().defined()) return true;  // not stepped
-  const auto type = p.scalar_type();
-  auto same = [&](const torch::Tensor& t) { return t.scalar_type() == type && t.is_contiguous() && !t.is_sparse(); };
-  bool ok = (type == torch::kFloat32 || type == torch::kFloat64) && p.device().is_cpu() && same(p) && same(p.grad());
-  for (const torch::Tensor& t : state) ok = ok && (!t.defined() || same(t));
+  auto same = [&](const torch::Tensor& t) {
+    return t.defined() && t.scalar_type() == p.scalar_type() && t.sizes() == p.sizes() && t.device() == p.device() &&
+           t.is_contiguous() && !t.is_sparse();
+  };
+  bool ok = (p.scalar_type() == torch::kFloat32 || p.scalar_type() == torch::kFloat64) && p.device().is_cpu() &&
+            same(p) && same(p.grad());
+  for (const torch::Tensor& t : state) ok = ok && same(t);
   return ok;
 }
 
@@ -85,32 +90,46 @@ void for_elements(std::int64_t n, F&& f) {
   at::parallel_for(0, n, 1 << 15, f);
 }
 
-// The state libtorch's optimizer holds for p, or nullptr before its first step.
+// Writing through data pointers bypasses autograd's version counters; bumped
+// as an in-place operation would, so a graph that saved these tensors before
+// the step still refuses to run backward through them.
+void written(std::initializer_list<torch::Tensor> tensors) {
+  for (const torch::Tensor& t : tensors) t.unsafeGetTensorImpl()->bump_version();
+}
+
+// The closure's loss, computed with gradients on, as libtorch's optimizers do.
+torch::Tensor run_closure(const torch::optim::Optimizer::LossClosure& closure) {
+  if (!closure) return {};
+  torch::AutoGradMode enable_grad(true);
+  return closure();
+}
+
+using States = ska::flat_hash_map<torch_compat::OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>;
+
+// Whether the state of `states` for p is of type State, or absent.
 template <class State>
-State* state_of(ska::flat_hash_map<torch_compat::OptimizerStateKey, std::unique_ptr<torch::optim::OptimizerParamState>>& states,
-                const torch::Tensor& p) {
+bool absent_or(const States& states, const torch::Tensor& p, const State*& state) {
   const auto it = states.find(torch_compat::optimizer_state_key(p));
-  return it == states.end() ? nullptr : dynamic_cast<State*>(it->second.get());
+  state = it == states.end() ? nullptr : dynamic_cast<const State*>(it->second.get());
+  return it == states.end() || state;
 }
 
 }  // namespace
 
+// The closure first: the gradients it makes decide whether the loop applies.
 torch::Tensor FusedAdam::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor loss = run_closure(closure);
   for (const auto& group : param_groups_)
     for (const auto& p : group.params()) {
-      const auto* state = state_of<torch::optim::AdamParamState>(state_, p);
+      const torch::optim::AdamParamState* state = nullptr;
       if (static_cast<const torch::optim::AdamOptions&>(group.options()).amsgrad() ||
-          (state_.count(torch_compat::optimizer_state_key(p)) && !state) ||
-          !fusable(p, {state ? state->exp_avg() : torch::Tensor(), state ? state->exp_avg_sq() : torch::Tensor()}))
-        return torch::optim::Adam::step(std::move(closure));
+          !absent_or(state_, p, state) ||
+          !(state ? fusable(p, {state->exp_avg(), state->exp_avg_sq()}) : fusable(p, {}))) {
+        torch::optim::Adam::step();
+        return loss;
+      }
     }
-
-  torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure) {
-    torch::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
     for (auto& p : group.params()) {
@@ -142,26 +161,25 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
         scalar_t* vd = state.exp_avg_sq().data_ptr<scalar_t>();
         for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { adam_elements(c, pd, gd, md, vd, begin, end); });
       });
+      written({p, state.exp_avg(), state.exp_avg_sq()});
     }
   }
   return loss;
 }
 
 torch::Tensor FusedSgd::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor loss = run_closure(closure);
   for (const auto& group : param_groups_)
     for (const auto& p : group.params()) {
-      const auto* state = state_of<torch::optim::SGDParamState>(state_, p);
-      if ((state_.count(torch_compat::optimizer_state_key(p)) && !state) ||
-          !fusable(p, {state ? state->momentum_buffer() : torch::Tensor()}))
-        return torch::optim::SGD::step(std::move(closure));
+      const torch::optim::SGDParamState* state = nullptr;
+      const bool momentum = static_cast<const torch::optim::SGDOptions&>(group.options()).momentum() != 0;
+      if (!absent_or(state_, p, state) ||
+          !(state && momentum ? fusable(p, {state->momentum_buffer()}) : fusable(p, {}))) {
+        torch::optim::SGD::step();
+        return loss;
+      }
     }
-
-  torch::NoGradGuard no_grad;
-  torch::Tensor loss;
-  if (closure) {
-    torch::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::SGDOptions&>(group.options());
     for (auto& p : group.params()) {
@@ -191,6 +209,8 @@ torch::Tensor FusedSgd::step(LossClosure closure) {
         scalar_t* bd = buffer.defined() ? buffer.data_ptr<scalar_t>() : nullptr;
         for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { sgd_elements(c, pd, gd, bd, begin, end); });
       });
+      written({p});
+      if (buffer.defined()) written({buffer});
     }
   }
   return loss;
