@@ -266,13 +266,16 @@ namespace {
 // ZeRO-2's comm hook: each bucket of n elements reduce-scattered in N blocks
 // of ⌊n/N⌋ (rank r gets the average of block r, the blocks of the others are
 // left as they were) and its rest allreduced, both started at once; the
-// ZeroOptimizer's shards are cut the same way. While the optimizer has taken
+// ZeroOptimizer's shards are cut the same way. DDP's check values, which
+// follow the last bucket's gradients, ride in the rest's allreduce (averaged
+// as DDP's own allreduce of them would): one collective fewer per step. While the optimizer has taken
 // no step the buckets may still be rebuilt (carrying their gradients into
 // another layout), so the first step is averaged whole.
 class ZeroHook : public CommHook {
  public:
   explicit ZeroHook(std::weak_ptr<const ZeroOptimizer::Impl> zero) : zero_(std::move(zero)) {}
   std::string name() const override { return "zero2"; }
+  bool carries_check() const override { return true; }
   HookWork run(Communicator& comm, GradBucket& bucket) override;
 
  private:
@@ -288,7 +291,8 @@ HookWork ZeroHook::run(Communicator& comm, GradBucket& bucket) {
     return visit_span(t, "ZeRO bucket", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
   };
   if (!zero || zero->steps == 0 || comm.size() == 1) return HookWork(average(buffer));
-  const std::int64_t world = comm.size(), n = buffer.numel(), block = n / world, rest = n - world * block;
+  const std::int64_t world = comm.size(), n = buffer.numel() - bucket.check, block = n / world,
+                     rest = n - world * block;
   Work scatter, common;
   if (block > 0)
     scatter = visit_span(buffer.narrow(0, 0, world * block), "ZeRO bucket", [&](auto data) {
@@ -296,7 +300,7 @@ HookWork ZeroHook::run(Communicator& comm, GradBucket& bucket) {
       return comm.reduce_scatter_async(std::span<const T>(data), data.subspan(comm.rank() * block, block),
                                        ReduceOp::avg);
     });
-  if (rest > 0) common = average(buffer.narrow(0, world * block, rest));
+  if (rest + bucket.check > 0) common = average(buffer.narrow(0, world * block, rest + bucket.check));
   // Collectives complete in issue order: once the rest is in, so is the scatter (wait() for its error).
   return HookWork(std::move(common), [scatter]() mutable {
     scatter.wait();
