@@ -37,6 +37,29 @@ double relative_difference(torch::nn::Sequential& a, torch::nn::Sequential& b) {
   return diff / scale;
 }
 
+// Steps `reference` (over a) and `fused` (over b) side by side: within
+// `one_step` after one step and `tolerance` after 200, far from where they
+// began, and the same state where libtorch keeps it (to `state_rtol`).
+void expect_matches(torch::nn::Sequential& a, torch::optim::Optimizer& reference, torch::nn::Sequential& b,
+                    torch::optim::Optimizer& fused, double one_step, double tolerance, double state_rtol) {
+  train(a, reference, 1);
+  train(b, fused, 1);
+  EXPECT_LE(relative_difference(a, b), one_step);
+  train(a, reference, 199, 1);
+  train(b, fused, 199, 1);
+  EXPECT_LE(relative_difference(a, b), tolerance);
+  // The parameters moved far from where they began: a step that did nothing would fail above.
+  auto start = mlp(a->parameters()[0].scalar_type());
+  EXPECT_GT(relative_difference(start, b), 0.1);
+  const auto ra = dagr::optimizer_state(reference, a->named_parameters());
+  const auto rb = dagr::optimizer_state(fused, b->named_parameters());
+  ASSERT_EQ(ra.size(), rb.size());
+  for (const auto& [key, t] : ra) {
+    ASSERT_TRUE(rb.count(key)) << key;
+    EXPECT_TRUE(torch::allclose(t, rb.at(key), state_rtol, 1e-6)) << key;
+  }
+}
+
 struct Case {
   torch::ScalarType type;
   double weight_decay;
@@ -52,24 +75,7 @@ TEST_P(FusedAdamMatches, LibtorchsAdam) {
   const auto options = torch::optim::AdamOptions(1e-2).weight_decay(c.weight_decay);
   torch::optim::Adam reference(a->parameters(), options);
   dagr::FusedAdam fused(b->parameters(), options);
-  train(a, reference, 1);
-  train(b, fused, 1);
-  EXPECT_LE(relative_difference(a, b), c.one_step);
-  train(a, reference, 199, 1);
-  train(b, fused, 199, 1);
-  const double difference = relative_difference(a, b);
-  EXPECT_LE(difference, c.tolerance);
-  // The parameters moved far from where they began: a step that did nothing would fail above.
-  auto start = mlp(c.type);
-  EXPECT_GT(relative_difference(start, b), 0.1);
-  // The state is where libtorch keeps it, as libtorch keeps it.
-  const auto ra = dagr::optimizer_state(reference, a->named_parameters());
-  const auto rb = dagr::optimizer_state(fused, b->named_parameters());
-  ASSERT_EQ(ra.size(), rb.size());
-  for (const auto& [key, t] : ra) {
-    ASSERT_TRUE(rb.count(key)) << key;
-    EXPECT_TRUE(torch::allclose(t, rb.at(key), 1e-3, 1e-6)) << key;
-  }
+  expect_matches(a, reference, b, fused, c.one_step, c.tolerance, 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, FusedAdamMatches,
@@ -90,21 +96,7 @@ TEST_P(FusedSgdMatches, LibtorchsSgd) {
   auto a = mlp(c.type), b = mlp(c.type);
   torch::optim::SGD reference(a->parameters(), c.options);
   dagr::FusedSgd fused(b->parameters(), c.options);
-  train(a, reference, 1);
-  train(b, fused, 1);
-  EXPECT_LE(relative_difference(a, b), c.tolerance);
-  train(a, reference, 199, 1);
-  train(b, fused, 199, 1);
-  EXPECT_LE(relative_difference(a, b), c.tolerance);
-  auto start = mlp(c.type);
-  EXPECT_GT(relative_difference(start, b), 0.1);
-  const auto ra = dagr::optimizer_state(reference, a->named_parameters());
-  const auto rb = dagr::optimizer_state(fused, b->named_parameters());
-  ASSERT_EQ(ra.size(), rb.size());
-  for (const auto& [key, t] : ra) {
-    ASSERT_TRUE(rb.count(key)) << key;
-    EXPECT_TRUE(torch::allclose(t, rb.at(key), 1e-4, 1e-6)) << key;
-  }
+  expect_matches(a, reference, b, fused, c.tolerance, c.tolerance, 1e-4);
 }
 
 using Sgd = torch::optim::SGDOptions;

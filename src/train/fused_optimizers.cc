@@ -114,22 +114,30 @@ bool absent_or(const States& states, const torch::Tensor& p, const State*& state
   return it == states.end() || state;
 }
 
+// Whether f(group's options, p) holds for every parameter p of every group.
+template <class Options, class F>
+bool every_parameter(const std::vector<torch::optim::OptimizerParamGroup>& groups, F f) {
+  for (const auto& group : groups)
+    for (const auto& p : group.params())
+      if (!f(static_cast<const Options&>(group.options()), p)) return false;
+  return true;
+}
+
 }  // namespace
 
 // The closure first: the gradients it makes decide whether the loop applies.
 torch::Tensor FusedAdam::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
   const torch::Tensor loss = run_closure(closure);
-  for (const auto& group : param_groups_)
-    for (const auto& p : group.params()) {
-      const torch::optim::AdamParamState* state = nullptr;
-      if (static_cast<const torch::optim::AdamOptions&>(group.options()).amsgrad() ||
-          !absent_or(state_, p, state) ||
-          !(state ? fusable(p, {state->exp_avg(), state->exp_avg_sq()}) : fusable(p, {}))) {
-        torch::optim::Adam::step();
-        return loss;
-      }
-    }
+  const bool fused = every_parameter<torch::optim::AdamOptions>(param_groups_, [&](const auto& o, const auto& p) {
+    const torch::optim::AdamParamState* state = nullptr;
+    return !o.amsgrad() && absent_or(state_, p, state) &&
+           (state ? fusable(p, {state->exp_avg(), state->exp_avg_sq()}) : fusable(p, {}));
+  });
+  if (!fused) {
+    torch::optim::Adam::step();
+    return loss;
+  }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
     for (auto& p : group.params()) {
@@ -170,16 +178,15 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
 torch::Tensor FusedSgd::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
   const torch::Tensor loss = run_closure(closure);
-  for (const auto& group : param_groups_)
-    for (const auto& p : group.params()) {
-      const torch::optim::SGDParamState* state = nullptr;
-      const bool momentum = static_cast<const torch::optim::SGDOptions&>(group.options()).momentum() != 0;
-      if (!absent_or(state_, p, state) ||
-          !(state && momentum ? fusable(p, {state->momentum_buffer()}) : fusable(p, {}))) {
-        torch::optim::SGD::step();
-        return loss;
-      }
-    }
+  const bool fused = every_parameter<torch::optim::SGDOptions>(param_groups_, [&](const auto& o, const auto& p) {
+    const torch::optim::SGDParamState* state = nullptr;
+    return absent_or(state_, p, state) &&
+           (state && o.momentum() != 0 ? fusable(p, {state->momentum_buffer()}) : fusable(p, {}));
+  });
+  if (!fused) {
+    torch::optim::SGD::step();
+    return loss;
+  }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::SGDOptions&>(group.options());
     for (auto& p : group.params()) {

@@ -170,12 +170,11 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
     torch::Tensor input = m;
     if (o.error_feedback) {  // M + E into a scratch tensor kept from step to step (one pass, no new tensor)
-      torch::Tensor& e = s.error[param];
-      if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
-      torch::Tensor& before = s.before[param];
-      if (!before.defined() || before.sizes() != m.sizes() || before.scalar_type() != job->type)
-        before = torch::empty_like(m);
-      input = at::add_out(before, m, e);
+      auto laid_out_as_m = [&](torch::Tensor& t) -> torch::Tensor& {  // zeros where t is not (yet) m's shape and type
+        if (!t.defined() || t.sizes() != m.sizes() || t.scalar_type() != job->type) t = torch::zeros_like(m);
+        return t;
+      };
+      input = at::add_out(laid_out_as_m(s.before[param]), m, laid_out_as_m(s.error[param]));
     }
     job->input.push_back(input);
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});

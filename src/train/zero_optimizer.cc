@@ -12,7 +12,6 @@
 namespace dagr {
 namespace {
 
-
 // SGD's and Adam's per-element state, by the names checkpoints give it.
 constexpr const char* kKinds[] = {"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
