@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <memory>
+#include <type_traits>
 
 #include "dagr/torch/compat.h"
 
@@ -19,19 +20,37 @@ struct AdamStep {
   T step_size;   // lr / (1 − β₁ᵗ)
 };
 
+// The element loops below are compiled three times — for AVX-512, AVX2 and
+// plain x86-64 — and the loader picks the widest the CPU has (GCC's
+// target_clones). Each loop makes no calls (sqrt is an instruction here: this
+// file is compiled without errno for math functions) and has no branch: a
+// choice that is the same for every element (weight decay, momentum, ...) is a
+// template parameter, made once per parameter by `choose` below, so the loops
+// vectorise. This file is also compiled without contracting a·b + c into one
+// fused multiply-add, so every clone rounds as the plain one does, and as
+// libtorch's separate operations do.
+#define DAGR_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// Calls f(std::true_type) or f(std::false_type) as `b` says: a run-time choice
+// turned into a compile-time one, for a loop compiled for each answer.
+template <class F>
+void choose(bool b, F&& f) {
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 // libtorch's Adam for elements [begin, end), its tensor operations in order:
 //   g  = g + wd·p                  (grad.add(p, wd), when wd ≠ 0)
 //   m  = m·β₁ + (1 − β₁)·g         (exp_avg.mul_(β₁).add_(g, 1 − β₁))
 //   v  = v·β₂ + (1 − β₂)·g·g       (exp_avg_sq.mul_(β₂).addcmul_(g, g, 1 − β₂))
 //   p  = p − step_size · m / (√v / √(1 − β₂ᵗ) + eps)
-// The loop makes no calls (sqrt is an instruction here: this file is compiled
-// without errno for math functions) and its choices are the same for every
-// element, so it vectorises; so does SGD's below.
-template <class T>
-void adam_elements(const AdamStep<T>& c, T* __restrict p, const T* __restrict g, T* __restrict m,
-                   T* __restrict v, std::int64_t begin, std::int64_t end) {
+template <class T, bool kDecay>
+DAGR_VECTOR_CLONES void adam_elements(const AdamStep<T> c, T* __restrict p, const T* __restrict g,
+                                      T* __restrict m, T* __restrict v, std::int64_t begin, std::int64_t end) {
   for (std::int64_t i = begin; i < end; ++i) {
-    const T grad = c.weight_decay != 0 ? g[i] + c.weight_decay * p[i] : g[i];
+    const T grad = kDecay ? g[i] + c.weight_decay * p[i] : g[i];
     const T mi = m[i] * c.beta1 + c.one_minus_beta1 * grad;
     const T vi = v[i] * c.beta2 + c.one_minus_beta2 * (grad * grad);
     m[i] = mi;
@@ -44,8 +63,6 @@ void adam_elements(const AdamStep<T>& c, T* __restrict p, const T* __restrict g,
 template <class T>
 struct SgdStep {
   T lr, momentum, keep, weight_decay;  // keep = 1 − dampening
-  bool nesterov;
-  bool first;  // the momentum buffer starts as the gradient (libtorch clones it)
 };
 
 // libtorch's SGD for elements [begin, end), its tensor operations in order:
@@ -53,16 +70,16 @@ struct SgdStep {
 //   b = g on the first step, else b·μ + (1 − dampening)·g   (with momentum μ ≠ 0)
 //   d = g + μ·b with Nesterov, else b       (g without momentum)
 //   p = p − lr·d
-template <class T>
-void sgd_elements(const SgdStep<T>& c, T* __restrict p, const T* __restrict g, T* __restrict b, std::int64_t begin,
-                  std::int64_t end) {
+template <class T, bool kDecay, bool kMomentum, bool kFirst, bool kNesterov>
+DAGR_VECTOR_CLONES void sgd_elements(const SgdStep<T> c, T* __restrict p, const T* __restrict g, T* __restrict b,
+                                     std::int64_t begin, std::int64_t end) {
   for (std::int64_t i = begin; i < end; ++i) {
-    const T grad = c.weight_decay != 0 ? g[i] + c.weight_decay * p[i] : g[i];
+    const T grad = kDecay ? g[i] + c.weight_decay * p[i] : g[i];
     T d = grad;
-    if (b) {
-      const T bi = c.first ? grad : b[i] * c.momentum + c.keep * grad;
+    if constexpr (kMomentum) {
+      const T bi = kFirst ? grad : b[i] * c.momentum + c.keep * grad;
       b[i] = bi;
-      d = c.nesterov ? grad + c.momentum * bi : bi;
+      d = kNesterov ? grad + c.momentum * bi : bi;
     }
     p[i] = p[i] + (-c.lr) * d;
   }
@@ -167,7 +184,11 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
         const scalar_t* gd = grad.data_ptr<scalar_t>();
         scalar_t* md = state.exp_avg().data_ptr<scalar_t>();
         scalar_t* vd = state.exp_avg_sq().data_ptr<scalar_t>();
-        for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { adam_elements(c, pd, gd, md, vd, begin, end); });
+        choose(options.weight_decay() != 0, [&](auto decay) {
+          for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) {
+            adam_elements<scalar_t, decltype(decay)::value>(c, pd, gd, md, vd, begin, end);
+          });
+        });
       });
       written({p, state.exp_avg(), state.exp_avg_sq()});
     }
@@ -208,13 +229,22 @@ torch::Tensor FusedSgd::step(LossClosure closure) {
         const SgdStep<scalar_t> c{.lr = static_cast<scalar_t>(options.lr()),
                                   .momentum = static_cast<scalar_t>(options.momentum()),
                                   .keep = static_cast<scalar_t>(1 - options.dampening()),
-                                  .weight_decay = static_cast<scalar_t>(options.weight_decay()),
-                                  .nesterov = options.nesterov(),
-                                  .first = first};
+                                  .weight_decay = static_cast<scalar_t>(options.weight_decay())};
         scalar_t* pd = p.data_ptr<scalar_t>();
         const scalar_t* gd = grad.data_ptr<scalar_t>();
         scalar_t* bd = buffer.defined() ? buffer.data_ptr<scalar_t>() : nullptr;
-        for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) { sgd_elements(c, pd, gd, bd, begin, end); });
+        choose(options.weight_decay() != 0, [&](auto decay) {
+          choose(bd != nullptr, [&](auto momentum) {
+            choose(first, [&](auto fresh) {
+              choose(options.nesterov(), [&](auto nesterov) {
+                for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) {
+                  sgd_elements<scalar_t, decltype(decay)::value, decltype(momentum)::value, decltype(fresh)::value,
+                               decltype(nesterov)::value>(c, pd, gd, bd, begin, end);
+                });
+              });
+            });
+          });
+        });
       });
       written({p});
       if (buffer.defined()) written({buffer});
