@@ -47,8 +47,11 @@ A combine(A a, A b) {
 // memcpy. The block is 4096 elements so that memcpy is large enough for glibc's
 // `rep movsb` (above 8 KiB), which stores into lines another core holds much
 // faster than a vector loop on the EPYC measured (docs/PERFORMANCE.md).
+// Compiled for AVX-512, AVX2 and plain x86-64; the loader picks the widest the
+// CPU has (GCC's target_clones). Each element's operations and their order are
+// the same in every clone, so the bits are too.
 template <class T, ReduceOp Op>
-void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources,
+__attribute__((target_clones("avx512f", "avx2", "default"))) void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources,
                   std::size_t count) {
   using A = typename AccumulatorOf<T>::type;
   constexpr std::size_t kBlock = 4096;
