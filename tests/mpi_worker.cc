@@ -171,6 +171,9 @@ int mismatches() {
        {K::allreduce, (1 << 20) + 1, DType::float32, ReduceOp::sum, 0, "count=1048577"}},
       {{K::allreduce, 20000, DType::float32, ReduceOp::sum, 0, "count=20000"},
        {K::allreduce, 1000, DType::float32, ReduceOp::sum, 0, "count=1000"}},
+      // 256 KiB, where two ranks halve, against one element fewer, where they swap
+      {{K::allreduce, 65536, DType::float32, ReduceOp::sum, 0, "count=65536"},
+       {K::allreduce, 65535, DType::float32, ReduceOp::sum, 0, "count=65535"}},
       {ar10, {K::allreduce, 10, DType::float32, ReduceOp::max, 0, "allreduce(max"}},
       {ar10, {K::allreduce, 10, DType::int32, ReduceOp::sum, 0, "int32"}},
       {{K::allreduce, 5, DType::float64, ReduceOp::sum, 0, "float64, count=5"},

@@ -22,6 +22,18 @@
 // alone, after which the caller runs MPI's collective, knowing every rank called
 // the same one. One exchange is one message latency per round: for two ranks a
 // checked allreduce costs one round trip, as MPI_Allreduce itself does.
+//
+// Two ranks, kHalvingBytes of data or more: halving. Rank 0 owns the first
+// half of the elements, rank 1 the rest. The one round sends the peer's half
+// of this rank's input (not the whole), and each chunk of the peer's part of
+// this rank's half is reduced as it arrives (while the next is on the wire);
+// then, only where the headers agreed, a second round swaps the reduced
+// halves, received straight into the output. As many bytes cross the link as
+// in one swap of the whole, but each rank reduces half, overlapped with the
+// transfer, and needs a receive buffer of half the size: what MPI's own
+// large-message allreduce does. Whether the second round happens is decided by
+// the first round's headers, which both ranks see alike (with two ranks a
+// difference is seen by both), so it never waits for a message not sent.
 #pragma once
 
 #include <mpi.h>
@@ -49,6 +61,7 @@ class CheckedExchange {
     std::uint32_t mismatch = 0;  // the sender has seen a difference
     std::uint32_t inline_data = 0;  // the data follows the header in this message
     std::uint64_t data_bytes = 0;   // bytes of data sent (0: none)
+    std::uint64_t chunk_bytes = 0;  // data not inline comes in messages of this size (the last one shorter)
   };
   static constexpr std::size_t kInlineBytes = 8192;  // larger data follows the header in messages of its own
   // Data up to kChunkedBytes goes in chunks of kChunkBytes: each is below the
@@ -57,8 +70,13 @@ class CheckedExchange {
   // Across a 1 Gbit/s link a swap of 0.5-2 MiB in chunks took 0.56-0.68 of
   // the time of one message (which reached half the link's rate); on the
   // unshaped veth chunks were even at 1-2 MiB and 1.2-1.5x slower from 4 MiB.
+  // The receiver takes the chunk size from the header, not from this rule.
   static constexpr std::size_t kChunkBytes = 32 << 10;
   static constexpr std::size_t kChunkedBytes = 2 << 20;
+  // Halving (two ranks) from this size; its halves above kChunkedBytes go in
+  // chunks of kHalvingChunkBytes, so the reduction still overlaps the transfer.
+  static constexpr std::size_t kHalvingBytes = 256 << 10;
+  static constexpr std::size_t kHalvingChunkBytes = 1 << 20;
 
  private:
   struct Round {
@@ -66,9 +84,14 @@ class CheckedExchange {
     bool send, receive;
     bool result;  // the last hand-back: the peer's data is the result, not a part
   };
+  struct Range {
+    std::size_t offset, bytes;  // into in/out
+  };
   void post();
   void post_data_receives();
+  bool receive_chunks();
   void finish_round();
+  bool swap_halves();
 
   Request request_;
   bool with_data_;
@@ -79,11 +102,25 @@ class CheckedExchange {
   bool posted_ = false, data_receive_posted_ = false;
   bool have_partial_ = false;  // out holds this rank's partial result (else it is still in)
   Header mine_;
-  std::vector<std::byte> send_buffer_, receive_buffer_;
+  // A header and its inline data, sent and received. Left uninitialised: the
+  // bytes sent are written first, the bytes read were received.
+  static constexpr std::size_t kMessageBytes = sizeof(Header) + kInlineBytes;
+  alignas(Header) std::byte send_buffer_[kMessageBytes], receive_buffer_[kMessageBytes];
   std::unique_ptr<std::byte[]> receive_data_;  // not inline; left uninitialised (up to 2 GiB)
   // This round's messages: [0] the header received, then the header sent and
-  // the data chunks sent and received.
+  // the data chunks sent.
   std::vector<MPI_Request> requests_;
+  // The data chunks received, in order, and how many are in.
+  std::vector<MPI_Request> chunk_requests_;
+  std::vector<Range> chunks_;
+  std::size_t chunks_in_ = 0;
+  bool header_agreed_ = false;  // this round's header matched (set when it is in)
+  // Halving: this rank's half and the peer's, and the second round's messages
+  // (empty until it is posted).
+  bool halving_ = false;
+  Range own_{}, other_{};
+  std::vector<MPI_Request> swap_requests_;
+  bool swap_posted_ = false;
 };
 
 }  // namespace dagr::detail
