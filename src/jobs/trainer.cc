@@ -92,6 +92,15 @@ std::shared_ptr<CommHook> make_comm_hook(const TrainOptions& o) {
 }
 
 // A progress bar on a terminal; nothing otherwise (the epoch lines follow).
+// Each step's gradients start as none, not as zeros (PyTorch's zero_grad(set_to_none=True);
+// libtorch 1.13's Optimizer::zero_grad only zeroes): backward then hands each
+// gradient over instead of adding it to zeros, and DDP moves it into its bucket
+// — two passes over the gradients fewer a step.
+void clear_gradients(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups())
+    for (auto& p : group.params()) p.mutable_grad().reset();
+}
+
 void show_progress(int epoch, int epochs, std::int64_t step, std::int64_t steps, double loss) {
   if (!isatty(STDERR_FILENO)) return;
   const int width = 30, filled = static_cast<int>(width * (step + 1) / steps);
@@ -549,7 +558,7 @@ int run_training(const TrainOptions& o) {
       const auto x = data::normalize_images(train.images.index_select(0, idx));
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
-      optimizer->zero_grad();
+      clear_gradients(*optimizer);
       torch::Tensor logits, loss;
       if (dp) {
         // Per-example clipping, this rank's share of the noise, and the scale that
