@@ -56,10 +56,14 @@ void reducing(Communicator& comm, std::size_t count) {
   const int n = comm.size(), me = comm.rank();
   std::vector<T> v(count);
   for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<T>((me + 1) * (i % 3 + 1));
-  comm.allreduce(std::span<T>(v));
+  const std::vector<T> input = v;
+  std::vector<T> out(count);
+  comm.allreduce(std::span<const T>(input), std::span<T>(out));  // out of place
+  comm.allreduce(std::span<T>(v));                                 // in place
   bool ok = true;
   for (std::size_t i = 0; i < count; ++i) ok = ok && v[i] == static_cast<T>(n * (n + 1) / 2 * (i % 3 + 1));
   check(ok, "allreduce", me);
+  check(out == v, "out-of-place allreduce", me);
   std::vector<T> blocks(count * n, static_cast<T>(me)), mine(count);
   comm.reduce_scatter(std::span<const T>(blocks), std::span<T>(mine), ReduceOp::max);
   ok = true;
