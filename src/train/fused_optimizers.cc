@@ -31,14 +31,20 @@ struct AdamStep {
 // libtorch's separate operations do.
 #define DAGR_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-// Calls f(std::true_type) or f(std::false_type) as `b` says: a run-time choice
-// turned into a compile-time one, for a loop compiled for each answer.
+// Calls f with one std::true_type or std::false_type per run-time bool, as
+// each says: choices turned into compile-time ones, for a loop compiled for
+// each combination.
 template <class F>
-void choose(bool b, F&& f) {
+void choose(F&& f) {
+  f();
+}
+template <class F, class... Rest>
+void choose(F&& f, bool b, Rest... rest) {
+  auto with = [&](auto flag) { choose([&](auto... more) { f(flag, more...); }, rest...); };
   if (b)
-    f(std::true_type{});
+    with(std::true_type{});
   else
-    f(std::false_type{});
+    with(std::false_type{});
 }
 
 // libtorch's Adam for elements [begin, end), its tensor operations in order:
@@ -184,11 +190,11 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
         const scalar_t* gd = grad.data_ptr<scalar_t>();
         scalar_t* md = state.exp_avg().data_ptr<scalar_t>();
         scalar_t* vd = state.exp_avg_sq().data_ptr<scalar_t>();
-        choose(options.weight_decay() != 0, [&](auto decay) {
+        choose([&](auto decay) {
           for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) {
             adam_elements<scalar_t, decltype(decay)::value>(c, pd, gd, md, vd, begin, end);
           });
-        });
+        }, options.weight_decay() != 0);
       });
       written({p, state.exp_avg(), state.exp_avg_sq()});
     }
@@ -233,18 +239,12 @@ torch::Tensor FusedSgd::step(LossClosure closure) {
         scalar_t* pd = p.data_ptr<scalar_t>();
         const scalar_t* gd = grad.data_ptr<scalar_t>();
         scalar_t* bd = buffer.defined() ? buffer.data_ptr<scalar_t>() : nullptr;
-        choose(options.weight_decay() != 0, [&](auto decay) {
-          choose(bd != nullptr, [&](auto momentum) {
-            choose(first, [&](auto fresh) {
-              choose(options.nesterov(), [&](auto nesterov) {
-                for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) {
-                  sgd_elements<scalar_t, decltype(decay)::value, decltype(momentum)::value, decltype(fresh)::value,
-                               decltype(nesterov)::value>(c, pd, gd, bd, begin, end);
-                });
-              });
-            });
+        choose([&](auto decay, auto momentum, auto fresh, auto nesterov) {
+          for_elements(p.numel(), [&](std::int64_t begin, std::int64_t end) {
+            sgd_elements<scalar_t, decltype(decay)::value, decltype(momentum)::value, decltype(fresh)::value,
+                         decltype(nesterov)::value>(c, pd, gd, bd, begin, end);
           });
-        });
+        }, options.weight_decay() != 0, bd != nullptr, first, options.nesterov());
       });
       written({p});
       if (buffer.defined()) written({buffer});

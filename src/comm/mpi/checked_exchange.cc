@@ -55,7 +55,6 @@ void CheckedExchange::post() {
   const Round& round = rounds_[round_];
   requests_.assign(1, MPI_REQUEST_NULL);
   chunk_requests_.clear();
-  chunks_.clear();
   chunks_in_ = 0;
   if (round.receive)
     check_mpi(MPI_Irecv(receive_buffer_, static_cast<int>(kMessageBytes), MPI_BYTE, round.peer,
@@ -95,8 +94,8 @@ void CheckedExchange::post_data_receives() {
   header_agreed_ = h.mismatch == 0 && h.fingerprint == mine_.fingerprint && (!with_data_ || h.data_bytes == expected);
   if (h.inline_data) return;
   receive_data_.reset(new std::byte[h.data_bytes]);
+  chunk_bytes_ = h.chunk_bytes != 0 ? h.chunk_bytes : h.data_bytes;  // as for_each_chunk reads 0
   for_each_chunk(h.data_bytes, h.chunk_bytes, [&](std::size_t at, std::size_t size) {
-    chunks_.push_back({at, size});
     chunk_requests_.push_back(MPI_REQUEST_NULL);
     check_mpi(MPI_Irecv(receive_data_.get() + at, static_cast<int>(size), MPI_BYTE, rounds_[round_].peer, kDataTag,
                         comm_, &chunk_requests_.back()),
@@ -113,12 +112,12 @@ bool CheckedExchange::receive_chunks() {
     int done = 0;
     check_mpi(MPI_Test(&chunk_requests_[chunks_in_], &done, MPI_STATUS_IGNORE), "MPI_Test (data)");
     if (!done) return false;
-    if (reduce) {
-      const Range& c = chunks_[chunks_in_];
-      const std::size_t at = own_.offset + c.offset;
-      const void* sources[2] = {static_cast<const std::byte*>(request_.in) + at, receive_data_.get() + c.offset};
+    if (reduce) {  // a halving chunk (never inline)
+      const std::size_t offset = chunks_in_ * chunk_bytes_, bytes = std::min(chunk_bytes_, own_.bytes - offset);
+      const std::size_t at = own_.offset + offset;
+      const void* sources[2] = {static_cast<const std::byte*>(request_.in) + at, receive_data_.get() + offset};
       if (rounds_[round_].peer < rank_) std::swap(sources[0], sources[1]);
-      reduce_sources({static_cast<std::byte*>(request_.out) + at}, sources, 2, c.bytes / element, request_.dtype,
+      reduce_sources({static_cast<std::byte*>(request_.out) + at}, sources, 2, bytes / element, request_.dtype,
                      request_.op);
     }
     ++chunks_in_;

@@ -110,9 +110,10 @@ class CheckedExchange {
   // This round's messages: [0] the header received, then the header sent and
   // the data chunks sent.
   std::vector<MPI_Request> requests_;
-  // The data chunks received, in order, and how many are in.
+  // The data chunks received, in order (each chunk_bytes_ but the last), and
+  // how many are in.
   std::vector<MPI_Request> chunk_requests_;
-  std::vector<Range> chunks_;
+  std::size_t chunk_bytes_ = 0;
   std::size_t chunks_in_ = 0;
   bool header_agreed_ = false;  // this round's header matched (set when it is in)
   // Halving: this rank's half and the peer's, and the second round's messages
