@@ -7,6 +7,7 @@
 #include "dagr/error.h"
 #include "dagr/torch/tensor.h"
 #include "train/hook_check.h"
+#include "train/powersgd_kernels.h"
 
 namespace dagr {
 
@@ -14,8 +15,7 @@ struct PowerSgdHook::State {
   PowerSgdOptions options;
   std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
   std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
-  std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error (n × m)
-  std::map<std::size_t, torch::Tensor> before;  // by parameter index: scratch for M + E during a step
+  std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error E (n × m); M + E during a step
   std::int64_t step_sent = 0, step_dense = 0, sent = 0, dense = 0;
 };
 
@@ -25,20 +25,13 @@ Work average_async(Communicator& comm, const torch::Tensor& t, ReduceOp op) {
   return visit_span(t, "PowerSGD", [&](auto data) { return comm.allreduce_async(data, op); });
 }
 
-// Gram-Schmidt on the columns of m (n × r), in place, as PyTorch's
-// _orthogonalize_gram_schmidt; a column that is all zeros stays zero (the
-// approximation then has that much lower rank) instead of becoming NaN.
-void orthogonalize(torch::Tensor m) {
-  const std::int64_t r = m.size(1);
-  for (std::int64_t i = 0; i < r; ++i) {
-    torch::Tensor col = m.narrow(1, i, 1);
-    const double norm = col.norm().item<double>();
-    if (norm > 0) col.div_(norm);
-    if (i + 1 < r) {
-      torch::Tensor rest = m.narrow(1, i + 1, r - i - 1);
-      rest.sub_((col * rest).sum(0, /*keepdim=*/true) * col);
-    }
-  }
+// Calls f with a value of the C++ type of `type`: float32, or float64.
+template <class F>
+void with_type(torch::ScalarType type, F&& f) {
+  if (type == torch::kFloat64)
+    f(double{});
+  else
+    f(float{});
 }
 
 std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
@@ -54,7 +47,7 @@ struct Job {
   std::vector<std::size_t> params;         // the compressed matrices' parameters
   std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
   std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
-  std::vector<torch::Tensor> input;        // what is approximated: m, or with error feedback M + E (State::before)
+  std::vector<torch::Tensor> error;        // with error feedback, State::error's: M + E until decompressed
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
@@ -133,7 +126,9 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   // allreduce of the Ps (one collective, one round trip fewer). DDP's check
   // values ride along: averaged with the plain values, or summed undivided
   // beside the Ps and divided after (exactly a float allreduce's average).
-  count((job->plain.empty() ? 0 : flatten_all(job->plain).numel()) + p_size + q_size);
+  std::int64_t plain_elements = 0;
+  for (const auto& g : job->plain) plain_elements += g.numel();
+  count(plain_elements + p_size + q_size);
   if (job->m.empty() && bucket.check > 0) job->plain.push_back(job->check);
   if (!job->plain.empty()) job->plain_all = flatten_all(job->plain);
   const int world = comm.size();
@@ -168,15 +163,11 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     torch::Tensor& m = job->m[k];
     const std::size_t param = job->params[k];
     const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
-    torch::Tensor input = m;
-    if (o.error_feedback) {  // M + E into a scratch tensor kept from step to step (one pass, no new tensor)
-      auto laid_out_as_m = [&](torch::Tensor& t) -> torch::Tensor& {  // zeros where t is not (yet) m's shape and type
-        if (!t.defined() || t.sizes() != m.sizes() || t.scalar_type() != job->type) t = torch::zeros_like(m);
-        return t;
-      };
-      input = at::add_out(laid_out_as_m(s.before[param]), m, laid_out_as_m(s.error[param]));
+    if (o.error_feedback) {  // E kept from step to step: zeros where it is not (yet) m's shape and type
+      torch::Tensor& e = s.error[param];
+      if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
+      job->error.push_back(e);
     }
-    job->input.push_back(input);
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
     torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
     q_at += cols * r;
@@ -189,8 +180,12 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
           mix(o.seed ^ mix(static_cast<std::uint64_t>(step) ^ mix(param))));
       q.copy_(torch::randn({cols, r}, gen, options));
     }
-    orthogonalize(q);
-    torch::mm_out(p, input, q);
+    with_type(job->type, [&](auto zero) {
+      using T = decltype(zero);
+      powersgd::orthogonalize(q.data_ptr<T>(), cols, r);
+      powersgd::project(m.data_ptr<T>(), o.error_feedback ? job->error[k].data_ptr<T>() : nullptr, q.data_ptr<T>(),
+                        p.data_ptr<T>(), n, cols, r);
+    });
     job->p.push_back(p);
     job->q.push_back(q);
   }
@@ -198,22 +193,31 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
 
   // Then: P orthogonalised, Q = (M + E)ᵀ P averaged over the ranks, M̂ = P Qᵀ into the gradient, E = M + E − M̂.
   std::shared_ptr<State> state = state_;
-  auto decompress = [job, state] {
+  // What was approximated: M + E in the error buffer, or the gradient itself.
+  auto approximated = [job](std::size_t k) -> torch::Tensor& { return job->error.empty() ? job->m[k] : job->error[k]; };
+  auto decompress = [job, state, approximated] {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
       torch::Tensor& m = job->m[k];
-      torch::mm_out(m, job->p[k], job->q[k].t());
+      with_type(job->type, [&](auto zero) {
+        using T = decltype(zero);
+        powersgd::reconstruct(m.data_ptr<T>(), job->error.empty() ? nullptr : approximated(k).data_ptr<T>(),
+                              job->p[k].data_ptr<T>(), job->q[k].data_ptr<T>(), m.size(0), m.size(1), job->p[k].size(1));
+      });
       if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
         job->grads[k].copy_(m.view(job->grads[k].sizes()));
-      const std::size_t param = job->params[k];
-      if (state->options.error_feedback) at::sub_out(state->error[param], job->input[k], m);
-      if (state->options.warm_start) state->q[param] = job->q[k];
+      if (state->options.warm_start) state->q[job->params[k]] = job->q[k];
     }
     return HookWork();
   };
-  auto compute_q = [job, decompress, comm]() mutable {
+  auto compute_q = [job, decompress, comm, approximated]() mutable {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
-      orthogonalize(job->p[k]);
-      torch::mm_out(job->q[k], job->input[k].t(), job->p[k]);
+      with_type(job->type, [&](auto zero) {
+        using T = decltype(zero);
+        torch::Tensor& p = job->p[k];
+        powersgd::orthogonalize(p.data_ptr<T>(), p.size(0), p.size(1));
+        powersgd::project_back(approximated(k).data_ptr<T>(), p.data_ptr<T>(), job->q[k].data_ptr<T>(), p.size(0),
+                               job->q[k].size(0), p.size(1));
+      });
     }
     return HookWork(average_async(comm, job->q_all, ReduceOp::avg), decompress);
   };
