@@ -17,7 +17,7 @@ train() {  # name, then dagr train flags: appends "name samples_per_second" to t
   local name=$1; shift
   "$dagr" train --optimizer sgd --lr 0.1 --momentum 0.9 --schedule constant --batch-size 64 --threads 1 \
     --out "$out/train-$name" "$@" > "$out/train-$name.log" 2>&1
-  sed -n 's/.*"samples_per_second":\([0-9.e+]*\).*/'"$name"' \1/p' "$out/train-$name/metrics.jsonl" >> "$out/values.txt"
+  sed -n '/"summary":true/ s/.*"samples_per_second":\([0-9.e+]*\).*/'"$name"' \1/p' "$out/train-$name/metrics.jsonl" >> "$out/values.txt"
   sed -n 's/.*"first_step_seconds":\([0-9.e+]*\).*/'"$name"'_first_step_s \1/p' "$out/train-$name/metrics.jsonl" >> "$out/values.txt"
 }
 for i in $(seq 1 "$RUNS"); do

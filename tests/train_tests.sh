@@ -10,14 +10,26 @@ source "$(dirname "$0")/testlib.sh"
 accuracy() { sed -n 's/.*"test_accuracy":\([0-9.]*\).*"summary".*/\1/p; s/.*"summary":true.*"test_accuracy":\([0-9.]*\).*/\1/p' "$1/metrics.jsonl" | head -1; }
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
-timeout 300 "$dagr" train --workers 2 --epochs 3 --out "$tmp/short" > "$tmp/out" 2>&1
+timeout 300 "$dagr" train --workers 2 --epochs 3 --eval-every 300 --out "$tmp/short" > "$tmp/out" 2>&1
 expect "short MLP run succeeds" test $? -eq 0
 cat "$tmp/out"
 expect "every rank prints its line" test "$(grep -c '^Rank [01] training loss: .*, training accuracy: ' "$tmp/out")" -eq 6
 expect "it ends with Training finished" grep -qx "Training finished!" "$tmp/out"
 expect "the model is saved" test -s "$tmp/short/model.pt" -a ! -e "$tmp/short/model.pt.tmp"
 expect "torch::load reads the saved model back" "$load_model" mlp "$tmp/short/model.pt"
-expect "metrics hold one line per epoch and a summary" test "$(wc -l < "$tmp/short/metrics.jsonl")" -eq 4
+expect "metrics hold a line per epoch, per --eval-every evaluation and a summary" \
+  test "$(wc -l < "$tmp/short/metrics.jsonl")" -eq 8
+# --eval-every 300 of 3 × 469 steps: steps 300, 600, 900 and 1200, in order in
+# time with the epoch lines, each with a test accuracy; every epoch line has its
+# own samples/s.
+expect "--eval-every measures at steps 300, 600, 900, 1200" \
+  test "$(sed -n 's/.*"step":\([0-9]*\),.*/\1/p' "$tmp/short/metrics.jsonl" | tr '\n' ' ')" = "300 600 900 1200 "
+expect "every evaluation has an accuracy above 0.5" \
+  test "$(grep -c '"step":.*"test_accuracy":0\.[5-9]' "$tmp/short/metrics.jsonl")" -eq 4
+expect "the lines' seconds increase" awk -F'"seconds":' 'NF > 1 { split($2, v, /[,}]/); if (v[1] + 0 <= last) exit 1; last = v[1] + 0 }' \
+  "$tmp/short/metrics.jsonl"
+expect "every epoch line has its samples/s" test "$(grep -c '"epoch":.*"samples_per_second":[1-9]' "$tmp/short/metrics.jsonl")" -eq 3
+expect "the progress shows the evaluations" test "$(grep -c '^Step [0-9]*: test accuracy 0\.[0-9]* (' "$tmp/out")" -eq 4
 acc=$(accuracy "$tmp/short")
 expect "short run reaches 85% test accuracy (got $acc)" at_least "$acc" 0.85
 
@@ -107,6 +119,8 @@ one_line_exit_2 "--zero 3" "--zero" --zero 3
 one_line_exit_2 "--zero 2 with --secure-aggregation" "use --zero 1 with it" --zero 2 --secure-aggregation 8
 one_line_exit_2 "--zero 2 with --comm-hook" "--comm-hook needs --zero 1" --zero 2 --comm-hook fp16
 one_line_exit_2 "--comm-hook with --secure-aggregation" "exclude each other" --comm-hook fp16 --secure-aggregation 8
+one_line_exit_2 "--eval-every with --mode ps" "does not take --eval-every" --mode ps --servers 1 --eval-every 5
+one_line_exit_2 "--eval-every with --pipeline-parallel" "--eval-every cannot be combined" --pipeline-parallel 2 --eval-every 5
 touch "$tmp/a-file"
 one_line_exit_2 "--out naming a file" "not a folder" --out "$tmp/a-file"
 one_line_exit_2 "--out under a file" "not a folder" --out "$tmp/a-file/sub"

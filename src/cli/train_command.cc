@@ -57,6 +57,9 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--checkpoint-every", o->checkpoint_every,
                   "Write a training-state checkpoint to --out every this many steps (always after each epoch)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--eval-every", o->eval_every,
+                  "Also measure the test accuracy every this many steps (a metrics line each; always after each epoch)")
+      ->check(CLI::NonNegativeNumber);
   app->add_flag("--resume", o->resume, "Continue from the newest valid checkpoint in --out (from the start if none)");
   app->add_option("--stop-after-steps", o->stop_after_steps,
                   "Stop after this step without saving the model, as a crash would (for tests of --resume)")

@@ -23,7 +23,7 @@ std::vector<EpochMetrics> read_metrics(const std::string& path) {
   for (int n = 1; std::getline(f, line); ++n) {
     try {
       const auto j = nlohmann::json::parse(line);
-      if (!j.contains("epoch")) continue;  // the summary line
+      if (!j.contains("epoch") || j.contains("step")) continue;  // the summary line, or an --eval-every one
       EpochMetrics m;
       m.epoch = j.at("epoch");
       m.seconds = j.at("seconds");

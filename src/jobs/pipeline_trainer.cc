@@ -215,6 +215,7 @@ void check_pipeline_options(const TrainOptions& o) {
                         : o.comm_hook != "none"        ? "--comm-hook"
                         : o.elastic                    ? "--elastic"
                         : o.max_restarts > 0           ? "--max-restarts"
+                        : o.eval_every > 0             ? "--eval-every"
                                                        : nullptr;
   DAGR_ENFORCE(!refused, InputError, refused, " cannot be combined with --pipeline-parallel yet");
   const int layers = static_cast<int>(models::make_model(o.model, 1, o.depth)->size());

@@ -351,6 +351,7 @@ void check_ps_options(const TrainOptions& o) {
       {o.tensor_parallel != 1, "--tensor-parallel"}, {o.elastic, "--elastic (asynchronous --mode ps drops a lost "
                                                                  "worker by itself)"},
       {o.resume, "--resume"}, {o.max_restarts > 0, "--max-restarts"}, {o.checkpoint_every > 0, "--checkpoint-every"},
+      {o.eval_every > 0, "--eval-every"},
       {o.stop_after_steps > 0, "--stop-after-steps"}, {o.dp_clip > 0, "--dp-clip"},
       {o.secure_clip > 0, "--secure-aggregation"}, {o.pipeline_parallel != 1, "--pipeline-parallel"},
       {o.comm_hook != "none", "--comm-hook (the pushes are plain float32)"},

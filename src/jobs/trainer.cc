@@ -213,6 +213,7 @@ void check_options(const TrainOptions& o) {
                " is the deep-mlp's (the ", o.model, " has a fixed depth)");
   DAGR_ENFORCE(o.max_steps >= 0, InputError, "--max-steps must not be negative");
   DAGR_ENFORCE(o.checkpoint_every >= 0, InputError, "--checkpoint-every must not be negative");
+  DAGR_ENFORCE(o.eval_every >= 0, InputError, "--eval-every must not be negative");
   DAGR_ENFORCE(o.stop_after_steps >= 0, InputError, "--stop-after-steps must not be negative");
   DAGR_ENFORCE(std::isfinite(o.lr) && o.lr > 0, InputError, "--lr must be a finite number above 0, not ", o.lr);
   DAGR_ENFORCE(std::isfinite(o.momentum) && o.momentum >= 0 && o.momentum <= 1, InputError,
@@ -453,6 +454,10 @@ int run_training(const TrainOptions& o) {
   double first_step_s = -1, compute_s = 0, timed_s = 0;
   std::int64_t samples = 0, timed_samples = 0, run_steps = 0;
   const auto train_start = Clock::now();
+  // The metrics' time axis: seconds since training began, less the time the
+  // --eval-every evaluations took (they measure the run; they do not stretch it).
+  double eval_s = 0;
+  const auto training_seconds = [&] { return seconds_since(train_start) - eval_s; };
   const auto reached_max_steps = [&] { return o.max_steps > 0 && progress.steps >= o.max_steps; };
   // The optimizer state each rank holds, measured after the run's first step
   // (SGD's and Adam's state is made in it); with --zero, this rank's shard.
@@ -549,6 +554,7 @@ int run_training(const TrainOptions& o) {
     sampler.set_epoch(epoch);
     const std::vector<std::int64_t>& order = sampler.indices();
     double sums[3] = {0, 0, 0};  // this rank's loss·samples, correct, samples this epoch
+    double epoch_step_s = 0;     // this epoch's time in training steps on this rank
     std::int64_t position = epoch == first_epoch ? first_position : 0;
     while (position < per_rank && !reached_max_steps()) {
       const auto step_start = Clock::now();
@@ -603,6 +609,7 @@ int run_training(const TrainOptions& o) {
       report_first_step.reset();
       const double step_s = seconds_since(step_start);
       compute_s += step_s;
+      epoch_step_s += step_s;
       if (run_steps > kWarmup) {
         timed_s += step_s;
         timed_samples += x.size(0);
@@ -614,6 +621,20 @@ int run_training(const TrainOptions& o) {
       if (rank == 0) show_progress(static_cast<int>(epoch), o.epochs, (position - 1) / batch, steps, l);
       if (o.checkpoint_every > 0 && progress.steps % o.checkpoint_every == 0 && position < per_rank)
         checkpoint(epoch, position * data_ranks, sums);
+      if (o.eval_every > 0 && progress.steps % o.eval_every == 0 && position < per_rank) {
+        const auto eval_start = Clock::now();
+        const double accuracy = evaluate(net, test.images, test.labels, groups, comm);
+        eval_s += seconds_since(eval_start);
+        const nlohmann::json line{
+            {"step", progress.steps}, {"epoch", epoch}, {"test_accuracy", accuracy}, {"seconds", training_seconds()}};
+        progress.metrics.push_back(line.dump());
+        if (rank == 0) {
+          std::printf("Step %lld: test accuracy %.4f (%.1f s)\n", static_cast<long long>(progress.steps), accuracy,
+                      training_seconds());
+          std::fflush(stdout);
+          metrics << progress.metrics.back() << std::endl;
+        }
+      }
       if (o.stop_after_steps > 0 && progress.steps == o.stop_after_steps) {
         if (rank == 0) {
           std::printf("dagr train: stopped after step %lld (--stop-after-steps); continue with --resume\n",
@@ -642,13 +663,16 @@ int run_training(const TrainOptions& o) {
     // becomes rank 0 after --elastic recovery has the history.
     nlohmann::json line{{"epoch", epoch}, {"train_loss", global[0] / global[2]},
                         {"train_accuracy", global[1] / global[2]}, {"test_accuracy", progress.test_accuracy},
-                        {"rank_train_loss", rank_loss}, {"seconds", seconds_since(train_start)}};
+                        {"rank_train_loss", rank_loss}, {"seconds", training_seconds()}};
+    // This epoch's throughput in training steps (as the summary's, but per epoch: after a
+    // hook's warm-up, say), from this rank's step times; every data group trains its own samples.
+    if (epoch_step_s > 0) line["samples_per_second"] = sums[2] * groups.data.size() / epoch_step_s;
     if (dp) line["dp_epsilon"] = dp_spent();
     progress.metrics.push_back(line.dump());
     if (rank == 0) {
       std::printf("Epoch %lld: global training loss %.4f, training accuracy %.4f, test accuracy %.4f (%.1f s)\n",
                   static_cast<long long>(epoch), global[0] / global[2], global[1] / global[2], progress.test_accuracy,
-                  seconds_since(train_start));
+                  training_seconds());
       if (dp)
         std::printf("Epoch %lld: privacy spent ε = %.4f at δ = %g (σ %.4f, q %.5f, %lld steps)\n",
                     static_cast<long long>(epoch), dp_spent(), o.dp_delta, dp_sigma, dp_q,

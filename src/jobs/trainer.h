@@ -31,6 +31,7 @@ struct TrainOptions {
   std::string out = "runs/train";
   std::int64_t max_steps = 0;  // 0: whole epochs; otherwise stop after this many steps (benchmarks)
   std::int64_t checkpoint_every = 0;  // steps between training-state checkpoints in `out` (0: only after each epoch)
+  std::int64_t eval_every = 0;        // steps between test-set evaluations within an epoch (0: only after each epoch)
   bool resume = false;       // continue from the newest checkpoint in `out` (from the start when there is none)
   std::int64_t stop_after_steps = 0;  // tests: stop after this step (counted from the run's start), as a crash would
   int max_restarts = 0;      // the launcher restarts the group this often; a restarted run resumes
