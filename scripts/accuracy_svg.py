@@ -3,7 +3,8 @@
 
 Usage: scripts/accuracy_svg.py OUT.svg TITLE LABEL=RUN/metrics.jsonl [LABEL=...]
 Every metrics line with a test accuracy is a point (the epoch ends, and the
---eval-every lines between them), at its "seconds"; a dashed line marks 85 %.
+--eval-every lines between them), at its "seconds"; a dashed line marks 85 % (where the axis reaches it). Runs without
+a test accuracy are left out, with a warning.
 """
 import html
 import json
@@ -16,10 +17,16 @@ LEFT, TOP, WIDTH, HEIGHT = 60, 40, 640, 320
 
 def points(path):
     out = []
-    for line in open(path):
-        j = json.loads(line)
-        if "test_accuracy" in j and not j.get("summary"):
-            out.append((j["seconds"], j["test_accuracy"]))
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                j = json.loads(line)
+                if "test_accuracy" in j and not j.get("summary"):
+                    out.append((float(j["seconds"]), float(j["test_accuracy"])))
+    except OSError as e:
+        sys.exit(f"accuracy_svg.py: cannot read {path}: {e.strerror}")
+    except (ValueError, KeyError, TypeError) as e:
+        sys.exit(f"accuracy_svg.py: {path} line {number}: not a metrics line ({e})")
     return out
 
 
@@ -32,10 +39,16 @@ def nice_step(span, count):
 def main():
     out, title, runs = sys.argv[1], sys.argv[2], [a.split("=", 1) for a in sys.argv[3:]]
     series = [(label, points(path)) for label, path in runs]
-    t_max = max(t for _, p in series for t, _ in p)
+    for label, p in series:
+        if not p:
+            print(f"accuracy_svg.py: no test accuracy in {label}'s metrics; left out", file=sys.stderr)
+    series = [(label, p) for label, p in series if p]
+    if not series:
+        sys.exit("accuracy_svg.py: no run has a test accuracy to draw")
+    t_max = max(max(t for _, p in series for t, _ in p), 1e-3)
     accuracies = [a for _, p in series for _, a in p]
     a_min = min(math.floor(min(accuracies) * 20) / 20, 0.8)
-    a_max = math.ceil(max(accuracies) * 20) / 20
+    a_max = max(math.ceil(max(accuracies) * 20) / 20, a_min + 0.05)
     x = lambda t: LEFT + t / t_max * WIDTH
     y = lambda a: TOP + (a_max - a) / (a_max - a_min) * HEIGHT
 
@@ -52,8 +65,9 @@ def main():
         svg.append(f'<line x1="{LEFT - 4}" y1="{y(a):.1f}" x2="{LEFT + WIDTH}" y2="{y(a):.1f}" stroke="#eee"/>')
         svg.append(f'<text x="{LEFT - 8}" y="{y(a) + 4:.1f}" text-anchor="end">{a:.2f}</text>')
         a += 0.05
-    svg.append(f'<line x1="{LEFT}" y1="{y(0.85):.1f}" x2="{LEFT + WIDTH}" y2="{y(0.85):.1f}" stroke="#555" '
-               f'stroke-dasharray="6,4"/>')
+    if a_min <= 0.85 <= a_max:
+        svg.append(f'<line x1="{LEFT}" y1="{y(0.85):.1f}" x2="{LEFT + WIDTH}" y2="{y(0.85):.1f}" stroke="#555" '
+                   f'stroke-dasharray="6,4"/>')
     svg.append(f'<text x="16" y="{TOP + HEIGHT / 2}" transform="rotate(-90 16 {TOP + HEIGHT / 2})" '
                f'text-anchor="middle">test accuracy</text>')
     for k, (label, p) in enumerate(series):

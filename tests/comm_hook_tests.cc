@@ -166,6 +166,59 @@ TEST(CommHook, PowerSgdErrorFeedbackCarriesTheError) {
   EXPECT_GT(relative_error[0], 0.4) << "without error feedback rank 1 should leave much of a random 12 x 16 matrix out";
 }
 
+// A step whose collectives fail (rank 1 leaves after the first step) leaves
+// PowerSGD's error as the last good step left it: recovery (--elastic) carries
+// on with it, and must not feed the failed step's gradient back again.
+TEST(CommHook, PowerSgdErrorSurvivesAFailedStep) {
+  torch::Tensor before, after;
+  auto error_of = [](PowerSgdHook& hook) {  // the state needs a group to average over: one of its own
+    torch::Tensor e;
+    run_ranks(1, [&](Communicator& solo) { e = hook.state(solo).at("powersgd/error/0").clone(); });
+    return e;
+  };
+  bool failed = false;
+  run_ranks(2, [&](Communicator& comm) {
+    auto model = torch::nn::Linear(torch::nn::LinearOptions(16, 12).bias(false));
+    auto hook = powersgd_hook({.rank = 1, .start_iter = 0});
+    DistributedDataParallel ddp(model.ptr(), comm);
+    ddp.register_comm_hook(hook);
+    backward_with(*model, {rank_gradient(comm.rank(), 0, {12, 16})});
+    if (comm.rank() == 1) return;  // leaves the group
+    before = error_of(*hook);
+    model->zero_grad();
+    try {
+      backward_with(*model, {rank_gradient(0, 1, {12, 16})});
+    } catch (const std::exception&) {
+      failed = true;
+    }
+    after = error_of(*hook);
+  });
+  ASSERT_TRUE(failed) << "the second step should fail: rank 1 left";
+  ASSERT_GT(before.abs().max().item<double>(), 0) << "rank 1 of a 12 x 16 matrix leaves an error";
+  EXPECT_TRUE(torch::equal(after, before)) << "max change " << (after - before).abs().max().item<double>();
+}
+
+// An error given to load_state() in any layout (here transposed, not
+// contiguous) is the same error: the same step as with its contiguous copy.
+TEST(CommHook, PowerSgdLoadsAnErrorOfAnyLayout) {
+  std::vector<torch::Tensor> gradient(2);
+  for (int contiguous = 0; contiguous < 2; ++contiguous) {
+    run_ranks(2, [&](Communicator& comm) {
+      auto model = torch::nn::Linear(torch::nn::LinearOptions(16, 12).bias(false));
+      DistributedDataParallel ddp(model.ptr(), comm);
+      auto hook = powersgd_hook({.rank = 1, .start_iter = 0});
+      const torch::Tensor error = rank_gradient(7, 0, {16, 12}).t();  // 12 × 16, strides (1, 12)
+      hook->load_state({{"powersgd/iter", torch::tensor(std::int64_t{0})},
+                        {"powersgd/error/0", contiguous ? error.contiguous() : error}});
+      ddp.register_comm_hook(hook);
+      backward_with(*model, {rank_gradient(comm.rank(), 0, {12, 16})});
+      if (comm.rank() == 0) gradient[static_cast<std::size_t>(contiguous)] = model->weight.grad().clone();
+    });
+  }
+  EXPECT_TRUE(torch::equal(gradient[0], gradient[1]))
+      << "max diff " << (gradient[0] - gradient[1]).abs().max().item<double>();
+}
+
 // Six steps in one go, or three, a checkpoint (encoded and decoded as dagr
 // train writes it), a fresh DDP and hook, three more: the same parameters.
 // Without loading the hook's state the resumed run goes elsewhere.

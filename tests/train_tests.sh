@@ -30,6 +30,18 @@ expect "the lines' seconds increase" awk -F'"seconds":' 'NF > 1 { split($2, v, /
   "$tmp/short/metrics.jsonl"
 expect "every epoch line has its samples/s" test "$(grep -c '"epoch":.*"samples_per_second":[1-9]' "$tmp/short/metrics.jsonl")" -eq 3
 expect "the progress shows the evaluations" test "$(grep -c '^Step [0-9]*: test accuracy 0\.[0-9]* (' "$tmp/out")" -eq 4
+# Stopped at step 250 and resumed from the checkpoint of step 200: every
+# evaluation's line is there once (200's in the checkpoint: it is measured
+# before the checkpoint is taken), none at step 450 where --max-steps ends the
+# run (the epoch line measures it), and the time axis goes on across the resume.
+ev="--workers 1 --epochs 1 --max-steps 450 --checkpoint-every 100 --eval-every 100"
+timeout 120 "$dagr" train $ev --stop-after-steps 250 --out "$tmp/ev" > /dev/null 2>&1
+timeout 120 "$dagr" train $ev --resume --out "$tmp/ev" > /dev/null 2>&1
+expect "resumed --eval-every run succeeds" test $? -eq 0
+expect "resumed: evaluations at steps 100 to 400, once each" \
+  test "$(sed -n 's/.*"step":\([0-9]*\),.*/\1/p' "$tmp/ev/metrics.jsonl" | tr '\n' ' ')" = "100 200 300 400 "
+expect "resumed: the lines' seconds increase (the summary's is this process's wall time)" \
+  awk -F'"seconds":' 'NF > 1 && !/"summary"/ { split($2, v, /[,}]/); if (v[1] + 0 <= last) exit 1; last = v[1] + 0 }' "$tmp/ev/metrics.jsonl"
 acc=$(accuracy "$tmp/short")
 expect "short run reaches 85% test accuracy (got $acc)" at_least "$acc" 0.85
 

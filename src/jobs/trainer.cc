@@ -120,6 +120,7 @@ void apply_schedule(torch::optim::Optimizer& optimizer, const TrainOptions& o, s
 // Where a run stands, besides the model and optimizer: what a checkpoint records.
 struct Progress {
   std::int64_t epoch = 1, samples_in_epoch = 0, steps = 0;
+  double seconds = 0;                 // the metrics' time axis at this point (see training_seconds)
   std::uint64_t seed = 0;
   std::vector<std::string> metrics;  // rank 0's lines so far
   double epoch_sums[3] = {0, 0, 0};   // loss·samples, correct, samples of the epoch so far, each sample once
@@ -145,7 +146,8 @@ TrainingCheckpoint capture(Network& net, torch::optim::Optimizer& optimizer, con
   c.steps = p.steps;
   c.sampler_seed = p.seed;
   c.metrics = p.metrics;
-  c.extra = nlohmann::json{{"epoch_sums", p.epoch_sums}, {"test_accuracy", p.test_accuracy}}.dump();
+  c.extra = nlohmann::json{{"epoch_sums", p.epoch_sums}, {"test_accuracy", p.test_accuracy}, {"seconds", p.seconds}}
+                .dump();
   {
     at::Generator generator = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle on the one generator
     std::lock_guard<std::mutex> lock(generator.mutex());
@@ -377,6 +379,7 @@ int run_training(const TrainOptions& o) {
     const auto extra = nlohmann::json::parse(resumed->extra);
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] = extra.at("epoch_sums")[i];
     progress.test_accuracy = extra.at("test_accuracy");
+    progress.seconds = extra.value("seconds", 0.0);  // absent from checkpoints of older builds
     first_position = resumed->samples_in_epoch / data_ranks;
     if (resumed->samples_in_epoch % data_ranks != 0 && rank == 0)
       std::printf("dagr train: sample %lld of the epoch is not a multiple of %lld ranks; %lld samples are trained twice\n",
@@ -414,6 +417,14 @@ int run_training(const TrainOptions& o) {
                   static_cast<long long>(progress.steps));
     std::fflush(stdout);
   }
+  const auto train_start = Clock::now();
+  // The metrics' time axis: seconds of training, across the processes of a
+  // resumed or restarted run (from the checkpoint's figure on), less the time
+  // the --eval-every evaluations took (they measure the run; they do not
+  // stretch it). The time between a failure and the restart is not in it.
+  double eval_s = 0;
+  const double seconds_before = progress.seconds;
+  const auto training_seconds = [&] { return seconds_before + seconds_since(train_start) - eval_s; };
   // Collective; rank 0 writes. `global_sums` are the epoch's sums so far.
   // The state is captured (cloned) here, on the training thread, and written
   // (serialised, fsynced, renamed) on a background thread while training goes
@@ -437,6 +448,7 @@ int run_training(const TrainOptions& o) {
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] += sums[i] / groups.tensor.size();
     progress.epoch = epoch;
     progress.samples_in_epoch = samples_in_epoch;
+    progress.seconds = training_seconds();
     TrainingCheckpoint c = capture(net, *optimizer, progress);
     if (comm_hook) c.comm_hook = comm_hook->state(groups.data);
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] -= sums[i] / groups.tensor.size();
@@ -453,11 +465,6 @@ int run_training(const TrainOptions& o) {
   constexpr std::int64_t kWarmup = 20;
   double first_step_s = -1, compute_s = 0, timed_s = 0;
   std::int64_t samples = 0, timed_samples = 0, run_steps = 0;
-  const auto train_start = Clock::now();
-  // The metrics' time axis: seconds since training began, less the time the
-  // --eval-every evaluations took (they measure the run; they do not stretch it).
-  double eval_s = 0;
-  const auto training_seconds = [&] { return seconds_since(train_start) - eval_s; };
   const auto reached_max_steps = [&] { return o.max_steps > 0 && progress.steps >= o.max_steps; };
   // The optimizer state each rank holds, measured after the run's first step
   // (SGD's and Adam's state is made in it); with --zero, this rank's shard.
@@ -619,9 +626,9 @@ int run_training(const TrainOptions& o) {
         first_step_s = since_command >= 0 ? since_command : seconds_since(start);
       }
       if (rank == 0) show_progress(static_cast<int>(epoch), o.epochs, (position - 1) / batch, steps, l);
-      if (o.checkpoint_every > 0 && progress.steps % o.checkpoint_every == 0 && position < per_rank)
-        checkpoint(epoch, position * data_ranks, sums);
-      if (o.eval_every > 0 && progress.steps % o.eval_every == 0 && position < per_rank) {
+      // Before the checkpoint of the same step, which then holds its line. Not
+      // at the epoch's end (nor where --max-steps ends it): that evaluates anyway.
+      if (o.eval_every > 0 && progress.steps % o.eval_every == 0 && position < per_rank && !reached_max_steps()) {
         const auto eval_start = Clock::now();
         const double accuracy = evaluate(net, test.images, test.labels, groups, comm);
         eval_s += seconds_since(eval_start);
@@ -635,6 +642,8 @@ int run_training(const TrainOptions& o) {
           metrics << progress.metrics.back() << std::endl;
         }
       }
+      if (o.checkpoint_every > 0 && progress.steps % o.checkpoint_every == 0 && position < per_rank)
+        checkpoint(epoch, position * data_ranks, sums);
       if (o.stop_after_steps > 0 && progress.steps == o.stop_after_steps) {
         if (rank == 0) {
           std::printf("dagr train: stopped after step %lld (--stop-after-steps); continue with --resume\n",

@@ -15,7 +15,8 @@ struct PowerSgdHook::State {
   PowerSgdOptions options;
   std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
   std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
-  std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error E (n × m); M + E during a step
+  std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error E (n × m), contiguous
+  std::map<std::size_t, torch::Tensor> sum;    // by parameter index: scratch for A = M + E during a step
   std::int64_t step_sent = 0, step_dense = 0, sent = 0, dense = 0;
 };
 
@@ -47,7 +48,7 @@ struct Job {
   std::vector<std::size_t> params;         // the compressed matrices' parameters
   std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
   std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
-  std::vector<torch::Tensor> error;        // with error feedback, State::error's: M + E until decompressed
+  std::vector<torch::Tensor> error, sum;   // with error feedback: State::error's E and State::sum's A = M + E
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
@@ -163,10 +164,14 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     torch::Tensor& m = job->m[k];
     const std::size_t param = job->params[k];
     const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
-    if (o.error_feedback) {  // E kept from step to step: zeros where it is not (yet) m's shape and type
-      torch::Tensor& e = s.error[param];
-      if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
-      job->error.push_back(e);
+    if (o.error_feedback) {  // E kept from step to step, and A's scratch: zeros where not (yet) m's shape and type
+      auto laid_out_as_m = [&](torch::Tensor& t) -> torch::Tensor& {
+        if (!t.defined() || t.sizes() != m.sizes() || t.scalar_type() != job->type) t = torch::zeros_like(m);
+        if (!t.is_contiguous()) t = t.contiguous();  // the loops read rows
+        return t;
+      };
+      job->error.push_back(laid_out_as_m(s.error[param]));
+      job->sum.push_back(laid_out_as_m(s.sum[param]));
     }
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
     torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
@@ -183,7 +188,8 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     with_type(job->type, [&](auto zero) {
       using T = decltype(zero);
       powersgd::orthogonalize(q.data_ptr<T>(), cols, r);
-      powersgd::project(m.data_ptr<T>(), o.error_feedback ? job->error[k].data_ptr<T>() : nullptr, q.data_ptr<T>(),
+      powersgd::project(m.data_ptr<T>(), o.error_feedback ? job->error[k].data_ptr<T>() : nullptr,
+                        o.error_feedback ? job->sum[k].data_ptr<T>() : nullptr, q.data_ptr<T>(),
                         p.data_ptr<T>(), n, cols, r);
     });
     job->p.push_back(p);
@@ -193,15 +199,17 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
 
   // Then: P orthogonalised, Q = (M + E)ᵀ P averaged over the ranks, M̂ = P Qᵀ into the gradient, E = M + E − M̂.
   std::shared_ptr<State> state = state_;
-  // What was approximated: M + E in the error buffer, or the gradient itself.
-  auto approximated = [job](std::size_t k) -> torch::Tensor& { return job->error.empty() ? job->m[k] : job->error[k]; };
+  // What was approximated: M + E in the scratch, or the gradient itself.
+  auto approximated = [job](std::size_t k) -> torch::Tensor& { return job->sum.empty() ? job->m[k] : job->sum[k]; };
   auto decompress = [job, state, approximated] {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
       torch::Tensor& m = job->m[k];
       with_type(job->type, [&](auto zero) {
         using T = decltype(zero);
-        powersgd::reconstruct(m.data_ptr<T>(), job->error.empty() ? nullptr : approximated(k).data_ptr<T>(),
-                              job->p[k].data_ptr<T>(), job->q[k].data_ptr<T>(), m.size(0), m.size(1), job->p[k].size(1));
+        const bool feedback = !job->error.empty();
+        powersgd::reconstruct(m.data_ptr<T>(), feedback ? job->error[k].data_ptr<T>() : nullptr,
+                              feedback ? job->sum[k].data_ptr<T>() : nullptr, job->p[k].data_ptr<T>(),
+                              job->q[k].data_ptr<T>(), m.size(0), m.size(1), job->p[k].size(1));
       });
       if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
         job->grads[k].copy_(m.view(job->grads[k].sizes()));
@@ -259,7 +267,7 @@ void PowerSgdHook::load_state(const std::map<std::string, torch::Tensor>& state)
     } else if (key.starts_with("powersgd/q/")) {
       s.q[std::stoul(key.substr(11))] = t.clone();
     } else if (key.starts_with("powersgd/error/")) {
-      s.error[std::stoul(key.substr(15))] = t.clone();
+      s.error[std::stoul(key.substr(15))] = t.clone(at::MemoryFormat::Contiguous);
     } else {
       throw InputError(detail::concat("PowerSGD: unknown state '", key, "' (from a checkpoint of another hook?)"));
     }

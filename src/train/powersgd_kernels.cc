@@ -23,17 +23,19 @@ std::vector<T> transposed(const T* q, std::int64_t cols, std::int64_t r) {
   return qt;
 }
 
-// Row by row: the row of A (M + E added into E first, with error feedback)
+// Row by row: the row of A (with error feedback M + E, written out first)
 // stays in the L1 cache for its r dot products with Q's columns.
 template <class T>
-DAGR_POWERSGD_CLONES void project_rows(const T* __restrict m, T* __restrict error, const T* __restrict qt,
-                                       T* __restrict p, std::int64_t n, std::int64_t cols, std::int64_t r) {
+DAGR_POWERSGD_CLONES void project_rows(const T* __restrict m, const T* __restrict error, T* __restrict sum,
+                                       const T* __restrict qt, T* __restrict p, std::int64_t n, std::int64_t cols,
+                                       std::int64_t r) {
   for (std::int64_t i = 0; i < n; ++i) {
     const T* a = m + i * cols;
     if (error) {
-      T* e = error + i * cols;
-      for (std::int64_t j = 0; j < cols; ++j) e[j] += a[j];
-      a = e;
+      T* row = sum + i * cols;
+      const T* e = error + i * cols;
+      for (std::int64_t j = 0; j < cols; ++j) row[j] = a[j] + e[j];
+      a = row;
     }
     for (std::int64_t k = 0; k < r; ++k) {
       const T* column = qt + k * cols;
@@ -66,8 +68,9 @@ DAGR_POWERSGD_CLONES void project_back_rows(const T* __restrict a, const T* __re
 }
 
 template <class T>
-DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error, const T* __restrict p,
-                                           const T* __restrict qt, std::int64_t n, std::int64_t cols, std::int64_t r) {
+DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error, const T* __restrict a,
+                                           const T* __restrict p, const T* __restrict qt, std::int64_t n,
+                                           std::int64_t cols, std::int64_t r) {
   for (std::int64_t i = 0; i < n; ++i) {
     T* out = m + i * cols;
     const T* weights = p + i * r;
@@ -76,7 +79,8 @@ DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error,
       for (std::int64_t j = 0; j < cols; ++j) out[j] += weights[k] * qt[k * cols + j];
     if (error) {
       T* e = error + i * cols;
-      for (std::int64_t j = 0; j < cols; ++j) e[j] -= out[j];
+      const T* approximated = a + i * cols;
+      for (std::int64_t j = 0; j < cols; ++j) e[j] = approximated[j] - out[j];
     }
   }
 }
@@ -84,9 +88,9 @@ DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error,
 }  // namespace
 
 template <class T>
-void project(const T* m, T* error, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r) {
+void project(const T* m, const T* error, T* a, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r) {
   const std::vector<T> qt = transposed(q, cols, r);
-  project_rows(m, error, qt.data(), p, n, cols, r);
+  project_rows(m, error, a, qt.data(), p, n, cols, r);
 }
 
 template <class T>
@@ -98,9 +102,10 @@ void project_back(const T* a, const T* p, T* q, std::int64_t n, std::int64_t col
 }
 
 template <class T>
-void reconstruct(T* m, T* error, const T* p, const T* q, std::int64_t n, std::int64_t cols, std::int64_t r) {
+void reconstruct(T* m, T* error, const T* a, const T* p, const T* q, std::int64_t n, std::int64_t cols,
+                 std::int64_t r) {
   const std::vector<T> qt = transposed(q, cols, r);
-  reconstruct_rows(m, error, p, qt.data(), n, cols, r);
+  reconstruct_rows(m, error, a, p, qt.data(), n, cols, r);
 }
 
 // Column i is normalised, then taken out of every later column (classical
@@ -122,9 +127,10 @@ void orthogonalize(T* a, std::int64_t n, std::int64_t r) {
 }
 
 #define DAGR_POWERSGD_INSTANTIATE(T)                                                                   \
-  template void project<T>(const T*, T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);    \
-  template void project_back<T>(const T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);    \
-  template void reconstruct<T>(T*, T*, const T*, const T*, std::int64_t, std::int64_t, std::int64_t); \
+  template void project<T>(const T*, const T*, T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t); \
+  template void project_back<T>(const T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);          \
+  template void reconstruct<T>(T*, T*, const T*, const T*, const T*, std::int64_t, std::int64_t,            \
+                               std::int64_t);                                                               \
   template void orthogonalize<T>(T*, std::int64_t, std::int64_t);
 DAGR_POWERSGD_INSTANTIATE(float)
 DAGR_POWERSGD_INSTANTIATE(double)
