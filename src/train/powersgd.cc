@@ -16,7 +16,6 @@ struct PowerSgdHook::State {
   std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
   std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
   std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error E (n × m), contiguous
-  std::map<std::size_t, torch::Tensor> sum;    // by parameter index: scratch for A = M + E during a step
   std::int64_t step_sent = 0, step_dense = 0, sent = 0, dense = 0;
 };
 
@@ -47,8 +46,9 @@ struct Job {
   torch::ScalarType type;                  // float32, or float64 for float64 buckets
   std::vector<std::size_t> params;         // the compressed matrices' parameters
   std::vector<torch::Tensor> grads;        // their gradients (views of the bucket)
-  std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit)
-  std::vector<torch::Tensor> error, sum;   // with error feedback: State::error's E and State::sum's A = M + E
+  std::vector<torch::Tensor> m;            // the same as n × m matrices of `type` (views, or copies for 16-bit);
+                                           // A = M + E from the projection on, P Qᵀ after the reconstruction
+  std::vector<torch::Tensor> error;        // with error feedback: State::error's
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
@@ -164,14 +164,11 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     torch::Tensor& m = job->m[k];
     const std::size_t param = job->params[k];
     const std::int64_t n = m.size(0), cols = m.size(1), r = ranks[k];
-    if (o.error_feedback) {  // E kept from step to step, and A's scratch: zeros where not (yet) m's shape and type
-      auto laid_out_as_m = [&](torch::Tensor& t) -> torch::Tensor& {
-        if (!t.defined() || t.sizes() != m.sizes() || t.scalar_type() != job->type) t = torch::zeros_like(m);
-        if (!t.is_contiguous()) t = t.contiguous();  // the loops read rows
-        return t;
-      };
-      job->error.push_back(laid_out_as_m(s.error[param]));
-      job->sum.push_back(laid_out_as_m(s.sum[param]));
+    if (o.error_feedback) {  // E kept from step to step: zeros where it is not (yet) m's shape and type
+      torch::Tensor& e = s.error[param];
+      if (!e.defined() || e.sizes() != m.sizes() || e.scalar_type() != job->type) e = torch::zeros_like(m);
+      if (!e.is_contiguous()) e = e.contiguous();  // the loops read rows
+      job->error.push_back(e);
     }
     torch::Tensor q = job->q_all.narrow(0, q_at, cols * r).view({cols, r});
     torch::Tensor p = job->p_all.narrow(0, p_at, n * r).view({n, r});
@@ -188,8 +185,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     with_type(job->type, [&](auto zero) {
       using T = decltype(zero);
       powersgd::orthogonalize(q.data_ptr<T>(), cols, r);
-      powersgd::project(m.data_ptr<T>(), o.error_feedback ? job->error[k].data_ptr<T>() : nullptr,
-                        o.error_feedback ? job->sum[k].data_ptr<T>() : nullptr, q.data_ptr<T>(),
+      powersgd::project(m.data_ptr<T>(), o.error_feedback ? job->error[k].data_ptr<T>() : nullptr, q.data_ptr<T>(),
                         p.data_ptr<T>(), n, cols, r);
     });
     job->p.push_back(p);
@@ -199,17 +195,14 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
 
   // Then: P orthogonalised, Q = (M + E)ᵀ P averaged over the ranks, M̂ = P Qᵀ into the gradient, E = M + E − M̂.
   std::shared_ptr<State> state = state_;
-  // What was approximated: M + E in the scratch, or the gradient itself.
-  auto approximated = [job](std::size_t k) -> torch::Tensor& { return job->sum.empty() ? job->m[k] : job->sum[k]; };
-  auto decompress = [job, state, approximated] {
+  auto decompress = [job, state] {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
       torch::Tensor& m = job->m[k];
       with_type(job->type, [&](auto zero) {
         using T = decltype(zero);
-        const bool feedback = !job->error.empty();
-        powersgd::reconstruct(m.data_ptr<T>(), feedback ? job->error[k].data_ptr<T>() : nullptr,
-                              feedback ? job->sum[k].data_ptr<T>() : nullptr, job->p[k].data_ptr<T>(),
-                              job->q[k].data_ptr<T>(), m.size(0), m.size(1), job->p[k].size(1));
+        powersgd::reconstruct(m.data_ptr<T>(), job->error.empty() ? nullptr : job->error[k].data_ptr<T>(),
+                              job->p[k].data_ptr<T>(), job->q[k].data_ptr<T>(), m.size(0), m.size(1),
+                              job->p[k].size(1));
       });
       if (m.data_ptr() != job->grads[k].data_ptr())  // a float32 copy of a 16-bit gradient
         job->grads[k].copy_(m.view(job->grads[k].sizes()));
@@ -217,13 +210,13 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     }
     return HookWork();
   };
-  auto compute_q = [job, decompress, comm, approximated]() mutable {
+  auto compute_q = [job, decompress, comm]() mutable {
     for (std::size_t k = 0; k < job->m.size(); ++k) {
       with_type(job->type, [&](auto zero) {
         using T = decltype(zero);
         torch::Tensor& p = job->p[k];
         powersgd::orthogonalize(p.data_ptr<T>(), p.size(0), p.size(1));
-        powersgd::project_back(approximated(k).data_ptr<T>(), p.data_ptr<T>(), job->q[k].data_ptr<T>(), p.size(0),
+        powersgd::project_back(job->m[k].data_ptr<T>(), p.data_ptr<T>(), job->q[k].data_ptr<T>(), p.size(0),
                                job->q[k].size(0), p.size(1));
       });
     }

@@ -23,19 +23,16 @@ std::vector<T> transposed(const T* q, std::int64_t cols, std::int64_t r) {
   return qt;
 }
 
-// Row by row: the row of A (with error feedback M + E, written out first)
-// stays in the L1 cache for its r dot products with Q's columns.
+// Row by row: the row of A (with error feedback M + E, written over M's row
+// first) stays in the L1 cache for its r dot products with Q's columns.
 template <class T>
-DAGR_POWERSGD_CLONES void project_rows(const T* __restrict m, const T* __restrict error, T* __restrict sum,
-                                       const T* __restrict qt, T* __restrict p, std::int64_t n, std::int64_t cols,
-                                       std::int64_t r) {
+DAGR_POWERSGD_CLONES void project_rows(T* __restrict m, const T* __restrict error, const T* __restrict qt,
+                                       T* __restrict p, std::int64_t n, std::int64_t cols, std::int64_t r) {
   for (std::int64_t i = 0; i < n; ++i) {
-    const T* a = m + i * cols;
+    T* a = m + i * cols;
     if (error) {
-      T* row = sum + i * cols;
       const T* e = error + i * cols;
-      for (std::int64_t j = 0; j < cols; ++j) row[j] = a[j] + e[j];
-      a = row;
+      for (std::int64_t j = 0; j < cols; ++j) a[j] += e[j];
     }
     for (std::int64_t k = 0; k < r; ++k) {
       const T* column = qt + k * cols;
@@ -67,30 +64,32 @@ DAGR_POWERSGD_CLONES void project_back_rows(const T* __restrict a, const T* __re
   }
 }
 
+// Row by row: the row of P Qᵀ into `row` (L1-sized scratch), then, with
+// error feedback, E = A − P Qᵀ from the A in M's row, and the row over M.
 template <class T>
-DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error, const T* __restrict a,
-                                           const T* __restrict p, const T* __restrict qt, std::int64_t n,
+DAGR_POWERSGD_CLONES void reconstruct_rows(T* __restrict m, T* __restrict error, const T* __restrict p,
+                                           const T* __restrict qt, T* __restrict row, std::int64_t n,
                                            std::int64_t cols, std::int64_t r) {
   for (std::int64_t i = 0; i < n; ++i) {
-    T* out = m + i * cols;
     const T* weights = p + i * r;
-    for (std::int64_t j = 0; j < cols; ++j) out[j] = weights[0] * qt[j];
+    for (std::int64_t j = 0; j < cols; ++j) row[j] = weights[0] * qt[j];
     for (std::int64_t k = 1; k < r; ++k)
-      for (std::int64_t j = 0; j < cols; ++j) out[j] += weights[k] * qt[k * cols + j];
+      for (std::int64_t j = 0; j < cols; ++j) row[j] += weights[k] * qt[k * cols + j];
+    T* out = m + i * cols;
     if (error) {
       T* e = error + i * cols;
-      const T* approximated = a + i * cols;
-      for (std::int64_t j = 0; j < cols; ++j) e[j] = approximated[j] - out[j];
+      for (std::int64_t j = 0; j < cols; ++j) e[j] = out[j] - row[j];
     }
+    for (std::int64_t j = 0; j < cols; ++j) out[j] = row[j];
   }
 }
 
 }  // namespace
 
 template <class T>
-void project(const T* m, const T* error, T* a, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r) {
+void project(T* m, const T* error, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r) {
   const std::vector<T> qt = transposed(q, cols, r);
-  project_rows(m, error, a, qt.data(), p, n, cols, r);
+  project_rows(m, error, qt.data(), p, n, cols, r);
 }
 
 template <class T>
@@ -102,10 +101,10 @@ void project_back(const T* a, const T* p, T* q, std::int64_t n, std::int64_t col
 }
 
 template <class T>
-void reconstruct(T* m, T* error, const T* a, const T* p, const T* q, std::int64_t n, std::int64_t cols,
-                 std::int64_t r) {
+void reconstruct(T* m, T* error, const T* p, const T* q, std::int64_t n, std::int64_t cols, std::int64_t r) {
   const std::vector<T> qt = transposed(q, cols, r);
-  reconstruct_rows(m, error, a, p, qt.data(), n, cols, r);
+  std::vector<T> row(static_cast<std::size_t>(cols));
+  reconstruct_rows(m, error, p, qt.data(), row.data(), n, cols, r);
 }
 
 // Column i is normalised, then taken out of every later column (classical
@@ -127,10 +126,9 @@ void orthogonalize(T* a, std::int64_t n, std::int64_t r) {
 }
 
 #define DAGR_POWERSGD_INSTANTIATE(T)                                                                   \
-  template void project<T>(const T*, const T*, T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t); \
-  template void project_back<T>(const T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);          \
-  template void reconstruct<T>(T*, T*, const T*, const T*, const T*, std::int64_t, std::int64_t,            \
-                               std::int64_t);                                                               \
+  template void project<T>(T*, const T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);    \
+  template void project_back<T>(const T*, const T*, T*, std::int64_t, std::int64_t, std::int64_t);    \
+  template void reconstruct<T>(T*, T*, const T*, const T*, std::int64_t, std::int64_t, std::int64_t); \
   template void orthogonalize<T>(T*, std::int64_t, std::int64_t);
 DAGR_POWERSGD_INSTANTIATE(float)
 DAGR_POWERSGD_INSTANTIATE(double)

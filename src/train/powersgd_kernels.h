@@ -15,21 +15,21 @@
 
 namespace dagr::powersgd {
 
-// P = A Q. With `error` (error feedback), A = M + E, written into `a`; without,
-// A = M (and `a` is not used). E itself is left alone until reconstruct(): a
-// step whose collectives fail leaves the error as it was.
+// P = A Q. With `error` (error feedback), A = M + E, written over M (the
+// gradient, which the step replaces anyway); without, A = M. E itself is left
+// alone until reconstruct(): a step whose collectives fail leaves the error as
+// it was (and only a gradient that is not used).
 template <class T>
-void project(const T* m, const T* error, T* a, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r);
+void project(T* m, const T* error, const T* q, T* p, std::int64_t n, std::int64_t cols, std::int64_t r);
 
-// Q = Aᵀ P, with A what project() approximated: `a`, or M.
+// Q = Aᵀ P, with A what project() left in M.
 template <class T>
 void project_back(const T* a, const T* p, T* q, std::int64_t n, std::int64_t cols, std::int64_t r);
 
-// M = P Qᵀ (the approximation, into the gradient), and with `error`,
-// E = A − M: what this step left out, for the next to carry.
+// M̂ = P Qᵀ (the approximation) over M, and with `error`, E = A − M̂ first
+// (A still in M): what this step left out, for the next to carry.
 template <class T>
-void reconstruct(T* m, T* error, const T* a, const T* p, const T* q, std::int64_t n, std::int64_t cols,
-                 std::int64_t r);
+void reconstruct(T* m, T* error, const T* p, const T* q, std::int64_t n, std::int64_t cols, std::int64_t r);
 
 // Gram-Schmidt on the r columns of a (n × r), in place, as PyTorch's
 // _orthogonalize_gram_schmidt; a column that is all zeros stays zero (the
