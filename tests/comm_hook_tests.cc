@@ -352,6 +352,48 @@ TEST(CommHook, SecureHookIsTheSecureAggregationOption) {
 namespace dagr {
 namespace {
 
+// Tied weights: a Linear used twice is one parameter to DDP (as in PyTorch),
+// so its gradient is one slice, averaged once, and a hook that rewrites its
+// bucket in place (PowerSGD writes M + E over the gradient) has no second
+// slice copied from it. The gradient is the same through PowerSGD at full rank
+// as through plain allreduce.
+TEST(CommHook, TiedWeightsAreOneParameter) {
+  struct Spy : CommHook {
+    std::shared_ptr<CommHook> inner;
+    std::size_t seen = 0;
+    std::string name() const override { return inner->name(); }
+    bool carries_check() const override { return inner->carries_check(); }
+    HookWork run(Communicator& comm, GradBucket& bucket) override {
+      seen += bucket.parameters.size();
+      return inner->run(comm, bucket);
+    }
+  };
+  std::vector<torch::Tensor> gradient(2);
+  for (int powersgd = 0; powersgd < 2; ++powersgd) {
+    run_ranks(2, [&](Communicator& comm) {
+      torch::manual_seed(3);
+      auto shared = torch::nn::Linear(6, 6);
+      auto model = torch::nn::Sequential(shared, torch::nn::Tanh(), shared);
+      ASSERT_EQ(model->named_parameters().size(), 4u);
+      DdpOptions options;
+      options.first_bucket_bytes = options.bucket_cap_bytes = 16;  // a bucket per parameter
+      DistributedDataParallel ddp(model.ptr(), comm, options);
+      auto spy = std::make_shared<Spy>();
+      spy->inner = powersgd ? powersgd_hook({.rank = 6, .start_iter = 0, .min_compression_rate = 0}) : allreduce_hook();
+      ddp.register_comm_hook(spy);
+      for (int step = 0; step < 3; ++step) {  // steps 2 and 3 in the rebuilt buckets
+        model->zero_grad();
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(10 * comm.rank() + step);
+        model->forward(torch::randn({4, 6}, gen)).pow(2).sum().backward();
+      }
+      EXPECT_EQ(spy->seen, 3u * 2u) << "weight and bias once per step, not twice";
+      if (comm.rank() == 0) gradient[static_cast<std::size_t>(powersgd)] = shared->weight.grad().clone();
+    });
+  }
+  EXPECT_TRUE(torch::allclose(gradient[1], gradient[0], 1e-4, 1e-5))
+      << "max diff " << (gradient[1] - gradient[0]).abs().max().item<double>();
+}
+
 // DDP's step check rides in the lossy hooks' own collectives (no collective of
 // its own): given by hand, rank-specific integers up to 4095 come back as
 // float32's sum divided by N, bit for bit (the 16-bit hooks through base-8

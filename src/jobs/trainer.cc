@@ -379,7 +379,15 @@ int run_training(const TrainOptions& o) {
     const auto extra = nlohmann::json::parse(resumed->extra);
     for (int i = 0; i < 3; ++i) progress.epoch_sums[i] = extra.at("epoch_sums")[i];
     progress.test_accuracy = extra.at("test_accuracy");
-    progress.seconds = extra.value("seconds", 0.0);  // absent from checkpoints of older builds
+    // Absent from checkpoints of older builds: then from the last metrics line's.
+    const auto last_seconds = [&] {
+      for (auto line = progress.metrics.rbegin(); line != progress.metrics.rend(); ++line) {
+        const auto j = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_object() && j.contains("seconds") && j["seconds"].is_number()) return j["seconds"].get<double>();
+      }
+      return 0.0;
+    };
+    progress.seconds = extra.contains("seconds") ? extra.at("seconds").get<double>() : last_seconds();
     first_position = resumed->samples_in_epoch / data_ranks;
     if (resumed->samples_in_epoch % data_ranks != 0 && rank == 0)
       std::printf("dagr train: sample %lld of the epoch is not a multiple of %lld ranks; %lld samples are trained twice\n",

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "dagr/error.h"
 #include "dagr/torch/compat.h"
@@ -473,9 +474,12 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   State& s = *state_;
   s.options = options;
   torch::NoGradGuard no_grad;
+  // A tensor registered under several names (tied weights) is one parameter
+  // here, under its first name, as in PyTorch's DDP: one gradient, one slice.
+  std::set<const c10::TensorImpl*> seen;
   for (const auto& item : module_->named_parameters()) {
     broadcast_tensor(comm_, item.value(), item.key());
-    if (!item.value().requires_grad()) continue;
+    if (!item.value().requires_grad() || !seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
     DAGR_ENFORCE(is_float_type(item.value().scalar_type()), InputError, "DDP: parameter ", item.key(), " is ",
                  item.value().scalar_type(), "; DDP averages float32, float64, float16 and bfloat16 parameters");
     DAGR_ENFORCE(!options.secure_aggregation || item.value().scalar_type() == torch::kFloat32, InputError,

@@ -7,7 +7,8 @@
 //
 // At construction the parameters and buffers of rank 0 are broadcast. Every
 // parameter's gradient lives in a slice of a flat bucket ("bucket view": the
-// optimizer reads the bucket, no copy back). Parameters may be float32,
+// optimizer reads the bucket, no copy back); a tensor registered under several
+// names (tied weights) is one parameter, as in PyTorch. Parameters may be float32,
 // float64, float16 or bfloat16; a bucket holds one dtype. Buckets are filled
 // in reverse order of registration (roughly the order backward produces
 // gradients), each dtype's first one small so communication starts early, the
