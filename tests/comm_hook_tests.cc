@@ -371,8 +371,13 @@ TEST(CommHook, TiedWeightsAreOneParameter) {
   std::vector<torch::Tensor> gradient(2);
   for (int powersgd = 0; powersgd < 2; ++powersgd) {
     run_ranks(2, [&](Communicator& comm) {
-      torch::manual_seed(3);
       auto shared = torch::nn::Linear(6, 6);
+      {  // the same start in both runs (the global generator is shared by the rank threads)
+        torch::NoGradGuard no_grad;
+        at::Generator init = at::make_generator<at::CPUGeneratorImpl>(3);
+        shared->weight.copy_(torch::randn({6, 6}, init) / 3);
+        shared->bias.copy_(torch::randn({6}, init) / 3);
+      }
       auto model = torch::nn::Sequential(shared, torch::nn::Tanh(), shared);
       ASSERT_EQ(model->named_parameters().size(), 4u);
       DdpOptions options;
