@@ -53,7 +53,7 @@ trial() {
   expect "$name: rank $rank, SIG$sig: the launcher names rank $rank ($last)" \
     sh -c 'echo "$0" | grep -q "rank $1 .*$2\|rank $1 $2"' "$last" "$rank" "$cause"
   local blamed; blamed=$(grep -v '^dagr\( launch\)\?: ' "$tmp/err" | grep 'stopped responding\|went silent\|gave up, blaming' |
-                          grep -v "rank $rank (pid [0-9]*)\(, which stopped responding\| went silent\|, while\)")
+                          grep -v "rank $rank (pid [0-9]*)\(, which stopped responding\| went silent\|, while\)\|blaming rank $rank, while")
   expect "$name: rank $rank, SIG$sig: no worker blames another rank${blamed:+ ($blamed)}" test -z "$blamed"
   expect "$name: rank $rank, SIG$sig: no segfault" sh -c '! grep -qi "signal 11\|segmentation" "$0/err" "$0/out"' "$tmp"
   expect "$name: rank $rank, SIG$sig: no worker left" sh -c 'for p; do kill -0 "$p" 2>/dev/null && exit 1; done; exit 0' _ "${pids[@]}"

@@ -83,9 +83,20 @@ ShmBackend::ShmBackend(Segment segment, const Layout& layout, std::string name, 
       words_(static_cast<std::size_t>(layout.size)) {}
 
 std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, int size,
-                                             Clock::time_point deadline, bool world, int world_rank) {
+                                             Clock::time_point deadline, bool world, int world_rank,
+                                             std::vector<int> launched_ranks) {
   DAGR_ENFORCE(size >= 1 && rank >= 0 && rank < size, InputError, "rank ", rank,
                " is not in a group of size ", size);
+  // A member that never joins is reported to the launcher by its launched
+  // number (without a report the launcher would blame the rank whose join
+  // timed out); returns that number (-1: unknown).
+  const auto report_missing = [&](int r) {
+    const int launched = world ? r
+                         : static_cast<std::size_t>(r) < launched_ranks.size() ? launched_ranks[static_cast<std::size_t>(r)]
+                                                                              : -1;
+    if (launched >= 0) report_absent(launched);
+    return launched;
+  };
   const std::string& secret = job_secret();
   std::unique_ptr<ShmBackend> self;
   if (rank == 0) {
@@ -99,7 +110,7 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
       const Layout layout = layout_of(segment, name, rank, size, secret, deadline);
       self.reset(new ShmBackend(std::move(segment), layout, name, rank, world, world_rank));
     } catch (const TimeoutError&) {
-      if (world) report_absent(0);  // rank 0 never set the group up
+      report_missing(0);  // rank 0 never set the group up
       throw;
     }
   }
@@ -114,8 +125,10 @@ std::unique_ptr<ShmBackend> ShmBackend::join(const std::string& name, int rank, 
         std::string missing;
         for (int r = 1; r < size; ++r)
           if (self->view_.control(r).state.load() == RankState::absent) {
+            const int launched = report_missing(r);
+            // Ranks waiting for this one (in other groups) follow the chain to it.
+            if (missing.empty()) self->waiter_.note_blame(launched);
             missing += concat(missing.empty() ? "" : ", ", r);
-            if (world) report_absent(r);
           }
         throw TimeoutError(concat("only ", h.attached.load(), " of ", size, " ranks joined /dev/shm", name,
                                   " before the timeout; missing: ", missing));
@@ -167,7 +180,10 @@ std::unique_ptr<Backend> ShmBackend::split(int color, std::span<const int> membe
                                            const std::string& group_id, Clock::time_point deadline) {
   if (color < 0) return nullptr;
   if (members.size() == 1) return solo();
-  return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline, false, world_rank_);
+  std::vector<int> launched;  // the members' numbers in the launched group, as they attached here
+  for (int p : members) launched.push_back(world_ ? p : view_.control(p).world_rank);
+  return join(concat(name_, ".", group_id), new_rank, static_cast<int>(members.size()), deadline, false, world_rank_,
+              std::move(launched));
 }
 
 void ShmBackend::run(const Request& r) {

@@ -42,9 +42,12 @@ class ShmBackend final : public Backend {
   // `world`: the group `dagr launch` started, whose ranks are the launcher's,
   // so a rank that never joins can be reported to it by number.
   // `world_rank`: this rank's number in that group (-1: `rank`), by which
-  // errors in any group name it.
+  // errors in any group name it. `launched_ranks`: for a group made by
+  // split(), every member's number in the launched group, so that one that
+  // never joins is reported to the launcher too.
   static std::unique_ptr<ShmBackend> join(const std::string& name, int rank, int size,
-                                          Clock::time_point deadline, bool world = false, int world_rank = -1);
+                                          Clock::time_point deadline, bool world = false, int world_rank = -1,
+                                          std::vector<int> launched_ranks = {});
   // A group of one in private memory.
   static std::unique_ptr<ShmBackend> solo();
   ~ShmBackend() override;

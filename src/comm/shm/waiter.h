@@ -60,6 +60,10 @@ class Waiter {
   // group). Set by the launched group's backend while it is attached.
   static void attach_world(const SegmentView& view, int self);
   static void detach_world(const SegmentHeader& header);  // if `header`'s group is the one attached
+  // This rank gave up blaming launched-group rank `world_rank` (-1: unknown),
+  // noted in RankControl::blames here and in the launched group's record, so
+  // that a rank waiting for this one follows the chain to the culprit.
+  void note_blame(int world_rank) const;
 
  private:
   struct Silent {
@@ -71,7 +75,6 @@ class Waiter {
   // `peer`'s state, turned to dead when its liveness lock is gone (segment.h).
   RankState peer_state(int peer) const;
   [[noreturn]] void fail_peer(int peer, RankState state, const WaitContext& context) const;
-  void note_blame(int world_rank) const;  // RankControl::blames, here and in the launched group's record
   // Marks the group broken by `peer` (this group's rank; the culprit, known by
   // its launched-group rank and pid, may be in another group), reports, throws.
   [[noreturn]] void fail(int peer, RankState why, const std::string& message, bool timeout = false,
