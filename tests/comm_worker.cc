@@ -349,6 +349,20 @@ int launcher_children() {
   return n;
 }
 
+// The CPUs this thread may run on, as "0,1".
+std::string cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof set, &set);
+  std::string out;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) {
+      if (!out.empty()) out += ',';
+      out += std::to_string(c);
+    }
+  return out;
+}
+
 int standby(bool die) {
   if (!wait_until_started()) return 0;
   const char* world_size = std::getenv("WORLD_SIZE");
@@ -365,7 +379,7 @@ int standby(bool die) {
     if (die && comm.rank() == comm.size() - 1) raise(SIGKILL);
   }
   comm.barrier();
-  std::printf("rank %d attempt %s pid %d\n", comm.rank(), attempt, static_cast<int>(getpid()));
+  std::printf("rank %d attempt %s pid %d cpus %s\n", comm.rank(), attempt, static_cast<int>(getpid()), cpus().c_str());
   return 0;
 }
 

@@ -93,14 +93,16 @@ expect "restarts run out" test $? -eq 4 -a "$(grep -c "restart . of 2" "$tmp/err
 
 # Standby: spares started once the group has joined wait in
 # wait_until_started(); a restart hands them the ranks instead of starting
-# afresh. Spares not needed are killed at the end; none is left behind.
-DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby -- "$worker" standby die \
+# afresh (and, with --cores-per-worker, their CPUs: rank r on CPU r where
+# there are 2). Spares not needed are killed at the end; none is left behind.
+DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby --cores-per-worker 1 -- "$worker" standby die \
   > "$tmp/out" 2> "$tmp/err"
 expect "a job restarted from standby spares succeeds" test $? -eq 0 -a "$(grep -c "attempt 1 pid" "$tmp/out")" -eq 2
 for r in 0 1; do
   spare=$(sed -n "s/.*attempt 1: rank $r of 2 is standby pid \([0-9]*\).*/\1/p" "$tmp/err")
-  expect "rank $r of the restart is a spare (pid ${spare:-none}) that learned its rank" \
-    grep -qx "\[$r\] rank $r attempt 1 pid ${spare:-none}" "$tmp/out"
+  cpu=$r; [ "$(nproc)" -ge 2 ] || cpu=0
+  expect "rank $r of the restart is a spare (pid ${spare:-none}) that learned its rank and its CPU ($cpu)" \
+    grep -qx "\[$r\] rank $r attempt 1 pid ${spare:-none} cpus $cpu" "$tmp/out"
 done
 expect "spares start only after the group joined (each rank counts the launcher's children before it joins)" \
   sh -c '! grep -q "a spare was started before every rank joined" "$0"' "$tmp/err"
@@ -108,6 +110,18 @@ DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby --
 expect "a job that needs no restart ends with its spares unused" \
   test $? -eq 0 -a "$(grep -c "attempt 0 pid" "$tmp/out")" -eq 2 -a "$(grep -c "standby pid .* started" "$tmp/err")" -eq 2
 expect "no spare is left running" sh -c '! pgrep -x dagr-standby'
+
+# --cores-per-worker K: rank r on K CPUs of its own, the (r·K)-th on of those
+# the launcher may use; with fewer than workers × K, nobody is bound.
+n=$(nproc)
+timeout 60 "$dagr" launch -n "$n" --cores-per-worker 1 -- sh -c 'taskset -pc $$ | sed "s/.*: //"' > "$tmp/out" 2>&1
+expect "$n workers on $n CPUs: each bound to one of its own" \
+  test "$(awk '$2 ~ /^[0-9]+$/ { print $2 }' "$tmp/out" | sort -u | wc -l)" -eq "$n"
+timeout 60 "$dagr" launch -n "$((n + 1))" --cores-per-worker 1 -- sh -c 'taskset -pc $$ | sed "s/.*: //"' > "$tmp/out" 2>&1
+expect "$((n + 1)) workers on $n CPUs: none bound" \
+  test "$(grep -c "] $(taskset -pc $$ | sed 's/.*: //')\$" "$tmp/out")" -eq "$((n + 1))"
+timeout 60 "$dagr" launch -n 1 -- sh -c 'taskset -pc $$ | sed "s/.*: //"' > "$tmp/out" 2>&1
+expect "without --cores-per-worker, unbound" grep -qx "\[0\] $(taskset -pc $$ | sed 's/.*: //')" "$tmp/out"
 
 # Secure aggregation (real processes): the masked fixed-point sum is exact, no
 # rank's plain contribution is ever in the shared memory, a wrong key is caught.

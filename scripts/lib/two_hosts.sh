@@ -30,25 +30,38 @@ two_hosts_up() {
     ip netns exec "$two_hosts_h2" tc qdisc add dev tv2-$$ root tbf rate "$rate" burst 256kb latency 100ms
   fi
   printf '10.232.0.1 slots=%d\n10.232.0.2 slots=%d\n' "$slots" "$slots" > "$two_hosts_work/hosts"
+  # A core for every rank: rank r on core r (see two_hosts_mpirun).
+  if [ $((2 * slots)) -le "$(nproc)" ]; then
+    local r
+    for r in $(seq 0 $((2 * slots - 1))); do
+      echo "rank $r=10.232.0.$((r / slots + 1)) slot=$r"
+    done > "$two_hosts_work/ranks"
+  fi
   # rsh agent: "HOST COMMAND..." -> run COMMAND in the namespace of HOST
   printf '#!/bin/sh\nhost=$1; shift\ncase $host in 10.232.0.2) ns=%s ;; *) ns=%s ;; esac\nexec ip netns exec $ns sh -c "$*"\n' \
     "$two_hosts_h2" "$two_hosts_h1" > "$two_hosts_work/agent"
   chmod +x "$two_hosts_work/agent"
 }
 
-# Ranks fill host 1 first (--map-by slot) and talk TCP even within a host
-# (both namespaces see one /dev/shm, where OpenMPI's shared-memory transport
-# would name its segments alike and crash). On 2 cores idle ranks must yield,
-# or every message waits for a scheduler tick. No binding: each emulated host
-# binds its first rank to its own first core, the same core 0 of this one
-# machine, so mpirun's default (--bind-to core for 2 ranks) put both hosts'
-# ranks on one core and left the other idle; each then got its peer's message
-# only once the peer, computing on that core, gave it up (up to ~1.5 ms late
-# at every step, measured with 512-byte exchanges; 13 µs unbound).
+# Ranks fill host 1 first and talk TCP even within a host (both namespaces
+# see one /dev/shm, where OpenMPI's shared-memory transport would name its
+# segments alike and crash). On 2 cores idle ranks must yield, or every message
+# waits for a scheduler tick. Where this machine has a core for every rank,
+# rank r runs on core r (a rankfile), as ranks on two real hosts each have
+# their own: unbound, the scheduler moved the two ranks' threads across both
+# cores, and PowerSGD's MLP run on the 1 Gbit/s link took 12 % longer (5
+# interleaved pairs, last epoch 16 %). mpirun's own default is no good here:
+# --bind-to core binds each emulated host's first rank to its first core, the
+# same core 0 of this one machine, leaving the other idle; each rank then got
+# its peer's message only once the peer, computing on that core, gave it up
+# (up to ~1.5 ms late at every step, measured with 512-byte exchanges). With
+# fewer cores than ranks, nothing is bound.
 two_hosts_mpirun() {
   local np=$1; shift
+  local placement=(--map-by slot --bind-to none)
+  [ -f "$two_hosts_work/ranks" ] && placement=(--rankfile "$two_hosts_work/ranks")
   timeout 600 ip netns exec "$two_hosts_h1" mpirun --allow-run-as-root --hostfile "$two_hosts_work/hosts" -np "$np" \
-    --map-by slot --mca plm_rsh_agent "$two_hosts_work/agent" --mca pml ob1 --mca btl self,tcp \
+    "${placement[@]}" --mca plm_rsh_agent "$two_hosts_work/agent" --mca pml ob1 --mca btl self,tcp \
     --mca btl_tcp_if_include 10.232.0.0/24 --mca oob_tcp_if_include 10.232.0.0/24 --mca mpi_yield_when_idle 1 \
-    --bind-to none "$@"
+    "$@"
 }

@@ -29,6 +29,10 @@ Command add_launch(CLI::App& root) {
   app->add_option("--min-workers", options->min_workers,
                   "Elastic: with fewer workers left than this, stop the group (and restart it if allowed)")
       ->check(CLI::Range(1, 256));
+  app->add_option("--cores-per-worker", options->cores_per_worker,
+                  "Bind each worker to this many CPUs of its own (rank r from the (r·K)-th on), as mpirun's "
+                  "--bind-to core; nothing is bound where there are fewer than workers × K CPUs (0: unbound)")
+      ->check(CLI::Range(0, 4096));
   app->add_option("command", options->command, "PROGRAM ARGS... (after --)")->required()->default_str("");
   return {app, [options, timeout_s] {
             if (*timeout_s > 0) options->comm_timeout = std::chrono::seconds(*timeout_s);

@@ -23,6 +23,10 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--dataset", o->dataset, "Folder of IDX files (train-*, t10k-*)");
   app->add_option("--workers", *workers, "Worker processes (default: one per core; ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
+  auto bind = std::make_shared<bool>(true);
+  app->add_flag("!--no-bind", *bind,
+                "Leave the workers unbound (by default each worker runs on --threads CPUs of its own where there "
+                "are enough for all, as mpirun's --bind-to core)");
   app->add_option("--epochs", o->epochs, "Epochs")->check(CLI::Range(1, 100000));
   app->add_option("--batch-size", o->batch_size, "Batch size per rank")->check(CLI::Range(1, 1 << 20));
   app->add_option("--lr", o->lr, "Learning rate (finite, above 0)");
@@ -113,7 +117,7 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   auto tensorboard = std::make_shared<std::string>();
   app->add_option("--tensorboard", *tensorboard, "Also write the curves as TensorBoard scalar events to this folder");
   o->on_finished = [out = &o->out, tensorboard] { write_training_pictures(*out, *tensorboard); };
-  return {app, [o, workers, argv, tensorboard, print_schedule] {
+  return {app, [o, workers, bind, argv, tensorboard, print_schedule] {
             if (*print_schedule) {
               std::fputs(train::pipeline_schedule_text(*o).c_str(), stdout);
               return 0;
@@ -131,6 +135,7 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
             recovery.standby = o->max_restarts > 0;  // run_training waits for its rank after loading the data
             recovery.elastic = o->elastic;
             recovery.min_workers = std::min(o->min_workers, *workers);
+            recovery.cores_per_worker = *bind ? o->threads : 0;
             if (o->mode == "ps" && job_launcher().empty()) {
               DAGR_ENFORCE(o->servers < *workers, InputError, "--servers ", o->servers, " must be below --workers ",
                            *workers, " (the servers are some of the workers)");

@@ -14,7 +14,10 @@
 //             With standby (standby.h), a restart takes the spares started
 //             during the last attempt instead (their rank goes down their
 //             standby pipe), and a new set of spares is started for the next
-//             restart, once every worker has joined, while restarts are left
+//             restart, once every worker has joined, while restarts are left.
+//             With cores_per_worker, a worker is bound to its rank's CPUs
+//             before it runs, a spare when it is given its place
+//             (cpu_binding.h)
 //   relay     lines go to our stdout/stderr, prefixed "[rank] " (output_relay.h)
 //   reap      on SIGCHLD, waitpid; after the first failure the others have
 //             `settle` to fail on their own and say why, then get SIGTERM (and
@@ -46,6 +49,7 @@
 #include "dagr/error.h"
 #include "comm/log.h"
 #include "dagr/launch/launcher.h"
+#include "launch/cpu_binding.h"
 #include "launch/failure_cause.h"
 #include "launch/output_relay.h"
 
@@ -87,6 +91,7 @@ struct Spawn {
   const std::string& secret;  // admits the job's workers (and spares) to its groups
   int fault_fd;  // write end of the fault pipe
   bool renice_spares;
+  std::vector<cpu_set_t> cpus;  // by rank, with cores_per_worker (cpu_binding.h); empty: unbound
 };
 
 // The variables that a spare learns only when it is given its place.
@@ -127,6 +132,7 @@ void restore_priority(pid_t pid) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   setpgid(0, 0);
   if (rank < 0 && s.renice_spares) setpriority(PRIO_PROCESS, 0, kSpareNice);
+  if (rank >= 0 && !s.cpus.empty()) sched_setaffinity(0, sizeof(cpu_set_t), &s.cpus[static_cast<std::size_t>(rank)]);
   if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
   if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
   fcntl(s.fault_fd, F_SETFD, 0);  // the descriptors the worker inherits on purpose
@@ -226,9 +232,11 @@ Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink
   return w;
 }
 
-// Gives a spare its place: the assignment down its standby pipe, then end of file.
-void assign(Worker& w, int rank, int restart) {
+// Gives a spare its place (and its rank's CPUs): the assignment down its
+// standby pipe, then end of file.
+void assign(const Spawn& s, Worker& w, int rank, int restart) {
   restore_priority(w.pid);
+  if (!s.cpus.empty()) launch_detail::bind_process(w.pid, s.cpus[static_cast<std::size_t>(rank)]);
   kill(-w.pid, SIGCONT);  // a spare someone stopped would hold the new group up
   std::string message;
   for (const auto& [name, value] : assignment(rank, restart)) message += name + "=" + value + "\n";
@@ -336,7 +344,7 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
     if (!spares.empty()) {
       workers.push_back(std::move(spares.back()));
       spares.pop_back();
-      assign(workers.back(), r, restart);
+      assign(spawn, workers.back(), r, restart);
       DAGR_LOG_INFO("job {} attempt {}: rank {} of {} is standby pid {}", job, restart, r, o.workers, workers.back().pid);
     } else {
       workers.push_back(start_process(spawn, r, restart, out_sink, err_sink));
@@ -490,7 +498,8 @@ LaunchResult launch(const LaunchOptions& o) {
   Sink out_sink{stdout}, err_sink{stderr};
   LaunchResult result;
   FaultPipe faults;  // one for the job, so that spares started during one attempt report in the next
-  const Spawn spawn{o, job, secret, faults.write_fd, may_renice_spares()};
+  const Spawn spawn{o, job, secret, faults.write_fd, may_renice_spares(),
+                    launch_detail::worker_cpus(o.workers, o.cores_per_worker)};
   std::vector<Worker> spares;
   for (int restart = 0;; ++restart) {
     const Attempt attempt = run_group(spawn, restart, faults, spares, out_sink, err_sink);

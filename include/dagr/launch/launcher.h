@@ -15,7 +15,7 @@
 // max_restarts > 0 the whole group is then started again, up to that many
 // times (from spares started ahead, with `standby`: standby.h). In elastic
 // mode the others carry on instead while at least min_workers are left. Afterwards any shared memory of the job left in
-// /dev/shm is removed.
+// /dev/shm is removed. With cores_per_worker, each rank is bound to CPUs of its own.
 #pragma once
 
 #include <chrono>
@@ -57,6 +57,10 @@ struct LaunchOptions {
   // does not wait for the workers' start-up. Only for programs that call
   // wait_until_started() (standby.h).
   bool standby = false;
+  // > 0: rank r runs on CPUs of its own, this many, from the (r·k)-th of those
+  // the launcher may use (as mpirun's --bind-to core); nothing is bound when
+  // there are fewer than workers × k of them. 0: unbound.
+  int cores_per_worker = 0;
 };
 
 struct LaunchResult {

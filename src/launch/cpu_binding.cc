@@ -1,0 +1,38 @@
+#include "launch/cpu_binding.h"
+
+#include <dirent.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace dagr::launch_detail {
+
+std::vector<cpu_set_t> worker_cpus(int workers, int per_worker) {
+  if (workers < 1 || per_worker < 1) return {};
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return {};
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (static_cast<long>(cpus.size()) < static_cast<long>(workers) * per_worker) return {};
+  std::vector<cpu_set_t> out(static_cast<std::size_t>(workers));
+  for (int r = 0; r < workers; ++r) {
+    CPU_ZERO(&out[static_cast<std::size_t>(r)]);
+    for (int k = 0; k < per_worker; ++k) CPU_SET(cpus[static_cast<std::size_t>(r * per_worker + k)], &out[static_cast<std::size_t>(r)]);
+  }
+  return out;
+}
+
+void bind_process(pid_t pid, const cpu_set_t& cpus) {
+  const std::string tasks = pid == 0 ? "/proc/self/task" : "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = opendir(tasks.c_str());
+  if (!dir) return;  // the process has exited
+  while (const dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    sched_setaffinity(static_cast<pid_t>(std::atoi(e->d_name)), sizeof cpus, &cpus);
+  }
+  closedir(dir);
+}
+
+}  // namespace dagr::launch_detail
