@@ -4,7 +4,8 @@
 # (scripts/lib/two_hosts.sh: network namespaces joined by a veth pair, each end
 # shaped to RATE by a token bucket; this kernel has no netem, so no added
 # delay). For each hook (none = plain allreduce, fp16, bf16, powersgd rank
-# 2 from step 100) and model, RUNS runs interleaved: samples/s in training
+# 2 from step 100, and powersgd+fp16: the same with its warm-up in fp16,
+# --powersgd-uncompressed fp16) and model, RUNS runs interleaved: samples/s in training
 # steps over the whole run (dagr train's summary) and in the last epoch alone
 # (after PowerSGD's warm-up of plain allreduce), and the wall time to 85 % test
 # accuracy (the first evaluation that reaches it, from metrics.jsonl; the test
@@ -27,12 +28,13 @@ out=$(mktemp -d)
 values=$out/values
 trap 'rm -rf "$out"; two_hosts_down' EXIT
 two_hosts_up 1 "$rate"
-hooks=(none fp16 bf16 powersgd)
+hooks=(none fp16 bf16 powersgd powersgd+fp16)
 for model in $models; do
   for i in $(seq "$runs"); do
     for hook in "${hooks[@]}"; do
-      flags=(--comm-hook "$hook")
-      [ "$hook" = powersgd ] && flags+=(--powersgd-rank 2 --powersgd-start-iter "${POWERSGD_START_ITER:-100}")
+      flags=(--comm-hook "${hook%+*}")
+      [ "${hook%+*}" = powersgd ] && flags+=(--powersgd-rank 2 --powersgd-start-iter "${POWERSGD_START_ITER:-100}")
+      [ "$hook" = powersgd+fp16 ] && flags+=(--powersgd-uncompressed fp16)
       dir=$out/$model-$hook-$i
       two_hosts_mpirun 2 -x OPENBLAS_NUM_THREADS=1 "$dagr" train --model "$model" --epochs "$epochs" \
         --eval-every "${EVAL_EVERY:-50}" "${flags[@]}" ${DAGR_TRAIN_FLAGS:-} --out "$dir" > "$dir.log" 2>&1 ||
@@ -50,7 +52,7 @@ for model in $models; do
   done
 done
 echo
-printf '%-5s %-9s %12s %8s %12s %8s %12s %8s %10s\n' model hook samples/s ratio "s to 85 %" ratio "last epoch" ratio "final acc"
+printf '%-5s %-13s %12s %8s %12s %8s %12s %8s %10s\n' model hook samples/s ratio "s to 85 %" ratio "last epoch" ratio "final acc"
 sort -k1,1 -k2,2 "$values" | awk '
   function median(a, n,   i, j, t) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
                                      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
@@ -61,7 +63,7 @@ sort -k1,1 -k2,2 "$values" | awk '
       delete x; for (i = 1; i <= n[k]; i++) x[i] = acc[k, i]; A[k] = median(x, n[k])
       delete x; for (i = 1; i <= n[k]; i++) x[i] = last[k, i]; L[k] = median(x, n[k]) }
     for (k in keys) { split(k, p, " "); b = p[1] " none"
-      printf "%-5s %-9s %12.0f %7.2fx %12s %8s %12.0f %7.2fx %10.4f\n", p[1], p[2], R[k], R[k] / R[b],
+      printf "%-5s %-13s %12.0f %7.2fx %12s %8s %12.0f %7.2fx %10.4f\n", p[1], p[2], R[k], R[k] / R[b],
         T[k] < 0 ? "-" : sprintf("%.2f", T[k]), (T[k] < 0 || T[b] <= 0) ? "-" : sprintf("%.2fx", T[k] / T[b]),
         L[k], L[k] / L[b], A[k] } }' | sort
 if [ -n "${CURVES:-}" ]; then
@@ -70,7 +72,8 @@ if [ -n "${CURVES:-}" ]; then
     [ "$models" = "$model" ] || file=${CURVES%.svg}-$model.svg
     python3 scripts/accuracy_svg.py "$file" "$model, 2 ranks on a $rate link: test accuracy against wall time" \
       "plain allreduce=$out/$model-none-1/metrics.jsonl" "fp16=$out/$model-fp16-1/metrics.jsonl" \
-      "bf16=$out/$model-bf16-1/metrics.jsonl" "PowerSGD rank 2=$out/$model-powersgd-1/metrics.jsonl"
+      "bf16=$out/$model-bf16-1/metrics.jsonl" "PowerSGD rank 2=$out/$model-powersgd-1/metrics.jsonl" \
+      "PowerSGD rank 2, fp16 warm-up=$out/$model-powersgd+fp16-1/metrics.jsonl"
     echo "curves: $file"
   done
 fi

@@ -352,6 +352,53 @@ TEST(CommHook, SecureHookIsTheSecureAggregationOption) {
 namespace dagr {
 namespace {
 
+// PowerSGD's uncompressed hook (fp16 here) averages every bucket before
+// start_iter, and after it the buckets with no matrix worth compressing (the
+// biases, in buckets of their own): those gradients are fp16 values within
+// its rounding of the average; the compressed weights are not. A hook that
+// does not carry DDP's check values is refused.
+TEST(CommHook, PowerSgdSendsWhatItDoesNotCompressThroughItsUncompressedHook) {
+  constexpr int kWorld = 2, kStart = 2;
+  run_ranks(kWorld, [](Communicator& comm) {
+    auto model = torch::nn::Sequential(torch::nn::Linear(20, 30), torch::nn::Linear(30, 7));
+    DdpOptions options;
+    options.first_bucket_bytes = options.bucket_cap_bytes = 16;  // a bucket per parameter
+    DistributedDataParallel ddp(model.ptr(), comm, options);
+    auto hook = powersgd_hook({.rank = 1, .start_iter = kStart, .uncompressed_hook = fp16_compress_hook()});
+    ddp.register_comm_hook(hook);
+    for (int step = 0; step < kStart + 2; ++step) {
+      model->zero_grad();
+      backward_with(*model, gradients_of(comm.rank() + step, *model));
+      const auto params = model->parameters();
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        SCOPED_TRACE("step " + std::to_string(step) + ", parameter " + std::to_string(i));
+        const torch::Tensor got = params[i].grad();
+        const bool in_fp16 = torch::equal(got.to(torch::kFloat16).to(torch::kFloat32), got);
+        if (step >= kStart && params[i].dim() == 2) {
+          EXPECT_FALSE(in_fp16) << "a compressed matrix went through the uncompressed hook";
+          continue;
+        }
+        EXPECT_TRUE(in_fp16) << "not through the fp16 hook";
+        torch::Tensor mean = torch::zeros_like(got), magnitude = torch::zeros_like(got);
+        for (int r = 0; r < kWorld; ++r) {
+          const torch::Tensor g = rank_gradient(r + step, static_cast<int>(i), got.sizes());
+          mean += g / kWorld;
+          magnitude += g.abs() / kWorld;
+        }
+        // As in Fp16AndBf16AverageWithinTheFormatsRounding: 2u of Σ|g_r| / N.
+        EXPECT_TRUE(((got - mean).abs() <= 2.01 * std::ldexp(1.0, -11) * magnitude + 1e-7).all().item<bool>())
+            << "max diff " << (got - mean).abs().max().item<double>();
+      }
+    }
+    EXPECT_EQ(hook->iteration(), kStart + 2);
+  });
+  struct NoCheck : CommHook {
+    std::string name() const override { return "no check"; }
+    HookWork run(Communicator&, GradBucket&) override { return HookWork(); }
+  };
+  EXPECT_THROW(powersgd_hook({.uncompressed_hook = std::make_shared<NoCheck>()}), InputError);
+}
+
 // Tied weights: a Linear used twice is one parameter to DDP (as in PyTorch),
 // so its gradient is one slice, averaged once, and a hook that rewrites its
 // bucket in place (PowerSGD writes M + E over the gradient) has no second
@@ -412,7 +459,13 @@ TEST(CommHook, LossyHooksAverageTheStepCheckExactly) {
       {"bf16", [] { return bf16_compress_hook(); }},
       {"powersgd", [] { return powersgd_hook({.rank = 1, .start_iter = 0, .min_compression_rate = 0}); }},
       {"powersgd, plain only", [] { return powersgd_hook({.rank = 1, .start_iter = 0, .min_compression_rate = 100}); }},
-      {"powersgd, before start_iter", [] { return powersgd_hook({.rank = 1, .start_iter = 5}); }}};
+      {"powersgd, before start_iter", [] { return powersgd_hook({.rank = 1, .start_iter = 5}); }},
+      {"powersgd, before start_iter, fp16",
+       [] { return powersgd_hook({.rank = 1, .start_iter = 5, .uncompressed_hook = fp16_compress_hook()}); }},
+      {"powersgd, plain only, bf16", [] {
+         return powersgd_hook(
+             {.rank = 1, .start_iter = 0, .min_compression_rate = 100, .uncompressed_hook = bf16_compress_hook()});
+       }}};
   for (const auto& [name, make] : hooks) {
     SCOPED_TRACE(name);
     run_ranks(kWorld, [&](Communicator& comm) {
@@ -431,8 +484,9 @@ TEST(CommHook, LossyHooksAverageTheStepCheckExactly) {
       }
       torch::Tensor mean = torch::zeros({65});
       for (int k = 0; k < kWorld; ++k) mean += rank_gradient(k, 0, {65}) / kWorld;
-      if (name != "powersgd")  // rank 1 of a 12 × 5 matrix: only the bias is exact
+      if (name != "powersgd") {  // rank 1 of a 12 × 5 matrix: only the bias is exact
         EXPECT_TRUE(torch::allclose(bucket.buffer.narrow(0, 0, 65), mean, 1e-2, 1e-2));
+      }
       EXPECT_TRUE(torch::allclose(bucket.buffer.narrow(0, 60, 5), mean.narrow(0, 60, 5), 1e-2, 1e-2));
     });
   }

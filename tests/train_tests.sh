@@ -86,10 +86,11 @@ done
 expect "secure aggregation trains ($(accuracy "$tmp/secure") against plain $(accuracy "$tmp/plain"))" \
   awk -v a="$(accuracy "$tmp/secure")" -v b="$(accuracy "$tmp/plain")" 'BEGIN { d = a - b; exit !(a > 0.7 && d < 0.005 && d > -0.005) }'
 
-# PowerSGD (--comm-hook powersgd): it trains and sends fewer numbers; resumed
-# from the run's checkpoint of step 40, the hook's state (Q, the mean error,
-# the step) comes back and the run ends where the uninterrupted one did.
-pg="--epochs 1 --max-steps 60 --batch-size 256 --checkpoint-every 20 --seed 5 --comm-hook powersgd --powersgd-rank 2 --powersgd-start-iter 10"
+# PowerSGD (--comm-hook powersgd, its 10 warm-up steps in fp16): it trains and
+# sends fewer numbers; resumed from the run's checkpoint of step 40, the
+# hook's state (Q, the mean error, the step) comes back and the run ends where
+# the uninterrupted one did.
+pg="--epochs 1 --max-steps 60 --batch-size 256 --checkpoint-every 20 --seed 5 --comm-hook powersgd --powersgd-rank 2 --powersgd-start-iter 10 --powersgd-uncompressed fp16"
 timeout 120 "$dagr" train --workers 2 $pg --out "$tmp/pgfull" > "$tmp/out" 2>&1
 expect "PowerSGD trains ($(accuracy "$tmp/pgfull"))" awk -v a="$(accuracy "$tmp/pgfull")" 'BEGIN { exit !(a > 0.6) }'
 expect "and sends fewer numbers than the gradients" \
@@ -131,6 +132,7 @@ one_line_exit_2 "--zero 3" "--zero" --zero 3
 one_line_exit_2 "--zero 2 with --secure-aggregation" "use --zero 1 with it" --zero 2 --secure-aggregation 8
 one_line_exit_2 "--zero 2 with --comm-hook" "--comm-hook needs --zero 1" --zero 2 --comm-hook fp16
 one_line_exit_2 "--comm-hook with --secure-aggregation" "exclude each other" --comm-hook fp16 --secure-aggregation 8
+one_line_exit_2 "--powersgd-uncompressed fp8" "--powersgd-uncompressed" --comm-hook powersgd --powersgd-uncompressed fp8
 one_line_exit_2 "--eval-every with --mode ps" "does not take --eval-every" --mode ps --servers 1 --eval-every 5
 one_line_exit_2 "--eval-every with --pipeline-parallel" "--eval-every cannot be combined" --pipeline-parallel 2 --eval-every 5
 touch "$tmp/a-file"

@@ -99,6 +99,10 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
   app->add_option("--powersgd-start-iter", o->powersgd_start_iter,
                   "PowerSGD: steps of plain allreduce before compression starts")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--powersgd-uncompressed", o->powersgd_uncompressed,
+                  "PowerSGD: how it averages what it does not compress (the steps before --powersgd-start-iter, "
+                  "buckets without a matrix worth compressing): none (allreduce), fp16 or bf16")
+      ->check(CLI::IsMember({"none", "fp16", "bf16"}));
   app->add_option("--bucket-cap-mb", o->bucket_cap_mb,
                   "DDP's gradient buckets hold this many MiB (the first one at most 1 MiB), as PyTorch's bucket_cap_mb");
   app->add_option("--timeline", o->timeline,

@@ -82,12 +82,16 @@ std::unique_ptr<torch::optim::Optimizer> make_zero_optimizer(const TrainOptions&
   return std::make_unique<ZeroOptimizer>(ddp, make, ZeroOptions{.stage = o.zero});
 }
 
-// --comm-hook: how DDP averages each gradient bucket; nullptr for none (one allreduce).
-std::shared_ptr<CommHook> make_comm_hook(const TrainOptions& o) {
-  if (o.comm_hook == "fp16") return fp16_compress_hook();
-  if (o.comm_hook == "bf16") return bf16_compress_hook();
-  if (o.comm_hook == "powersgd")
-    return powersgd_hook({.rank = o.powersgd_rank, .start_iter = o.powersgd_start_iter, .seed = o.seed});
+// --comm-hook (and --powersgd-uncompressed): how DDP averages each gradient
+// bucket; nullptr for none (one allreduce).
+std::shared_ptr<CommHook> make_comm_hook(const std::string& name, const TrainOptions& o) {
+  if (name == "fp16") return fp16_compress_hook();
+  if (name == "bf16") return bf16_compress_hook();
+  if (name == "powersgd")
+    return powersgd_hook({.rank = o.powersgd_rank,
+                          .start_iter = o.powersgd_start_iter,
+                          .seed = o.seed,
+                          .uncompressed_hook = make_comm_hook(o.powersgd_uncompressed, o)});
   return nullptr;
 }
 
@@ -241,6 +245,9 @@ void check_options(const TrainOptions& o) {
                "--comm-hook powersgd needs --tensor-parallel 1 (its state would be per shard)");
   DAGR_ENFORCE(o.powersgd_rank >= 1, InputError, "--powersgd-rank must be at least 1, not ", o.powersgd_rank);
   DAGR_ENFORCE(o.powersgd_start_iter >= 0, InputError, "--powersgd-start-iter must not be negative");
+  DAGR_ENFORCE(o.powersgd_uncompressed == "none" || o.powersgd_uncompressed == "fp16" ||
+                   o.powersgd_uncompressed == "bf16",
+               InputError, "unknown --powersgd-uncompressed '", o.powersgd_uncompressed, "' (none, fp16, bf16)");
   DAGR_ENFORCE(std::isfinite(o.secure_clip) && o.secure_clip >= 0, InputError,
                "--secure-aggregation's clip must be a finite number above 0, not ", o.secure_clip);
   DAGR_ENFORCE(std::isfinite(o.dp_clip) && o.dp_clip >= 0, InputError, "--dp-clip must be a finite number above 0, not ",
@@ -325,7 +332,7 @@ int run_training(const TrainOptions& o) {
   ddp_options.first_bucket_bytes = std::min(ddp_options.first_bucket_bytes, ddp_options.bucket_cap_bytes);
   ddp.emplace(net.module, groups.data, ddp_options);
   // --comm-hook (dagr/train/comm_hook.h); its state (PowerSGD's) is kept in the checkpoints.
-  const std::shared_ptr<CommHook> comm_hook = make_comm_hook(o);
+  const std::shared_ptr<CommHook> comm_hook = make_comm_hook(o.comm_hook, o);
   if (comm_hook) {
     if (resumed) comm_hook->load_state(resumed->comm_hook);
     ddp->register_comm_hook(comm_hook);

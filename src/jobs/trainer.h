@@ -59,10 +59,12 @@ struct TrainOptions {
   // element clipped to ±secure_clip: no rank, nor a reader of /dev/shm, sees another's gradients.
   double secure_clip = 0;
   // How DDP averages each gradient bucket (dagr/train/comm_hook.h): "none" (one allreduce), "fp16", "bf16"
-  // or "powersgd" (rank powersgd_rank; plain allreduce for the first powersgd_start_iter steps, as PyTorch's).
+  // or "powersgd" (rank powersgd_rank; for the first powersgd_start_iter steps, as PyTorch's, and for buckets with
+  // nothing to compress, the hook powersgd_uncompressed names: "none" for plain allreduce).
   std::string comm_hook = "none";
   int powersgd_rank = 1;
   std::int64_t powersgd_start_iter = 1000;
+  std::string powersgd_uncompressed = "none";  // how PowerSGD averages what it does not compress: "none", "fp16", "bf16"
   double bucket_cap_mb = 25;  // DDP's bucket size in MiB (the first bucket: at most 1 MiB), as PyTorch's bucket_cap_mb
   std::string timeline;       // non-empty: write a Chrome-trace timeline of the run here (dagr/train/timeline.h)
   std::function<void()> on_finished;  // run by rank 0 once metrics.jsonl is complete (dagr train draws its curves)

@@ -13,6 +13,7 @@ namespace dagr {
 
 struct PowerSgdHook::State {
   PowerSgdOptions options;
+  std::shared_ptr<CommHook> uncompressed;    // options.uncompressed_hook, or allreduce_hook()
   std::int64_t iter = 0;                     // steps begun (counted at each step's last bucket)
   std::map<std::size_t, torch::Tensor> q;    // by parameter index: the last step's averaged Q (m × r)
   std::map<std::size_t, torch::Tensor> error;  // by parameter index: this rank's error E (n × m), contiguous
@@ -52,7 +53,7 @@ struct Job {
   std::vector<torch::Tensor> p, q;         // views of p_all, q_all
   torch::Tensor p_all, q_all;
   std::vector<torch::Tensor> plain;        // gradients that go uncompressed (views of the bucket)
-  torch::Tensor plain_all;                 // their values side by side: averaged in place
+  torch::Tensor plain_all;                 // their values side by side, divided by N: a view of sent_first
   torch::Tensor check;                     // DDP's check values (a view of the bucket; may be empty)
   torch::Tensor sent_first;                // [plain_all / N, check, p_all]: summed in one allreduce
 };
@@ -70,12 +71,18 @@ PowerSgdHook::PowerSgdHook(PowerSgdOptions options) : state_(std::make_shared<St
   DAGR_ENFORCE(options.start_iter >= 0, InputError, "PowerSGD: start_iter must not be negative, not ", options.start_iter);
   DAGR_ENFORCE(options.min_compression_rate >= 0, InputError,
                "PowerSGD: min_compression_rate must not be negative, not ", options.min_compression_rate);
-  state_->options = options;
+  state_->uncompressed = options.uncompressed_hook ? options.uncompressed_hook : allreduce_hook();
+  DAGR_ENFORCE(state_->uncompressed->carries_check() || state_->uncompressed->plain_average(), InputError,
+               "PowerSGD: the uncompressed hook '", state_->uncompressed->name(),
+               "' must carry DDP's check values (as allreduce, fp16 and bf16 do)");
+  state_->options = std::move(options);
 }
 
 PowerSgdHook::~PowerSgdHook() = default;
 
-std::shared_ptr<PowerSgdHook> powersgd_hook(PowerSgdOptions options) { return std::make_shared<PowerSgdHook>(options); }
+std::shared_ptr<PowerSgdHook> powersgd_hook(PowerSgdOptions options) {
+  return std::make_shared<PowerSgdHook>(std::move(options));
+}
 
 std::int64_t PowerSgdHook::iteration() const { return state_->iter; }
 std::int64_t PowerSgdHook::sent_elements() const { return state_->sent; }
@@ -95,7 +102,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
   };
   if (step < o.start_iter) {
     count(bucket.buffer.numel());
-    return HookWork(average_async(comm, bucket.buffer, ReduceOp::avg));
+    return s.uncompressed->run(comm, bucket);
   }
 
   auto job = std::make_shared<Job>();
@@ -122,15 +129,15 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     job->plain.push_back(g);
   }
 
-  // The uncompressed gradients' values side by side: averaged on their own
-  // when nothing is compressed, else summed, divided by N first, in the
-  // allreduce of the Ps (one collective, one round trip fewer). DDP's check
-  // values ride along: averaged with the plain values, or summed undivided
-  // beside the Ps and divided after (exactly a float allreduce's average).
+  // A bucket with nothing to compress goes to the uncompressed hook whole.
+  // Else the uncompressed gradients' values, side by side, are summed,
+  // divided by N first, in the allreduce of the Ps (one collective, one round
+  // trip fewer), and DDP's check values ride along, summed undivided beside
+  // the Ps and divided after (exactly a float allreduce's average).
   std::int64_t plain_elements = 0;
   for (const auto& g : job->plain) plain_elements += g.numel();
   count(plain_elements + p_size + q_size);
-  if (job->m.empty() && bucket.check > 0) job->plain.push_back(job->check);
+  if (job->m.empty()) return s.uncompressed->run(comm, bucket);
   if (!job->plain.empty()) job->plain_all = flatten_all(job->plain);
   const int world = comm.size();
   auto unpack_plain = [job, world] {
@@ -139,13 +146,9 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
       g.copy_(job->plain_all.narrow(0, offset, g.numel()).view(g.sizes()));
       offset += g.numel();
     }
-    if (!job->m.empty() && job->check.numel() > 0)
+    if (job->check.numel() > 0)
       detail::write_check_average(job->check, job->sent_first.narrow(0, offset, job->check.numel()), world);
   };
-  if (job->m.empty()) return HookWork(average_async(comm, job->plain_all, ReduceOp::avg), [unpack_plain] {
-    unpack_plain();
-    return HookWork();
-  });
 
   // P = (M + E) Q for every matrix, summed over the ranks in one allreduce.
   const auto options = torch::TensorOptions().dtype(job->type);

@@ -18,8 +18,12 @@
 // so (n + m)·r numbers cross the network instead of n·m. Gradients of one
 // dimension (biases) and matrices with n·m ≤ (n + m)·r·min_compression_rate
 // go uncompressed, divided by the world size and summed in the same allreduce
-// as the Ps: two collectives per bucket. Before step start_iter every bucket
-// is averaged plainly (no error is kept then).
+// as the Ps: two collectives per bucket. Before step start_iter every bucket,
+// and at any step a bucket with no matrix worth compressing, goes whole to
+// uncompressed_hook (allreduce_hook() unless set; no error is kept then).
+// fp16_compress_hook() there halves the warm-up's bytes, as PyTorch's
+// fp16_compress_wrapper(powerSGD_hook) does for what PowerSGD leaves
+// uncompressed; dagr keeps P and Q in 32 bits.
 //
 // The result depends on the ranks' M only through their average (P and Q are
 // linear in it), so the error buffers matter only through their average:
@@ -41,6 +45,10 @@ struct PowerSgdOptions {
   bool warm_start = true;             // start each step's power iteration from the last step's Q
   double min_compression_rate = 2;    // compress a matrix only if n·m > (n + m)·r · this
   std::uint64_t seed = 0;             // of the random Qs (the same on every rank)
+  // What averages the buckets PowerSGD does not compress (nullptr: allreduce_hook()). It must carry
+  // DDP's check values (carries_check() or plain_average(): allreduce, fp16, bf16) and keep no state
+  // of its own: state() saves PowerSGD's alone.
+  std::shared_ptr<CommHook> uncompressed_hook = nullptr;
 };
 
 class PowerSgdHook : public CommHook {
@@ -65,7 +73,8 @@ class PowerSgdHook : public CommHook {
   std::shared_ptr<State> state_;
 };
 
-// InputError unless rank ≥ 1, start_iter ≥ 0 and min_compression_rate ≥ 0.
+// InputError unless rank ≥ 1, start_iter ≥ 0, min_compression_rate ≥ 0 and the
+// uncompressed hook carries DDP's check values.
 std::shared_ptr<PowerSgdHook> powersgd_hook(PowerSgdOptions options = {});
 
 }  // namespace dagr
