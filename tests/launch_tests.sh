@@ -117,6 +117,9 @@ n=$(nproc)
 timeout 60 "$dagr" launch -n "$n" --cores-per-worker 1 -- sh -c 'taskset -pc $$ | sed "s/.*: //"' > "$tmp/out" 2>&1
 expect "$n workers on $n CPUs: each bound to one of its own" \
   test "$(awk '$2 ~ /^[0-9]+$/ { print $2 }' "$tmp/out" | sort -u | wc -l)" -eq "$n"
+timeout 60 "$dagr" launch -n "$n" --cores-per-worker 1 -- sh -c 'echo "$DAGR_JOB_CPUS"' > "$tmp/out" 2>&1
+expect "and each is told the job's $n CPUs (DAGR_JOB_CPUS), as its own affinity says 1" \
+  test "$(grep -c "] $n\$" "$tmp/out")" -eq "$n"
 timeout 60 "$dagr" launch -n "$((n + 1))" --cores-per-worker 1 -- sh -c 'taskset -pc $$ | sed "s/.*: //"' > "$tmp/out" 2>&1
 expect "$((n + 1)) workers on $n CPUs: none bound" \
   test "$(grep -c "] $(taskset -pc $$ | sed 's/.*: //')\$" "$tmp/out")" -eq "$((n + 1))"

@@ -133,6 +133,7 @@ one_line_exit_2 "--zero 2 with --secure-aggregation" "use --zero 1 with it" --ze
 one_line_exit_2 "--zero 2 with --comm-hook" "--comm-hook needs --zero 1" --zero 2 --comm-hook fp16
 one_line_exit_2 "--comm-hook with --secure-aggregation" "exclude each other" --comm-hook fp16 --secure-aggregation 8
 one_line_exit_2 "--powersgd-uncompressed fp8" "--powersgd-uncompressed" --comm-hook powersgd --powersgd-uncompressed fp8
+one_line_exit_2 "--powersgd-uncompressed without PowerSGD" "needs --comm-hook powersgd" --comm-hook fp16 --powersgd-uncompressed bf16
 one_line_exit_2 "--eval-every with --mode ps" "does not take --eval-every" --mode ps --servers 1 --eval-every 5
 one_line_exit_2 "--eval-every with --pipeline-parallel" "--eval-every cannot be combined" --pipeline-parallel 2 --eval-every 5
 touch "$tmp/a-file"

@@ -248,6 +248,8 @@ void check_options(const TrainOptions& o) {
   DAGR_ENFORCE(o.powersgd_uncompressed == "none" || o.powersgd_uncompressed == "fp16" ||
                    o.powersgd_uncompressed == "bf16",
                InputError, "unknown --powersgd-uncompressed '", o.powersgd_uncompressed, "' (none, fp16, bf16)");
+  DAGR_ENFORCE(o.powersgd_uncompressed == "none" || o.comm_hook == "powersgd", InputError,
+               "--powersgd-uncompressed needs --comm-hook powersgd");
   DAGR_ENFORCE(std::isfinite(o.secure_clip) && o.secure_clip >= 0, InputError,
                "--secure-aggregation's clip must be a finite number above 0, not ", o.secure_clip);
   DAGR_ENFORCE(std::isfinite(o.dp_clip) && o.dp_clip >= 0, InputError, "--dp-clip must be a finite number above 0, not ",

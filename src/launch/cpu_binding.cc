@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -22,6 +23,13 @@ std::vector<cpu_set_t> worker_cpus(int workers, int per_worker) {
     for (int k = 0; k < per_worker; ++k) CPU_SET(cpus[static_cast<std::size_t>(r * per_worker + k)], &out[static_cast<std::size_t>(r)]);
   }
   return out;
+}
+
+int allowed_cpus() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 1;
+  return std::max(1, CPU_COUNT(&allowed));
 }
 
 void bind_process(pid_t pid, const cpu_set_t& cpus) {

@@ -5,7 +5,7 @@
 // workers' threads wake and sleep, and a worker that waits for its peers at
 // every step (a collective) pays for each move in cold caches and a late
 // start. On a 2-core machine with 2 workers, binding each to its own core made
-// dagr train's MLP 13 % faster (5 interleaved pairs; docs/PERFORMANCE.md).
+// dagr train's MLP 16 % faster (5 interleaved pairs; docs/DECISIONS.md, Launcher).
 //
 // Worker r gets the CPUs this process may run on (its affinity: a cgroup or a
 // taskset around the launcher is respected), k = per_worker of them, from the
@@ -23,6 +23,11 @@ namespace dagr::launch_detail {
 
 // One CPU set per rank; empty when per_worker is 0 or there are too few CPUs.
 std::vector<cpu_set_t> worker_cpus(int workers, int per_worker);
+
+// How many CPUs this process may use (its affinity); at least 1. The launcher
+// tells its workers (DAGR_JOB_CPUS), so that a bound rank still knows how many
+// the job's ranks share.
+int allowed_cpus();
 
 // Binds every thread of process `pid` (0: this one) to `cpus`; threads it
 // starts later inherit the binding from the thread that starts them. A thread

@@ -92,6 +92,7 @@ struct Spawn {
   int fault_fd;  // write end of the fault pipe
   bool renice_spares;
   std::vector<cpu_set_t> cpus;  // by rank, with cores_per_worker (cpu_binding.h); empty: unbound
+  int job_cpus;                 // the CPUs the launcher may use: DAGR_JOB_CPUS
 };
 
 // The variables that a spare learns only when it is given its place.
@@ -158,6 +159,7 @@ void restore_priority(pid_t pid) {
   setenv("DAGR_JOB_ID", s.job.c_str(), 1);
   setenv("DAGR_FAULT_FD", std::to_string(s.fault_fd).c_str(), 1);
   setenv("DAGR_SECRET_FD", std::to_string(secret_fd).c_str(), 1);
+  setenv("DAGR_JOB_CPUS", std::to_string(s.job_cpus).c_str(), 1);
   if (o.comm_timeout) setenv("DAGR_TIMEOUT_S", std::to_string(o.comm_timeout->count()).c_str(), 1);
   std::vector<char*> argv;
   for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
@@ -499,7 +501,7 @@ LaunchResult launch(const LaunchOptions& o) {
   LaunchResult result;
   FaultPipe faults;  // one for the job, so that spares started during one attempt report in the next
   const Spawn spawn{o, job, secret, faults.write_fd, may_renice_spares(),
-                    launch_detail::worker_cpus(o.workers, o.cores_per_worker)};
+                    launch_detail::worker_cpus(o.workers, o.cores_per_worker), launch_detail::allowed_cpus()};
   std::vector<Worker> spares;
   for (int restart = 0;; ++restart) {
     const Attempt attempt = run_group(spawn, restart, faults, spares, out_sink, err_sink);

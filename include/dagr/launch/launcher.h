@@ -3,7 +3,8 @@
 // Each worker gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, dagr's own
 // DAGR_JOB_ID (which names the job's shared memory), DAGR_RESTART_COUNT (and
 // torchrun's TORCHELASTIC_RESTART_COUNT), DAGR_FAULT_FD, the pipe on which
-// dagr reports whom a PeerError or TimeoutError is about, and DAGR_SECRET_FD,
+// dagr reports whom a PeerError or TimeoutError is about, DAGR_JOB_CPUS, the
+// number of CPUs the launcher may use (which its workers share), and DAGR_SECRET_FD,
 // a pipe holding the job's secret (fresh for each job; without it a process
 // is refused by the job's shared-memory groups, see job_secret.h in comm). Output lines can be
 // prefixed with the rank. Ctrl-C / SIGTERM are forwarded.

@@ -63,7 +63,8 @@ class PowerSgdHook : public CommHook {
   std::map<std::string, torch::Tensor> state(Communicator& comm) override;
   void load_state(const std::map<std::string, torch::Tensor>& state) override;
   std::int64_t iteration() const;
-  // Numbers sent per step by the last compressed step, and what plain allreduce would send.
+  // Numbers sent per step by the last step (of whatever width: the uncompressed hook's may be 16-bit), and
+  // what plain allreduce would send.
   std::int64_t sent_elements() const;
   std::int64_t dense_elements() const;
 

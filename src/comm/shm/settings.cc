@@ -22,7 +22,14 @@ std::uint32_t read_setting(const char* name, std::uint32_t fallback, std::uint32
   return static_cast<std::uint32_t>(v);
 }
 
+// The CPUs the job's local ranks share: DAGR_JOB_CPUS where dagr's launcher
+// says (it may have bound each rank to CPUs of its own, so a rank's own
+// affinity would count only those), else this process's affinity.
 int cores_available() {
+  if (const char* job = std::getenv("DAGR_JOB_CPUS")) {
+    const int n = std::atoi(job);
+    if (n > 0) return n;
+  }
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
   return CPU_COUNT(&set);
