@@ -36,11 +36,15 @@ for i in $(seq 1 "$RUNS"); do
   "$anchors/libtorch_single.sh" 1 > "$out/libtorch.$i.log" 2>&1
   grep -E '^libtorch_(mlp|cnn)_sps ' "$out/libtorch.$i.log" | awk '{print $1, $2}' >> "$out/values.txt"
 done
-/usr/bin/python3 "$anchors/gloo_allreduce.py" --runs "$RUNS" --budget 0.5 --worlds 2,4 > "$out/gloo.log" 2>&1 || true
-grep -E '^gloo_w[24]_[0-9A-Za-z]+_(time|b2b_time|busbw) ' "$out/gloo.log" | awk '{print $1, $2}' >> "$out/values.txt"
+# PyTorch's own (gloo, DDP) need Debian's python3-torch (../shared/anchors/run_all.sh installs it): without
+# it their lines are missing from the summary, and the logs say why.
+/usr/bin/python3 "$anchors/gloo_allreduce.py" --runs "$RUNS" --budget 0.5 --worlds 2,4 > "$out/gloo.log" 2>&1 ||
+  echo "gloo anchor failed: $(tail -1 "$out/gloo.log")" >&2
+{ grep -E '^gloo_w[24]_[0-9A-Za-z]+_(time|b2b_time|busbw) ' "$out/gloo.log" || true; } | awk '{print $1, $2}' >> "$out/values.txt"
 for m in mlp cnn; do
-  /usr/bin/python3 "$anchors/torch_ddp_fmnist.py" --model $m --runs "$RUNS" --epochs 1 --configs plain,ddp2 > "$out/ddp_$m.log" 2>&1 || true
-  grep -E '^torch_(mlp|cnn)_(plain|ddp2)_sps ' "$out/ddp_$m.log" | awk '{print $1, $2}' >> "$out/values.txt"
+  /usr/bin/python3 "$anchors/torch_ddp_fmnist.py" --model $m --runs "$RUNS" --epochs 1 --configs plain,ddp2 > "$out/ddp_$m.log" 2>&1 ||
+    echo "DDP anchor ($m) failed: $(tail -1 "$out/ddp_$m.log")" >&2
+  { grep -E '^torch_(mlp|cnn)_(plain|ddp2)_sps ' "$out/ddp_$m.log" || true; } | awk '{print $1, $2}' >> "$out/values.txt"
 done
 "$anchors/stream.sh" 3 > "$out/stream.log" 2>&1
 grep -E '^stream_' "$out/stream.log" | awk '{print $1, $2}' >> "$out/values.txt"
