@@ -32,15 +32,27 @@ int allowed_cpus() {
   return std::max(1, CPU_COUNT(&allowed));
 }
 
+// A thread that an unbound thread starts while the walk is under way may be
+// missed (it inherits its starter's mask), so walk again until a walk finds
+// every thread bound already (a few walks at most).
 void bind_process(pid_t pid, const cpu_set_t& cpus) {
   const std::string tasks = pid == 0 ? "/proc/self/task" : "/proc/" + std::to_string(pid) + "/task";
-  DIR* dir = opendir(tasks.c_str());
-  if (!dir) return;  // the process has exited
-  while (const dirent* e = readdir(dir)) {
-    if (e->d_name[0] == '.') continue;
-    sched_setaffinity(static_cast<pid_t>(std::atoi(e->d_name)), sizeof cpus, &cpus);
+  for (int walk = 0; walk < 8; ++walk) {
+    DIR* dir = opendir(tasks.c_str());
+    if (!dir) return;  // the process has exited
+    bool changed = false;
+    while (const dirent* e = readdir(dir)) {
+      if (e->d_name[0] == '.') continue;
+      const auto tid = static_cast<pid_t>(std::atoi(e->d_name));
+      cpu_set_t now;
+      CPU_ZERO(&now);
+      if (sched_getaffinity(tid, sizeof now, &now) == 0 && CPU_EQUAL(&now, &cpus)) continue;
+      sched_setaffinity(tid, sizeof cpus, &cpus);
+      changed = true;
+    }
+    closedir(dir);
+    if (!changed) return;
   }
-  closedir(dir);
 }
 
 }  // namespace dagr::launch_detail
