@@ -93,14 +93,19 @@ expect "restarts run out" test $? -eq 4 -a "$(grep -c "restart . of 2" "$tmp/err
 
 # Standby: spares started once the group has joined wait in
 # wait_until_started(); a restart hands them the ranks instead of starting
-# afresh (and, with --cores-per-worker, their CPUs: rank r on CPU r where
-# there are 2). Spares not needed are killed at the end; none is left behind.
+# afresh (and, with --cores-per-worker, their CPUs: rank r on the r-th this
+# shell may use, where there are 2). Spares not needed are killed at the end;
+# none is left behind.
+allowed=()  # the CPUs this shell may use, in order ("0-2,5" -> 0 1 2 5)
+for part in $(taskset -pc $$ | sed 's/.*: //; s/,/ /g'); do
+  allowed+=($(seq "${part%-*}" "${part#*-}"))
+done
 DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby --cores-per-worker 1 -- "$worker" standby die \
   > "$tmp/out" 2> "$tmp/err"
 expect "a job restarted from standby spares succeeds" test $? -eq 0 -a "$(grep -c "attempt 1 pid" "$tmp/out")" -eq 2
 for r in 0 1; do
   spare=$(sed -n "s/.*attempt 1: rank $r of 2 is standby pid \([0-9]*\).*/\1/p" "$tmp/err")
-  cpu=$r; [ "$(nproc)" -ge 2 ] || cpu=0
+  cpu=${allowed[$r]}; [ "${#allowed[@]}" -ge 2 ] || cpu=${allowed[0]}
   expect "rank $r of the restart is a spare (pid ${spare:-none}) that learned its rank and its CPU ($cpu)" \
     grep -qx "\[$r\] rank $r attempt 1 pid ${spare:-none} cpus $cpu" "$tmp/out"
 done
