@@ -29,10 +29,9 @@ std::vector<cpu_set_t> worker_cpus(int workers, int per_worker);
 // the job's ranks share.
 int allowed_cpus();
 
-// Binds every thread of process `pid` (0: this one) to `cpus`, walking its
-// threads until a walk finds them all bound (one started during a walk is
-// caught by the next); threads it starts later inherit the binding from the
-// thread that starts them. A thread that exits meanwhile is skipped.
+// Binds every thread of process `pid` (0: this one) to `cpus`
+// (for_each_thread, process_threads.h); threads it starts later inherit the
+// binding from the thread that starts them.
 void bind_process(pid_t pid, const cpu_set_t& cpus);
 
 }  // namespace dagr::launch_detail

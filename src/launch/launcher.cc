@@ -29,7 +29,6 @@
 //   clean     once all have exited and the output is drained, name the cause
 //             (failure_cause.h) and remove the job's shared memory in /dev/shm;
 //             at the end of the job, spares are killed (they hold nothing yet)
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
@@ -52,6 +51,7 @@
 #include "launch/cpu_binding.h"
 #include "launch/failure_cause.h"
 #include "launch/output_relay.h"
+#include "launch/process_threads.h"
 
 namespace dagr {
 namespace {
@@ -119,12 +119,13 @@ bool may_renice_spares() {
 
 void restore_priority(pid_t pid) {
   const int own = getpriority(PRIO_PROCESS, 0);
-  const std::string tasks = fmt::format("/proc/{}/task", pid);
-  if (DIR* dir = opendir(tasks.c_str())) {
-    while (const dirent* e = readdir(dir))
-      if (e->d_name[0] != '.') setpriority(PRIO_PROCESS, static_cast<id_t>(std::atoi(e->d_name)), own);
-    closedir(dir);
-  }
+  launch_detail::for_each_thread(pid, [own](pid_t tid) {
+    errno = 0;
+    const int now = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+    if (errno == 0 && now == own) return false;
+    setpriority(PRIO_PROCESS, static_cast<id_t>(tid), own);
+    return true;
+  });
 }
 
 // rank < 0: a spare, which reads its rank from `standby_fd` (standby.h).
