@@ -7,6 +7,7 @@
 
 #include "dagr/comm/reduce_op.h"
 #include "dagr/error.h"
+#include "multiversioning.h"
 
 namespace dagr {
 
@@ -123,12 +124,12 @@ BFloat16::operator float() const {
 
 // Whole arrays of bfloat16: the scalar conversions in loops that vectorise,
 // built for AVX-512 and AVX2 as well (chosen once, at load time).
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void to_float(const BFloat16* in, float* out,
+DAGR_TARGET_CLONES("arch=x86-64-v4", "avx2", "default") void to_float(const BFloat16* in, float* out,
                                                                                   std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(in[i].bits) << 16);
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void from_float(const float* in, BFloat16* out,
+DAGR_TARGET_CLONES("arch=x86-64-v4", "avx2", "default") void from_float(const float* in, BFloat16* out,
                                                                                     std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out[i].bits = bfloat16_bits(in[i]);
 }
@@ -143,14 +144,15 @@ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void from_fl
 // where the CPU has it (every x86-64 since 2013), the scalar one elsewhere.
 namespace {
 
-__attribute__((target("default"))) void half_to_float(const Half* in, float* out, std::size_t n) {
+DAGR_TARGET_DEFAULT void half_to_float(const Half* in, float* out, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
 
-__attribute__((target("default"))) void float_to_half(const float* in, Half* out, std::size_t n) {
+DAGR_TARGET_DEFAULT void float_to_half(const float* in, Half* out, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out[i] = Half(in[i]);
 }
 
+#if DAGR_MULTIVERSIONING
 __attribute__((target("avx2,f16c"))) void half_to_float(const Half* in, float* out, std::size_t n) {
   const __m128i exponent = _mm_set1_epi16(0x7c00);
   std::size_t i = 0;
@@ -183,6 +185,7 @@ __attribute__((target("avx2,f16c"))) void float_to_half(const float* in, Half* o
   }
   for (; i < n; ++i) out[i] = Half(in[i]);
 }
+#endif
 
 }  // namespace
 

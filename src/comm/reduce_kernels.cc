@@ -5,6 +5,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "multiversioning.h"
+
 namespace dagr::detail {
 namespace {
 
@@ -51,7 +53,7 @@ A combine(A a, A b) {
 // CPU has (GCC's target_clones). Each element's operations and their order are
 // the same in every clone, so the bits are too.
 template <class T, ReduceOp Op>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources,
+DAGR_TARGET_CLONES("avx512f", "avx2", "default") void reduce_typed(ReduceTarget target, const void* const* sources, int n_sources,
                   std::size_t count) {
   using A = typename AccumulatorOf<T>::type;
   constexpr std::size_t kBlock = 4096;

@@ -33,6 +33,7 @@
 #include "aes_ctr.h"
 #include "allreduce_transform.h"
 #include "dagr/error.h"
+#include "multiversioning.h"
 
 namespace dagr {
 
@@ -103,7 +104,7 @@ namespace {
 
 // The loops over every element are built for AVX-512 and AVX2 as well, used
 // where the CPU has them (GCC function multiversioning: chosen once, at load time).
-#define DAGR_VECTOR_LOOP __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define DAGR_VECTOR_LOOP DAGR_TARGET_CLONES("arch=x86-64-v4", "avx2", "default")
 
 // out = encodings of x[0, m) (element indices first…), adding to the checksum
 // lanes c1 = Σ q and c2 = Σ (index + 1) · q; nan set when one is NaN.
