@@ -7,13 +7,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "dagr/comm/secure_aggregation.h"
 #include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
+#include "executor.h"
 #include "rank_threads.h"
 
 namespace dagr {
@@ -232,6 +235,23 @@ TEST(Async, WorksCompleteInIssueOrder) {
     for (auto& w : works) w.wait();
     for (auto& b : bufs) ASSERT_EQ(b[49999], 6.0);
   });
+}
+
+// A background wait sleeps after 5 µs; a caller who then blocks in
+// Work::wait wakes it, so that it spins like a caller's own wait.
+TEST(Async, ACallerWhoWaitsWakesTheSleepingBackgroundWait) {
+  const std::uint64_t before = detail::background_wakes();
+  ::setenv("DAGR_SPIN_US", "100", 1);  // waits spin even where the machine has one core
+  run_ranks(2, [](Communicator& comm) {
+    std::vector<float> v(1000, comm.rank() + 1.0f);
+    if (comm.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    Work w = comm.allreduce_async(std::span<float>(v));
+    if (comm.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // its wait is asleep by now
+    w.wait();
+    ASSERT_EQ(v[999], 3.0f);
+  });
+  ::unsetenv("DAGR_SPIN_US");
+  EXPECT_GE(detail::background_wakes(), before + 1);
 }
 
 TEST(Async, WaitRethrowsTheBackgroundError) {

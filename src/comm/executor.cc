@@ -1,14 +1,57 @@
 #include "executor.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "work_state.h"
 
 namespace dagr::detail {
 
 namespace {
 thread_local bool background_thread = false;
+std::atomic<int> foreground_waiters{0};
+std::atomic<std::uint64_t> wakes{0};
+
+// The background waits asleep now. A sleeper registers before it looks at
+// foreground_waiting() a last time, a caller counts itself before it wakes
+// the registered ones: under the mutex one of the two sees the other.
+struct Sleepers {
+  std::mutex mutex;
+  std::vector<std::pair<void (*)(void*), void*>> asleep;
+};
+Sleepers& sleepers() {
+  static auto* s = new Sleepers;  // never destroyed: a background thread may outlive static destruction
+  return *s;
 }
+}  // namespace
 
 bool running_in_background() { return background_thread; }
+
+bool foreground_waiting() { return foreground_waiters.load(std::memory_order_seq_cst) > 0; }
+
+BackgroundSleep::BackgroundSleep(void (*wake)(void*), void* arg) : wake_(wake), arg_(arg) {
+  std::lock_guard lock(sleepers().mutex);
+  sleepers().asleep.emplace_back(wake, arg);
+}
+
+BackgroundSleep::~BackgroundSleep() {
+  Sleepers& s = sleepers();
+  std::lock_guard lock(s.mutex);
+  s.asleep.erase(std::find(s.asleep.begin(), s.asleep.end(), std::make_pair(wake_, arg_)));
+}
+
+ForegroundWait::ForegroundWait() {
+  foreground_waiters.fetch_add(1, std::memory_order_seq_cst);
+  Sleepers& s = sleepers();
+  std::lock_guard lock(s.mutex);
+  for (auto [wake, arg] : s.asleep) wake(arg);
+  wakes.fetch_add(s.asleep.size(), std::memory_order_relaxed);
+}
+
+std::uint64_t background_wakes() { return wakes.load(std::memory_order_relaxed); }
+
+ForegroundWait::~ForegroundWait() { foreground_waiters.fetch_sub(1, std::memory_order_seq_cst); }
 
 Executor::~Executor() {
   {

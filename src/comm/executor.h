@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -18,6 +19,38 @@ struct WorkState;
 
 // True on an Executor's background thread.
 bool running_in_background();
+
+// Threads of this process blocked in Work::wait. While there are any, the
+// background thread's calls are what they wait for: the cores it shares with
+// them are idle, so its waits may spin as a caller's would (shm/waiter.h).
+bool foreground_waiting();
+
+// A background wait that sleeps registers how to wake it for as long as it
+// sleeps; a caller that starts to wait wakes every registered one, which then
+// finds foreground_waiting() and spins (shm/waiter.cc).
+class BackgroundSleep {
+ public:
+  BackgroundSleep(void (*wake)(void*), void* arg);
+  ~BackgroundSleep();
+  BackgroundSleep(const BackgroundSleep&) = delete;
+  BackgroundSleep& operator=(const BackgroundSleep&) = delete;
+
+ private:
+  void (*wake_)(void*);
+  void* arg_;
+};
+
+// How many sleeping background waits callers have woken so far (tests).
+std::uint64_t background_wakes();
+
+// Counts its thread as blocked in Work::wait while it lives.
+class ForegroundWait {
+ public:
+  ForegroundWait();
+  ~ForegroundWait();
+  ForegroundWait(const ForegroundWait&) = delete;
+  ForegroundWait& operator=(const ForegroundWait&) = delete;
+};
 
 class Executor {
  public:

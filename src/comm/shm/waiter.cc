@@ -37,6 +37,14 @@ void futex_wake_all(std::atomic<std::uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
+// Ends every sleep on the header's word, this process's background waits
+// among them (BackgroundSleep); the others find nothing new and sleep again.
+void wake_event(void* header) {
+  auto* h = static_cast<SegmentHeader*>(header);
+  h->event.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&h->event);
+}
+
 FaultKind fault_kind(RankState why) {
   return why == RankState::dead ? FaultKind::dead : why == RankState::left ? FaultKind::left : FaultKind::silent;
 }
@@ -272,19 +280,34 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
   const auto start = Clock::now();
   // A background thread (async calls) shares its process's cores with the
   // compute it overlaps: it spins briefly and then sleeps, never yield-loops.
+  // While the process's callers are blocked waiting for it, nothing computes
+  // beside it, and it spins as long as a caller would (looked at each round,
+  // and a caller who starts to wait wakes it from its sleep to spin).
   const bool background = running_in_background();
-  const auto spin_until = start + microseconds(background ? std::min(policy_.spin_us, 5u) : policy_.spin_us);
-  const auto yield_until = spin_until + microseconds(background ? 0 : policy_.yield_us);
+  auto full_spin = start + microseconds(policy_.spin_us);
+  const auto brief_spin = start + microseconds(std::min(policy_.spin_us, 5u));
+  auto spin_until = background ? brief_spin : full_spin;
   auto next_check = start + std::chrono::milliseconds(1);
+  bool spun_for_caller = false;
 
   // Phase 1: spin, reading the clock every 64 polls.
-  for (bool spinning = policy_.spin_us > 0; spinning;) {
-    for (int i = 0; i < 64; ++i) {
-      if (ready(arg)) return;
-      cpu_relax();
+  auto spin = [&] {
+    for (bool spinning = policy_.spin_us > 0; spinning;) {
+      for (int i = 0; i < 64; ++i) {
+        if (ready(arg)) return true;
+        cpu_relax();
+      }
+      if (background) {
+        const bool caller_waits = foreground_waiting();
+        spun_for_caller = spun_for_caller || caller_waits;
+        spin_until = caller_waits ? full_spin : brief_spin;
+      }
+      spinning = Clock::now() < spin_until;
     }
-    spinning = Clock::now() < spin_until;
-  }
+    return false;
+  };
+  if (spin()) return;
+  const auto yield_until = spin_until + microseconds(background ? 0 : policy_.yield_us);
   // Phases 2 and 3: yield, then sleep in short slices; check the peer and the
   // deadline, and renew the heartbeat, each ms.
   SegmentHeader& h = view_.header();
@@ -326,13 +349,25 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
       if (ready(arg)) return;
       continue;
     }
+    // A background wait that has not spun for a waiting caller yet sleeps
+    // registered, so that a caller who starts to wait can wake it to spin.
+    std::optional<BackgroundSleep> asleep;
+    if (background && !spun_for_caller && policy_.spin_us > 0) asleep.emplace(wake_event, &h);
     h.sleepers.fetch_add(1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     const std::uint32_t seen = h.event.load(std::memory_order_seq_cst);
     const bool done = ready(arg);
-    if (!done) futex_wait(&h.event, seen, microseconds(2000));
+    const bool caller_waits = asleep && foreground_waiting();
+    if (!done && !caller_waits) futex_wait(&h.event, seen, microseconds(2000));
     h.sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    asleep.reset();
     if (done || ready(arg)) return;
+    // Woken for a caller: spin once more, once per wait, as a caller's own
+    // wait spins once.
+    if (caller_waits || (asleep && foreground_waiting())) {
+      full_spin = Clock::now() + microseconds(policy_.spin_us);
+      if (spin()) return;
+    }
   }
 }
 

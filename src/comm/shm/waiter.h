@@ -6,7 +6,9 @@
 // rank burns no core. A rank that publishes something calls notify(), which
 // costs a fence and one load unless somebody sleeps. On the background thread
 // of async calls, a waiter spins at most 5 µs and then sleeps: its process's
-// other threads are computing and need the core more.
+// other threads are computing and need the core more — unless they are all
+// blocked waiting for its calls (a DDP step's last bucket), when it spins as
+// long as a caller would: waking from the futex costs tens of µs on a VM.
 //
 // Every wait is bounded by the call's deadline (TimeoutError) and watches the
 // peer it waits for: a peer that died or left turns into PeerError. The first
