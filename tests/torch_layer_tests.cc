@@ -206,6 +206,18 @@ TEST(FashionMnist, BytesNormalisedPerBatchEqualTheNormalisedSet) {
   const auto idx = torch::tensor({7, 0, 9999, 4242}, torch::kInt64);
   EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images.index_select(0, idx)), set.images.index_select(0, idx)));
   EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images), set.images));
+  // A batch's rows straight from the set: the same bits, for a batch of 64 and
+  // for rows whose length is no multiple of the vector width (7 × 5 bytes).
+  const auto rows = torch::randint(0, 10000, {64}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images, rows), set.images.index_select(0, rows)));
+  EXPECT_TRUE(torch::equal(data::normalize_images(bytes.images, idx), set.images.index_select(0, idx)));
+  const auto odd = bytes.images.narrow(0, 0, 20).reshape({20, 784}).narrow(1, 0, 35).reshape({20, 7, 5});
+  const auto some = torch::tensor({19, 3, 3, 0}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(data::normalize_images(odd, some), data::normalize_images(odd.index_select(0, some))));
+  EXPECT_EQ(data::normalize_images(odd, torch::zeros({0}, torch::kInt64)).sizes(), (std::vector<std::int64_t>{0, 7, 5}));
+  EXPECT_THROW(data::normalize_images(odd, torch::tensor({20}, torch::kInt64)), InputError);
+  EXPECT_THROW(data::normalize_images(odd, torch::tensor({-1}, torch::kInt64)), InputError);
+  EXPECT_THROW(data::normalize_images(odd, torch::tensor({1}, torch::kInt32)), InputError);
   // Every byte value and a batch, bit for bit the tensor operations that define
   // the normalisation (the mean and std of Fashion-MNIST's training images).
   const auto all = torch::arange(256, torch::kInt32).to(torch::kUInt8).reshape({1, 1, 16, 16});

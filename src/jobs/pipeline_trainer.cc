@@ -396,7 +396,7 @@ int run_pipeline_training(const TrainOptions& o) {
       const std::int64_t end = std::min(per_rank, position + batch), n = end - position;
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {n}, torch::kInt64);
       std::vector<torch::Tensor> xs, ys;
-      if (first) xs = torch::tensor_split(data::normalize_images(train.images.index_select(0, idx)), M);
+      if (first) xs = torch::tensor_split(data::normalize_images(train.images, idx), M);
       if (last) ys = torch::tensor_split(train.labels.index_select(0, idx), M);
       set_learning_rate(*optimizer, o, step_count, total_steps);
       optimizer->zero_grad();

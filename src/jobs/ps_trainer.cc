@@ -304,7 +304,7 @@ int run_worker(const TrainOptions& o, PsLinks& links, torch::nn::Sequential& mod
       const std::int64_t end = std::min(per_rank, position + o.batch_size);
       const auto idx =
           torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
-      const auto x = data::normalize_images(train.images.index_select(0, idx));
+      const auto x = data::normalize_images(train.images, idx);
       const auto y = train.labels.index_select(0, idx);
       model->zero_grad();
       const auto logits = model->forward(x);

@@ -585,7 +585,7 @@ int run_training(const TrainOptions& o) {
       timeline::Span step_span("step");
       const std::int64_t end = std::min(per_rank, position + batch);
       const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
-      const auto x = data::normalize_images(train.images.index_select(0, idx));
+      const auto x = data::normalize_images(train.images, idx);
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
       clear_gradients(*optimizer);

@@ -27,5 +27,8 @@ ImageSet load_image_bytes(const std::string& dir, const std::string& split);
 
 // uint8 images to float32, normalised with Fashion-MNIST's mean and std.
 torch::Tensor normalize_images(const torch::Tensor& bytes);
+// The images `rows` (int64 indices) of `bytes`, normalised: a batch, equal to
+// normalize_images(bytes.index_select(0, rows)) in one pass.
+torch::Tensor normalize_images(const torch::Tensor& bytes, const torch::Tensor& rows);
 
 }  // namespace dagr::data
