@@ -6,12 +6,14 @@
 // holder and a module itself.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
 
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/error.h"
 #include "dagr/torch/collectives.h"
 #include "dagr/torch/sampler.h"
+#include "dagr/train/accuracy.h"
 #include "dagr/train/ddp.h"
 #include "rank_threads.h"
 
@@ -226,6 +228,23 @@ TEST(FashionMnist, BytesNormalisedPerBatchEqualTheNormalisedSet) {
   const auto batch = bytes.images.narrow(0, 100, 64);
   EXPECT_TRUE(torch::equal(data::normalize_images(batch), defined(batch)));
   EXPECT_THROW(data::normalize_images(torch::zeros({2, 2})), InputError);
+}
+
+// The training metrics' count of correct predictions is argmax, eq and sum,
+// ties and NaNs included, for float32 and float64 logits.
+TEST(Accuracy, CorrectPredictionsAreArgmaxEqSum) {
+  torch::manual_seed(3);
+  for (const auto type : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+    // Few distinct values, so that rows have ties; some NaNs.
+    torch::Tensor logits = torch::randint(0, 4, {500, 10}).to(type);
+    logits.index_put_({torch::randint(0, 500, {40}), torch::randint(0, 10, {40})}, NAN);
+    const torch::Tensor labels = torch::randint(0, 10, {500}, torch::kInt64);
+    EXPECT_EQ(correct_predictions(logits, labels), logits.argmax(1).eq(labels).sum().item<std::int64_t>()) << type;
+    const torch::Tensor rows = logits.t().contiguous().t();  // not contiguous
+    EXPECT_EQ(correct_predictions(rows, labels), logits.argmax(1).eq(labels).sum().item<std::int64_t>()) << type;
+  }
+  EXPECT_EQ(correct_predictions(torch::zeros({0, 10}), torch::zeros({0}, torch::kInt64)), 0);
+  EXPECT_THROW(correct_predictions(torch::zeros({3, 10}), torch::zeros({2}, torch::kInt64)), InputError);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
 #include "dagr/parallel/tensor_parallel_stage.h"
+#include "dagr/train/accuracy.h"
 #include "dagr/train/compute_threads.h"
 #include "network.h"
 
@@ -70,7 +71,7 @@ int run_pipeline_inference(const InferOptions& o, Communicator& world, const dat
     const auto now = Clock::now();
     intervals_ms.push_back(std::chrono::duration<double, std::milli>(now - previous).count());
     previous = now;
-    counts[0] += out.argmax(1).eq(test.labels.narrow(0, begin, len)).sum().item<std::int64_t>();
+    counts[0] += correct_predictions(out, test.labels.narrow(0, begin, len));
     counts[1] += len;
   }
   world.barrier();

@@ -37,6 +37,7 @@
 #include "dagr/models/models.h"
 #include "dagr/parallel/pipeline.h"
 #include "dagr/parallel/tensor_parallel_stage.h"
+#include "dagr/train/accuracy.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/fused_optimizers.h"
@@ -103,7 +104,7 @@ double evaluate_pipeline(PipelineExecutor& exec, const torch::Tensor& images, co
     const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
     const auto out = exec.forward(groups.pipeline.rank() == 0 ? images.index_select(0, part) : torch::Tensor());
     if (last && groups.tensor.rank() == 0) {  // a tensor group's ranks all hold the same output
-      counts[0] += out.argmax(1).eq(labels.index_select(0, part)).sum().item<std::int64_t>();
+      counts[0] += correct_predictions(out, labels.index_select(0, part));
       counts[1] += part.numel();
     }
   }
@@ -411,7 +412,7 @@ int run_pipeline_training(const TrainOptions& o) {
         sums[0] += stats.loss * static_cast<double>(n);
         for (int i = 0; i < M; ++i)
           sums[1] += static_cast<double>(
-              stats.outputs[static_cast<std::size_t>(i)].argmax(1).eq(ys[static_cast<std::size_t>(i)]).sum().item<std::int64_t>());
+              correct_predictions(stats.outputs[static_cast<std::size_t>(i)], ys[static_cast<std::size_t>(i)]));
         sums[2] += static_cast<double>(n);
       }
       ++step_count;

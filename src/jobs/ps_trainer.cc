@@ -36,6 +36,7 @@
 
 #include "dagr/error.h"
 #include "dagr/models/models.h"
+#include "dagr/train/accuracy.h"
 #include "dagr/train/fused_optimizers.h"
 #include "dagr/train/parameter_server.h"
 #include "dagr/train/sampler.h"
@@ -88,8 +89,7 @@ std::pair<double, double> count_correct(torch::nn::Sequential& model, const data
   for (std::int64_t i = 0; i < idx.numel(); i += 1000) {
     const auto part = idx.narrow(0, i, std::min<std::int64_t>(1000, idx.numel() - i));
     correct += static_cast<double>(
-        model->forward(test.images.index_select(0, part)).argmax(1).eq(test.labels.index_select(0, part)).sum()
-            .item<std::int64_t>());
+        correct_predictions(model->forward(test.images.index_select(0, part)), test.labels.index_select(0, part)));
   }
   return {correct, static_cast<double>(idx.numel())};
 }
@@ -316,7 +316,7 @@ int run_worker(const TrainOptions& o, PsLinks& links, torch::nn::Sequential& mod
       report.step = ++steps;
       report.samples = static_cast<double>(end - position);
       report.loss_sum = loss.item<double>() * report.samples;
-      report.correct = static_cast<double>(logits.argmax(1).eq(y).sum().item<std::int64_t>());
+      report.correct = static_cast<double>(correct_predictions(logits, y));
       report.staleness = staleness;
       if (me == slow_worker) std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
       if (me == kill_worker && steps == kill_step) raise(SIGKILL);

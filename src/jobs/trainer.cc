@@ -34,6 +34,7 @@
 #include "dagr/data/fashion_mnist.h"
 #include "dagr/launch/standby.h"
 #include "dagr/error.h"
+#include "dagr/train/accuracy.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
@@ -617,7 +618,7 @@ int run_training(const TrainOptions& o) {
       }
       const double l = loss.item<double>();
       sums[0] += l * static_cast<double>(end - position);
-      sums[1] += static_cast<double>(logits.argmax(1).eq(y).sum().item<std::int64_t>());
+      sums[1] += static_cast<double>(correct_predictions(logits, y));
       sums[2] += static_cast<double>(end - position);
       position = end;
       ++progress.steps;
