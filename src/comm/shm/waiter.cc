@@ -362,9 +362,9 @@ void Waiter::wait_slow(int peer, const WaitContext& context, bool (*ready)(const
     h.sleepers.fetch_sub(1, std::memory_order_seq_cst);
     asleep.reset();
     if (done || ready(arg)) return;
-    // Woken for a caller: spin once more, once per wait, as a caller's own
-    // wait spins once.
-    if (caller_waits || (asleep && foreground_waiting())) {
+    // A caller waits: spin once more, once per wait, as a caller's own wait
+    // spins once. (One that woke this sleep is seen on the next round.)
+    if (caller_waits) {
       full_spin = Clock::now() + microseconds(policy_.spin_us);
       if (spin()) return;
     }
