@@ -446,6 +446,45 @@ TEST(CommHook, TiedWeightsAreOneParameter) {
       << "max diff " << (gradient[1] - gradient[0]).abs().max().item<double>();
 }
 
+// The step's last bucket (GradBucket::last), which DDP waits for as soon as
+// backward ends, starts on the thread that waits: run() starts nothing
+// (deferred(), the buffer untouched until wait()), and wait() leaves what the
+// asynchronous path leaves, bit for bit, also behind an earlier bucket whose
+// collectives are still in flight.
+TEST(CommHook, TheLastBucketStartsInTheWait) {
+  const std::vector<std::pair<std::string, std::function<std::shared_ptr<CommHook>()>>> hooks = {
+      {"allreduce", [] { return allreduce_hook(); }},
+      {"fp16", [] { return fp16_compress_hook(); }},
+      {"bf16", [] { return bf16_compress_hook(); }},
+      {"powersgd", [] { return powersgd_hook({.rank = 2, .start_iter = 0, .min_compression_rate = 0}); }}};
+  for (const auto& [name, make] : hooks) {
+    SCOPED_TRACE(name);
+    run_ranks(2, [&](Communicator& comm) {
+      std::array<std::array<torch::Tensor, 2>, 2> result;  // [deferred][bucket]
+      for (int deferred = 0; deferred < 2; ++deferred) {
+        const std::shared_ptr<CommHook> hook = make();
+        torch::Tensor first = rank_gradient(comm.rank(), 0, {40}), second = rank_gradient(comm.rank(), 1, {48});
+        GradBucket b0{.index = 0, .last = false, .buffer = first, .parameters = {0}, .shapes = {{40}}};
+        GradBucket b1{.index = 1, .last = deferred == 1, .buffer = second, .parameters = {1}, .shapes = {{8, 6}}};
+        HookWork w0 = hook->run(comm, b0);
+        HookWork w1 = hook->run(comm, b1);
+        EXPECT_FALSE(w0.deferred());
+        EXPECT_EQ(w1.deferred(), deferred == 1);
+        if (deferred)
+          EXPECT_TRUE(torch::equal(second, rank_gradient(comm.rank(), 1, {48}))) << "changed before wait()";
+        w0.wait();
+        w1.wait();
+        EXPECT_FALSE(w1.deferred());
+        EXPECT_FALSE(torch::equal(second, rank_gradient(comm.rank(), 1, {48}))) << "not averaged";
+        result[deferred] = {first, second};
+      }
+      for (int k = 0; k < 2; ++k)
+        EXPECT_TRUE(torch::equal(result[0][k], result[1][k]))
+            << "bucket " << k << ": max diff " << (result[0][k] - result[1][k]).abs().max().item<double>();
+    });
+  }
+}
+
 // DDP's step check rides in the lossy hooks' own collectives (no collective of
 // its own): given by hand, rank-specific integers up to 4095 come back as
 // float32's sum divided by N, bit for bit (the 16-bit hooks through base-8

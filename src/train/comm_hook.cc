@@ -18,7 +18,14 @@ std::vector<torch::Tensor> GradBucket::gradients() const {
   return views;
 }
 
+HookWork HookWork::when_waited(std::function<HookWork()> start) {
+  HookWork w(Work(), std::move(start));
+  w.deferred_ = true;
+  return w;
+}
+
 void HookWork::wait() {
+  deferred_ = false;
   work_.wait();
   while (then_) {
     HookWork next = std::exchange(then_, nullptr)();
@@ -37,11 +44,21 @@ Work average_async(Communicator& comm, const torch::Tensor& t, ReduceOp op = Red
   return visit_span(t, "DDP bucket", [&](auto data) { return comm.allreduce_async(data, op); });
 }
 
+void average(Communicator& comm, const torch::Tensor& t, ReduceOp op = ReduceOp::avg) {
+  visit_span(t, "DDP bucket", [&](auto data) { comm.allreduce(data, op); });
+}
+
 class AllreduceHook : public CommHook {
  public:
   std::string name() const override { return "allreduce"; }
   bool plain_average() const override { return true; }
-  HookWork run(Communicator& comm, GradBucket& bucket) override { return HookWork(average_async(comm, bucket.buffer)); }
+  HookWork run(Communicator& comm, GradBucket& bucket) override {
+    if (!bucket.last) return HookWork(average_async(comm, bucket.buffer));
+    return HookWork::when_waited([comm, buffer = bucket.buffer]() mutable {
+      average(comm, buffer);
+      return HookWork();
+    });
+  }
 };
 
 // PyTorch's fp16_compress_hook / bf16_compress_hook: the bucket divided by
@@ -64,7 +81,13 @@ class CompressHook : public CommHook {
   bool carries_check() const override { return true; }
   HookWork run(Communicator& comm, GradBucket& bucket) override {
     const torch::Tensor buffer = bucket.buffer;
-    if (buffer.scalar_type() == type_) return HookWork(average_async(comm, buffer));  // holds no check (DDP's is float)
+    if (buffer.scalar_type() == type_) {  // holds no check (DDP's is float)
+      if (!bucket.last) return HookWork(average_async(comm, buffer));
+      return HookWork::when_waited([comm, buffer]() mutable {
+        average(comm, buffer);
+        return HookWork();
+      });
+    }
     const std::int64_t n = buffer.numel() - bucket.check;
     const torch::Tensor gradients = buffer.narrow(0, 0, n), check = buffer.narrow(0, n, bucket.check);
     const std::int64_t exact = type_ == torch::kFloat16 ? 2048 : 256;
@@ -74,12 +97,23 @@ class CompressHook : public CommHook {
     torch::Tensor head = compressed.narrow(0, 0, n);
     at::div_out(head, gradients, static_cast<double>(comm.size()));
     if (as_digits) compressed.narrow(0, n, bucket.check * kDigits).copy_(digits_of(check));
-    Work work = average_async(comm, compressed, ReduceOp::sum);
-    Work check_work = bucket.check > 0 && !as_digits ? average_async(comm, check) : Work();
+    const bool check_apart = bucket.check > 0 && !as_digits;
     const int world = comm.size();
-    return HookWork(std::move(work), [gradients, check, compressed, n, as_digits, world, check_work] {
+    auto unpack = [gradients, check, compressed, n, as_digits, world] {
       gradients.copy_(compressed.narrow(0, 0, n));
       if (as_digits) detail::write_check_average(check, sums_of(compressed.narrow(0, n, check.numel() * kDigits)), world);
+    };
+    if (bucket.last)
+      return HookWork::when_waited([comm, compressed, check, check_apart, unpack]() mutable {
+        average(comm, compressed, ReduceOp::sum);
+        if (check_apart) average(comm, check);
+        unpack();
+        return HookWork();
+      });
+    Work work = average_async(comm, compressed, ReduceOp::sum);
+    Work check_work = check_apart ? average_async(comm, check) : Work();
+    return HookWork(std::move(work), [unpack, check_work] {
+      unpack();
       return HookWork(check_work);
     });
   }

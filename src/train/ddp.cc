@@ -252,7 +252,8 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       if (next_bucket == buckets.size()) write_tail(b.flat, /*finished=*/true);
       const auto since = timeline::enabled() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
       collective([&] { start_bucket(k, b.flat); });
-      if (timeline::enabled()) trace.started(generation, static_cast<int>(k), b.flat.nbytes(), hook->name(), since, b.work.collective());
+      if (timeline::enabled()) trace.started(generation, static_cast<int>(k), b.flat.nbytes(), hook->name(), since, b.work.collective(),
+                                              b.work.deferred());
       if (next_bucket < buckets.size() && !final && outstanding > 0) ++stats.buckets_overlapped;
     }
   }

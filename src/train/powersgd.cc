@@ -26,6 +26,10 @@ Work average_async(Communicator& comm, const torch::Tensor& t, ReduceOp op) {
   return visit_span(t, "PowerSGD", [&](auto data) { return comm.allreduce_async(data, op); });
 }
 
+void average(Communicator& comm, const torch::Tensor& t, ReduceOp op) {
+  visit_span(t, "PowerSGD", [&](auto data) { comm.allreduce(data, op); });
+}
+
 // Calls f with a value of the C++ type of `type`: float32, or float64.
 template <class F>
 void with_type(torch::ScalarType type, F&& f) {
@@ -194,8 +198,6 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
     job->p.push_back(p);
     job->q.push_back(q);
   }
-  Work p_work = average_async(comm, job->sent_first, ReduceOp::sum);
-
   // Then: P orthogonalised, Q = (M + E)ᵀ P averaged over the ranks, M̂ = P Qᵀ into the gradient, E = M + E − M̂.
   std::shared_ptr<State> state = state_;
   auto decompress = [job, state] {
@@ -223,12 +225,21 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
                                job->q[k].size(0), p.size(1));
       });
     }
-    return HookWork(average_async(comm, job->q_all, ReduceOp::avg), decompress);
+    // This runs inside HookWork::wait, whose thread would only wait for an
+    // allreduce handed to the communication thread: it runs here instead.
+    average(comm, job->q_all, ReduceOp::avg);
+    return decompress();
   };
-  return HookWork(std::move(p_work), [unpack_plain, compute_q]() mutable {
+  auto after_p = [unpack_plain, compute_q]() mutable {
     unpack_plain();
     return compute_q();
-  });
+  };
+  if (bucket.last)
+    return HookWork::when_waited([job, comm, after_p]() mutable {
+      average(comm, job->sent_first, ReduceOp::sum);
+      return after_p();
+    });
+  return HookWork(average_async(comm, job->sent_first, ReduceOp::sum), after_p);
 }
 
 std::map<std::string, torch::Tensor> PowerSgdHook::state(Communicator& comm) {

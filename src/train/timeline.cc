@@ -366,10 +366,13 @@ const std::string* intern(const std::string& name) {
 // A bucket whose first collective was complete when run() returned (a
 // synchronous hook, which waits for the buckets before it) is issued and seen
 // at the start and end of run(); it bounds no earlier bucket, since its first
-// Work may be one that never went through the communication thread. A step
+// Work may be one that never went through the communication thread. A
+// deferred bucket (its collectives run in the training thread's wait at the
+// step's end) is issued when run() returns and ends with the step. A step
 // that never ends (its backward raised) is written as it stands when the next
 // step's first bucket comes.
 struct DdpTrace::Watcher {
+  static constexpr std::int64_t kWithTheStep = std::numeric_limits<std::int64_t>::max();  // seen_ns: ends with the step
   struct Item {
     bool end_of_step = false;
     std::int64_t step = -1;
@@ -473,7 +476,8 @@ struct DdpTrace::Watcher {
       e.bucket = b.bucket;
       e.bytes = static_cast<std::int64_t>(b.bytes);
       e.start_ns = std::max(b.issued_ns, previous_end);
-      e.end_ns = std::max(e.start_ns, end[k]);
+      // A deferred bucket of a step that never ended: no end to give it.
+      e.end_ns = std::max(e.start_ns, end[k] == kWithTheStep ? e.start_ns : end[k]);
       previous_end = e.end_ns;
       add(e);
     }
@@ -498,7 +502,7 @@ void DdpTrace::join(Communicator& group) {
 }
 
 void DdpTrace::started(std::int64_t step, int bucket, std::size_t bytes, const std::string& algorithm,
-                       Clock::time_point since, Work work) {
+                       Clock::time_point since, Work work, bool deferred) {
   const std::int64_t returned = now_ns();
   span_here("comm hook run", ns_of(since), returned);
   if (!watcher_) watcher_ = std::make_unique<Watcher>();
@@ -508,9 +512,9 @@ void DdpTrace::started(std::int64_t step, int bucket, std::size_t bytes, const s
   item.bytes = bytes;
   item.algorithm = intern(algorithm);
   item.group = group_;
-  const bool done = work.completed();
+  const bool done = !deferred && work.completed();
   item.issued_ns = done ? ns_of(since) : returned;
-  item.seen_ns = done ? returned : -1;
+  item.seen_ns = deferred ? Watcher::kWithTheStep : done ? returned : -1;
   item.work = std::move(work);
   watcher_->push(std::move(item));
 }

@@ -286,20 +286,42 @@ class ZeroHook : public CommHook {
 HookWork ZeroHook::run(Communicator& comm, GradBucket& bucket) {
   const torch::Tensor buffer = bucket.buffer;
   const auto zero = zero_.lock();
-  const auto average = [&](const torch::Tensor& t) {
-    return visit_span(t, "ZeRO bucket", [&](auto data) { return comm.allreduce_async(data, ReduceOp::avg); });
+  const bool whole = !zero || zero->steps == 0 || comm.size() == 1;
+  const std::int64_t world = comm.size(), block = (buffer.numel() - bucket.check) / world;
+  // The bucket's collectives, asynchronous or (`now`) blocking: the whole
+  // bucket averaged, or its blocks scattered and the rest averaged.
+  auto start = [whole, world, block, buffer](Communicator& comm, bool now, Work& scatter, Work& common) {
+    auto average = [&](const torch::Tensor& t) {
+      return visit_span(t, "ZeRO bucket", [&](auto data) {
+        if (!now) return comm.allreduce_async(data, ReduceOp::avg);
+        comm.allreduce(data, ReduceOp::avg);
+        return Work();
+      });
+    };
+    if (whole) {
+      common = average(buffer);
+      return;
+    }
+    if (block > 0)
+      scatter = visit_span(buffer.narrow(0, 0, world * block), "ZeRO bucket", [&](auto data) {
+        using T = typename decltype(data)::element_type;
+        const auto in = std::span<const T>(data);
+        const auto out = data.subspan(comm.rank() * block, block);
+        if (!now) return comm.reduce_scatter_async(in, out, ReduceOp::avg);
+        comm.reduce_scatter(in, out, ReduceOp::avg);
+        return Work();
+      });
+    const std::int64_t tail = buffer.numel() - world * block;  // the rest and DDP's check
+    if (tail > 0) common = average(buffer.narrow(0, world * block, tail));
   };
-  if (!zero || zero->steps == 0 || comm.size() == 1) return HookWork(average(buffer));
-  const std::int64_t world = comm.size(), n = buffer.numel() - bucket.check, block = n / world,
-                     rest = n - world * block;
-  Work scatter, common;
-  if (block > 0)
-    scatter = visit_span(buffer.narrow(0, 0, world * block), "ZeRO bucket", [&](auto data) {
-      using T = typename decltype(data)::element_type;
-      return comm.reduce_scatter_async(std::span<const T>(data), data.subspan(comm.rank() * block, block),
-                                       ReduceOp::avg);
+  if (bucket.last)  // waited for at once: started on the waiting thread (HookWork::when_waited)
+    return HookWork::when_waited([start, comm]() mutable {
+      Work scatter, common;
+      start(comm, /*now=*/true, scatter, common);
+      return HookWork();
     });
-  if (rest + bucket.check > 0) common = average(buffer.narrow(0, world * block, rest + bucket.check));
+  Work scatter, common;
+  start(comm, /*now=*/false, scatter, common);
   // Collectives complete in issue order: once the rest is in, so is the scatter (wait() for its error).
   return HookWork(std::move(common), [scatter]() mutable {
     scatter.wait();

@@ -122,8 +122,10 @@ class DdpTrace {
   // The hook's run() for bucket `bucket` (`bytes` long) of step `step` (DDP's
   // count, the same on every rank) went from `since` until now; `work` is the
   // first collective it started (complete already when run() did it all).
+  // `deferred`: run() started nothing, its collectives run in the wait at the
+  // step's end (HookWork::when_waited; the last bucket).
   void started(std::int64_t step, int bucket, std::size_t bytes, const std::string& algorithm,
-               Clock::time_point since, Work work);
+               Clock::time_point since, Work work, bool deferred = false);
   // Every bucket of `step` is done; this thread waited for them from `since` until now.
   void end_step(std::int64_t step, Clock::time_point since);
 
