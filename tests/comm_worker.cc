@@ -11,10 +11,11 @@
 //                             the one-step and the pipelined paths); a NaN is an InputError on every rank
 //   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
 //   comm_worker secure-wrong-key  rank 1's key pair is inconsistent: every rank must detect it
-//   comm_worker standby [die]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
+//   comm_worker standby [die|linger]  waits as a spare when launched as one (dagr::wait_until_started), joins, and
 //                             prints "rank R attempt K pid P"; in attempt 0 fails if the launcher has more
 //                             children than ranks before this rank joined (a spare too early), then waits (10 s at most) until
-//                             the launcher's spares are all waiting, and with "die" the last rank then kills itself
+//                             the launcher's spares are all waiting, and with "die" the last rank then kills itself,
+//                             with "linger" every rank waits 3 s more
 #include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -363,7 +364,7 @@ std::string cpus() {
   return out;
 }
 
-int standby(bool die) {
+int standby(const std::string& mode) {
   if (!wait_until_started()) return 0;
   const char* world_size = std::getenv("WORLD_SIZE");
   const bool first = std::getenv("DAGR_RESTART_COUNT") && std::string(std::getenv("DAGR_RESTART_COUNT")) == "0";
@@ -376,7 +377,8 @@ int standby(bool die) {
   const char* attempt = std::getenv("DAGR_RESTART_COUNT") ? std::getenv("DAGR_RESTART_COUNT") : "none";
   if (std::string(attempt) == "0") {
     for (int i = 0; i < 200 && spares_waiting() < comm.size(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (die && comm.rank() == comm.size() - 1) raise(SIGKILL);
+    if (mode == "die" && comm.rank() == comm.size() - 1) raise(SIGKILL);
+    if (mode == "linger") std::this_thread::sleep_for(std::chrono::seconds(3));
   }
   comm.barrier();
   std::printf("rank %d attempt %s pid %d cpus %s\n", comm.rank(), attempt, static_cast<int>(getpid()), cpus().c_str());
@@ -388,7 +390,7 @@ int main(int argc, char** argv) {
   if (scenario == "steps" && argc > 2) return steps(std::atof(argv[2]), argc > 3 && std::string(argv[3]) == "split");
   if (scenario == "print-sleep-print") return print_sleep_print();
   try {
-    if (scenario == "standby") return standby(argc > 2 && std::string(argv[2]) == "die");
+    if (scenario == "standby") return standby(argc > 2 ? argv[2] : "");
     Communicator comm = Communicator::from_env();
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "mismatch") return mismatch(comm);

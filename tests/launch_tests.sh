@@ -115,6 +115,19 @@ DAGR_LOG_LEVEL=info timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby --
 expect "a job that needs no restart ends with its spares unused" \
   test $? -eq 0 -a "$(grep -c "attempt 0 pid" "$tmp/out")" -eq 2 -a "$(grep -c "standby pid .* started" "$tmp/err")" -eq 2
 expect "no spare is left running" sh -c '! pgrep -x dagr-standby'
+# A spare that dies on its own while it waits is a warning (the next restart
+# would start that rank afresh); spares the job itself ends are not.
+timeout 60 "$dagr" launch -n 2 --max-restarts 1 --standby -- "$worker" standby linger > "$tmp/out" 2> "$tmp/err" &
+launched=$!
+spare=
+for _ in $(seq 100); do  # a spare of this job: a child of the launcher, timeout's child
+  spare=$(pgrep -x -P "$(pgrep -d, -P "$launched")" dagr-standby | head -1); [ -n "$spare" ] && break; sleep 0.1
+done
+[ -n "$spare" ] && kill -9 "$spare"
+wait "$launched"
+expect "a spare killed while it waits (pid ${spare:-none}) is a warning, and the job goes on" \
+  test $? -eq 0 -a -n "$spare" -a "$(grep -c "standby pid $spare was killed by signal 9 (Killed) while it waited; a restart will start that rank afresh" "$tmp/err")" -eq 1
+expect "the other spare, ended with the job, is no warning" test "$(grep -c "standby pid" "$tmp/err")" -eq 1
 
 # --cores-per-worker K: rank r on K CPUs of its own, the (r·K)-th on of those
 # the launcher may use; with fewer than workers × K, nobody is bound.

@@ -31,11 +31,13 @@ bool parse_fault_report(const std::string& line, FaultReport& out) {
 
 bool failed(int status) { return !WIFEXITED(status) || WEXITSTATUS(status) != 0; }
 
-std::string describe_exit(int rank, int status) {
+std::string describe_status(int status) {
   if (WIFSIGNALED(status))
-    return fmt::format("rank {} was killed by signal {} ({})", rank, WTERMSIG(status), strsignal(WTERMSIG(status)));
-  return fmt::format("rank {} exited with status {}", rank, WEXITSTATUS(status));
+    return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  return fmt::format("exited with status {}", WEXITSTATUS(status));
 }
+
+std::string describe_exit(int rank, int status) { return fmt::format("rank {} {}", rank, describe_status(status)); }
 
 namespace {
 

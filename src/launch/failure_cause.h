@@ -42,6 +42,7 @@ struct FaultReport {
 bool parse_fault_report(const std::string& line, FaultReport& out);
 
 bool failed(int status);
+std::string describe_status(int status);          // "was killed by signal 9 (Killed)"
 std::string describe_exit(int rank, int status);  // "rank 2 was killed by signal 9 (Killed)"
 
 // The one line for a failed group. `pids` maps rank → pid; `exits` are the

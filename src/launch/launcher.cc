@@ -426,7 +426,16 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
       for (Worker& w : spares)
         if (w.pid == pid && w.running) {  // not used again; a restart starts that rank afresh
           w.running = false;
-          DAGR_LOG_INFO("job {}: standby pid {} ended while it waited (wait status {})", job, pid, status);
+          // A spare ends with the job (the launcher stops it, or a terminal's or
+          // a scheduler's signal reaches the whole process group); ended on its
+          // own (killed, out of memory) it is a machine problem worth a warning.
+          const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+          const std::string how = launch_detail::describe_status(status);
+          if (stopping || attempt.interrupted || sig == SIGINT || sig == SIGTERM || sig == SIGHUP)
+            DAGR_LOG_INFO("job {}: standby pid {} {} while it waited", job, pid, how);
+          else
+            DAGR_LOG_WARN("job {}: standby pid {} {} while it waited; a restart will start that rank afresh", job,
+                          pid, how);
         }
       for (std::size_t r = 0; r < workers.size(); ++r) {
         if (workers[r].pid != pid || !workers[r].running) continue;
