@@ -254,6 +254,25 @@ TEST(Async, ACallerWhoWaitsWakesTheSleepingBackgroundWait) {
   EXPECT_GE(detail::background_wakes(), before + 1);
 }
 
+// The same for a blocking call queued behind it: waiting for the calls ahead
+// is waiting for the background thread (Executor::run_inline).
+TEST(Async, ABlockingCallBehindASleepingBackgroundWaitWakesIt) {
+  const std::uint64_t before = detail::background_wakes();
+  ::setenv("DAGR_SPIN_US", "100", 1);
+  run_ranks(2, [](Communicator& comm) {
+    std::vector<float> v(1000, comm.rank() + 1.0f), u(10, 1.0f);
+    if (comm.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    Work w = comm.allreduce_async(std::span<float>(v));
+    if (comm.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // its wait is asleep by now
+    comm.allreduce(std::span<float>(u));
+    ASSERT_EQ(u[9], 2.0f);
+    w.wait();
+    ASSERT_EQ(v[999], 3.0f);
+  });
+  ::unsetenv("DAGR_SPIN_US");
+  EXPECT_GE(detail::background_wakes(), before + 1);
+}
+
 TEST(Async, WaitRethrowsTheBackgroundError) {
   EXPECT_THROW(run_ranks(2, [](Communicator& comm) {
     std::vector<float> v(10);

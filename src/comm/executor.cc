@@ -1,6 +1,7 @@
 #include "executor.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -76,6 +77,10 @@ Work Executor::submit(std::function<void()> task) {
 
 void Executor::run_inline(const std::function<void()>& task) {
   if (outstanding_.load(std::memory_order_acquire) != 0) {
+    // Waiting for the calls ahead is waiting for background work, as in
+    // Work::wait: counted, so that their waits spin instead of sleeping.
+    std::optional<ForegroundWait> idle;
+    if (!running_in_background()) idle.emplace();
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
   }

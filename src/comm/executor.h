@@ -20,7 +20,8 @@ struct WorkState;
 // True on an Executor's background thread.
 bool running_in_background();
 
-// Threads of this process blocked in Work::wait. While there are any, the
+// Threads of this process blocked in Work::wait (or in a blocking call
+// waiting for the async calls ahead of it). While there are any, the
 // background thread's calls are what they wait for: the cores it shares with
 // them are idle, so its waits may spin as a caller's would (shm/waiter.h).
 bool foreground_waiting();

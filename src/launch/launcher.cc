@@ -236,19 +236,39 @@ Worker start_process(const Spawn& s, int rank, int restart, Sink& out_sink, Sink
 }
 
 // Gives a spare its place (and its rank's CPUs): the assignment down its
-// standby pipe, then end of file.
-void assign(const Spawn& s, Worker& w, int rank, int restart) {
+// standby pipe, then end of file. False (errno set) when the spare could not
+// take it: it died since it was last reaped and closed its end (EPIPE, with
+// SIGPIPE held back so that it does not end the launcher).
+bool assign(const Spawn& s, Worker& w, int rank, int restart) {
   restore_priority(w.pid);
   if (!s.cpus.empty()) launch_detail::bind_process(w.pid, s.cpus[static_cast<std::size_t>(rank)]);
   kill(-w.pid, SIGCONT);  // a spare someone stopped would hold the new group up
   std::string message;
   for (const auto& [name, value] : assignment(rank, restart)) message += name + "=" + value + "\n";
+  sigset_t pipe_signal, before;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, &before);
   const bool sent = write(w.standby_fd, message.data(), message.size()) == static_cast<ssize_t>(message.size());
+  const int error = errno;
+  if (!sent && error == EPIPE && !sigismember(&before, SIGPIPE)) {
+    const timespec now{};
+    sigtimedwait(&pipe_signal, nullptr, &now);  // the SIGPIPE the write raised, held back: taken
+  }
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   close(w.standby_fd);
   w.standby_fd = -1;
-  DAGR_ENFORCE(sent, Error, "cannot hand rank ", rank, " to standby pid ", w.pid, ": ", std::strerror(errno));
+  errno = error;
+  if (!sent) return false;
   for (auto* s : {&w.out, &w.err})
     if (*s) (*s)->set_prefix(fmt::format("[{}] ", rank));
+  return true;
+}
+
+// What a process that exited still had in its output pipes, relayed.
+void relay_rest(Worker& w) {
+  for (auto* s : {&w.out, &w.err})
+    for (int i = 0; i < 1000 && *s && (*s)->open(); ++i) (*s)->drain();  // it exited: the rest is there
 }
 
 // Spares that exited while they waited (reaped by run_group) are not used: their
@@ -260,23 +280,26 @@ void drop_exited_spares(std::vector<Worker>& spares) {
       live.push_back(std::move(w));
       continue;
     }
-    for (auto* s : {&w.out, &w.err})
-      for (int i = 0; i < 1000 && *s && (*s)->open(); ++i) (*s)->drain();  // it exited: the rest is there
+    relay_rest(w);
     if (w.standby_fd >= 0) close(w.standby_fd);
   }
   spares = std::move(live);
 }
 
-// Kills the spares left at the end of the job (they have not started their
-// work: nothing is lost) and waits for them.
-void retire_spares(std::vector<Worker>& spares) {
-  for (Worker& w : spares) {
-    if (w.running) {
-      kill(-w.pid, SIGKILL);
-      waitpid(w.pid, nullptr, 0);
-    }
-    if (w.standby_fd >= 0) close(w.standby_fd);
+// Kills a spare (it has not started its work: nothing is lost) and waits for it.
+void retire_spare(Worker& w) {
+  if (w.running) {
+    kill(-w.pid, SIGKILL);
+    waitpid(w.pid, nullptr, 0);
+    w.running = false;
   }
+  if (w.standby_fd >= 0) close(w.standby_fd);
+  w.standby_fd = -1;
+}
+
+// Kills the spares left at the end of the job and waits for them.
+void retire_spares(std::vector<Worker>& spares) {
+  for (Worker& w : spares) retire_spare(w);
   spares.clear();
 }
 
@@ -345,14 +368,22 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
   drop_exited_spares(spares);
   for (int r = 0; r < o.workers; ++r) {
     if (!spares.empty()) {
-      workers.push_back(std::move(spares.back()));
+      Worker spare = std::move(spares.back());
       spares.pop_back();
-      assign(spawn, workers.back(), r, restart);
-      DAGR_LOG_INFO("job {} attempt {}: rank {} of {} is standby pid {}", job, restart, r, o.workers, workers.back().pid);
-    } else {
-      workers.push_back(start_process(spawn, r, restart, out_sink, err_sink));
-      DAGR_LOG_INFO("job {} attempt {}: rank {} of {} started as pid {}", job, restart, r, o.workers, workers.back().pid);
+      if (assign(spawn, spare, r, restart)) {
+        workers.push_back(std::move(spare));
+        DAGR_LOG_INFO("job {} attempt {}: rank {} of {} is standby pid {}", job, restart, r, o.workers,
+                      workers.back().pid);
+        pids.push_back(workers.back().pid);
+        continue;
+      }
+      DAGR_LOG_WARN("job {} attempt {}: standby pid {} cannot take rank {} ({}); starting it afresh", job, restart,
+                    spare.pid, r, std::strerror(errno));
+      retire_spare(spare);
+      relay_rest(spare);
     }
+    workers.push_back(start_process(spawn, r, restart, out_sink, err_sink));
+    DAGR_LOG_INFO("job {} attempt {}: rank {} of {} started as pid {}", job, restart, r, o.workers, workers.back().pid);
     pids.push_back(workers.back().pid);
   }
   faults.joined.clear();
@@ -426,12 +457,12 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
       for (Worker& w : spares)
         if (w.pid == pid && w.running) {  // not used again; a restart starts that rank afresh
           w.running = false;
-          // A spare ends with the job (the launcher stops it, or a terminal's or
-          // a scheduler's signal reaches the whole process group); ended on its
-          // own (killed, out of memory) it is a machine problem worth a warning.
+          // A spare ends with the job when a terminal's or a scheduler's signal
+          // reaches every process group (the launcher stops only workers'); ended
+          // on its own (killed, out of memory) it is a machine problem worth a warning.
           const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
           const std::string how = launch_detail::describe_status(status);
-          if (stopping || attempt.interrupted || sig == SIGINT || sig == SIGTERM || sig == SIGHUP)
+          if (attempt.interrupted || sig == SIGINT || sig == SIGTERM || sig == SIGHUP)
             DAGR_LOG_INFO("job {}: standby pid {} {} while it waited", job, pid, how);
           else
             DAGR_LOG_WARN("job {}: standby pid {} {} while it waited; a restart will start that rank afresh", job,

@@ -25,13 +25,19 @@ HookWork HookWork::when_waited(std::function<HookWork()> start) {
 }
 
 void HookWork::wait() {
+  if (error_) std::rethrow_exception(error_);
   deferred_ = false;
-  work_.wait();
-  while (then_) {
-    HookWork next = std::exchange(then_, nullptr)();
-    work_ = std::move(next.work_);
-    then_ = std::move(next.then_);
+  try {
     work_.wait();
+    while (then_) {
+      HookWork next = std::exchange(then_, nullptr)();
+      work_ = std::move(next.work_);
+      then_ = std::move(next.then_);
+      work_.wait();
+    }
+  } catch (...) {
+    error_ = std::current_exception();
+    throw;
   }
 }
 

@@ -368,7 +368,9 @@ const std::string* intern(const std::string& name) {
 // at the start and end of run(); it bounds no earlier bucket, since its first
 // Work may be one that never went through the communication thread. A
 // deferred bucket (its collectives run in the training thread's wait at the
-// step's end) is issued when run() returns and ends with the step. A step
+// step's end) is issued when run() returns and ends with the step; buckets
+// after it (DDP's tail-only bucket) ran before it, and are drawn after it, at
+// the step's end. A step
 // that never ends (its backward raised) is written as it stands when the next
 // step's first bucket comes.
 struct DdpTrace::Watcher {
@@ -462,7 +464,8 @@ struct DdpTrace::Watcher {
     std::vector<std::int64_t> end(open.size());
     std::int64_t bound = step_end_ns;
     for (std::size_t k = open.size(); k-- > 0;) {
-      end[k] = std::min(bound, open[k].seen_ns);
+      // A deferred bucket ran in the step's final wait, after any later bucket: no bound from them.
+      end[k] = open[k].seen_ns == kWithTheStep ? step_end_ns : std::min(bound, open[k].seen_ns);
       if (open[k].watched) bound = end[k];
     }
     std::int64_t previous_end = std::numeric_limits<std::int64_t>::min();

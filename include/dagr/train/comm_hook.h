@@ -14,7 +14,8 @@
 // values that are equal on every rank, never on this rank's gradients alone.
 // run() and the continuations of a HookWork run on the thread that runs
 // backward; they may start collectives on `comm` (issued in order: first every
-// bucket's run(), then each bucket's continuations, bucket by bucket).
+// bucket's run(), then each bucket's continuations, bucket by bucket; a bucket
+// returned as HookWork::when_waited starts its collectives in its turn there).
 //
 // Built in: allreduce_hook() (the default: one allreduce, ReduceOp::avg),
 // fp16_compress_hook() and bf16_compress_hook() (cast, allreduce in 16 bits
@@ -25,6 +26,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -42,7 +44,7 @@ namespace dagr {
 struct GradBucket {
   std::size_t index = 0;       // its place in DDP's bucket order (changes once, when the buckets are rebuilt)
   bool last = false;           // the step's last bucket: a hook that counts steps counts them here;
-                               // DDP waits for it right after run() (see HookWork::when_waited)
+                               // DDP waits for it as soon as backward ends (see HookWork::when_waited)
   // One dtype, contiguous, 1-D: where the average must end up. It starts with
   // the gradients; for a hook with plain_average() or carries_check() it may
   // hold `check` more elements after them (DDP's per-step check), to be
@@ -66,6 +68,12 @@ struct GradBucket {
 class HookWork {
  public:
   HookWork() = default;  // already complete
+  // Moved, not copied: two copies waited for would run its continuations,
+  // and so start their collectives, twice on this rank only.
+  HookWork(HookWork&&) = default;
+  HookWork& operator=(HookWork&&) = default;
+  HookWork(const HookWork&) = delete;
+  HookWork& operator=(const HookWork&) = delete;
   explicit HookWork(Work work) : work_(std::move(work)) {}
   HookWork(Work work, std::function<HookWork()> then) : work_(std::move(work)), then_(std::move(then)) {}
   // Nothing started yet: wait() calls `start` on the waiting thread, then
@@ -75,6 +83,8 @@ class HookWork {
   // communication thread would have nothing left to overlap with and would
   // only add two thread switches to the step (about 80 µs on a 2-core VM).
   static HookWork when_waited(std::function<HookWork()> start);
+  // Runs the chain to its end; the first error is rethrown, by this wait and
+  // by every later one.
   void wait();
   // The collective it waits on first. Waiting on that runs no continuation, so
   // another thread may (the timeline's watcher notes when it completes).
@@ -87,6 +97,7 @@ class HookWork {
   Work work_;
   std::function<HookWork()> then_;
   bool deferred_ = false;
+  std::exception_ptr error_;  // what a wait() raised
 };
 
 class CommHook {
