@@ -65,7 +65,9 @@ struct Outcome {
 
 // Runs `steps` SGD steps on 2 ranks; `plan(rank, step)` says what that rank does:
 // 0 a normal step, 1 a step whose backward throws, 2 an extra backward under
-// no_sync before the step's own. With rank0_steps >= 0, rank 0 runs that many
+// no_sync before the step's own, 3 a step whose backward throws after every
+// parameter's gradient is in (in the input's gradient: the last bucket is
+// ready by then). With rank0_steps >= 0, rank 0 runs that many
 // steps instead and both ranks call join() after their last.
 std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan, int rank0_steps = -1) {
   std::vector<Outcome> outcomes(2);
@@ -85,7 +87,9 @@ std::vector<Outcome> train(int steps, const std::function<int(int, int)>& plan, 
             auto guard = ddp.no_sync();
             net->forward(batch_of(comm.rank(), step), false).pow(2).mean().backward();
           }
-          const auto loss = net->forward(batch_of(comm.rank(), step), what == 1).pow(2).mean();
+          torch::Tensor input = batch_of(comm.rank(), step);
+          if (what == 3) input = ThrowInBackward::apply(input.requires_grad_(), true);
+          const auto loss = net->forward(input, what == 1).pow(2).mean();
           try {
             loss.backward();
             optimizer.step();
@@ -112,6 +116,20 @@ TEST(DdpRecovery, AThrowInOneRanksBackwardSkipsTheStepEverywhereAndTrainingGoesO
         EXPECT_EQ(s, "ok") << "rank " << rank << " step " << step;
       }
     }
+  EXPECT_TRUE(contains(out[1].steps[2], "planted failure")) << out[1].steps[2];
+  EXPECT_TRUE(contains(out[0].steps[2], "another rank failed")) << out[0].steps[2];
+  ASSERT_TRUE(out[0].parameters.defined() && out[1].parameters.defined());
+  EXPECT_TRUE(torch::equal(out[0].parameters, out[1].parameters))
+      << "largest difference " << (out[0].parameters - out[1].parameters).abs().max().item<float>();
+}
+
+// The same when the throw comes after every parameter's gradient (the last
+// bucket ready): the step's "finished" must not have gone out to the others.
+TEST(DdpRecovery, AThrowAfterEveryGradientSkipsTheStepEverywhere) {
+  const auto out = train(5, [](int rank, int step) { return rank == 1 && step == 2 ? 3 : 0; });
+  for (int rank = 0; rank < 2; ++rank)
+    for (int step = 0; step < 5; ++step)
+      if (step != 2) EXPECT_EQ(out[static_cast<std::size_t>(rank)].steps[static_cast<std::size_t>(step)], "ok");
   EXPECT_TRUE(contains(out[1].steps[2], "planted failure")) << out[1].steps[2];
   EXPECT_TRUE(contains(out[0].steps[2], "another rank failed")) << out[0].steps[2];
   ASSERT_TRUE(out[0].parameters.defined() && out[1].parameters.defined());

@@ -245,8 +245,13 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   // Starts, in order, every bucket whose gradients are all in. A bucket counts
   // as overlapped when it starts while some parameter's gradient is still to
   // come (backward has work left to hide it behind); the last one never does.
+  // The last bucket carries the step's "finished" flag, so it starts only at
+  // the end of backward (`final`, from finish_backward): the rest of backward
+  // (an input's gradient, a user's hook) may still raise, and abandon() then
+  // sends "gave up" in it instead. DDP waits for it at once either way.
   void start_ready_buckets(bool final) {
     while (next_bucket < buckets.size() && buckets[next_bucket].pending == 0) {
+      if (next_bucket + 1 == buckets.size() && !final) return;
       const std::size_t k = next_bucket++;
       Bucket& b = buckets[k];
       if (next_bucket == buckets.size()) write_tail(b.flat, /*finished=*/true);
