@@ -6,8 +6,9 @@
 //   loss.backward();   // every bucket went through the hook
 //
 // DDP calls hook.run(comm, bucket) for each bucket as it becomes ready, in
-// bucket order on every rank (while backward goes on), and at the end of
-// backward waits for every returned HookWork in the same order: after wait()
+// bucket order on every rank (while backward goes on; the last bucket, which
+// carries DDP's "step finished" check, at the end of backward), and then
+// waits for every returned HookWork in the same order: after wait()
 // the bucket's buffer must hold the average of the ranks' gradients (or what
 // the hook makes of it). Every rank must issue the same collectives in the same
 // order: a hook's collectives may depend on the bucket, its own state and
