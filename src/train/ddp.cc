@@ -11,6 +11,7 @@
 #include "dagr/torch/compat.h"
 #include "dagr/torch/shared_tensor.h"
 #include "dagr/torch/tensor.h"
+#include "dagr/train/gradient_home.h"
 #include "dagr/train/timeline.h"
 
 namespace dagr {
@@ -163,6 +164,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
         if (grad.defined()) view.copy_(grad);
         grad = view;
         views[i] = view;
+        if (comm.size() > 1) set_gradient_home(params[i], view);  // a layer may write the gradient there itself
       }
     }
     buckets = std::move(made);
@@ -171,17 +173,27 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   }
 
   // The gradient must live in the bucket. It does unless the optimizer reset it
-  // (set_to_none) and autograd made a fresh tensor: then move it in.
+  // (set_to_none) and autograd made a fresh tensor: then move it in. A layer
+  // that wrote it into its home (gradient_home.h) left it there already.
   void adopt_gradient(std::size_t i) {
     torch::Tensor& grad = params[i].mutable_grad();
     if (grad.defined() && grad.data_ptr() == views[i].data_ptr()) return;
-    if (grad.defined()) views[i].copy_(grad);
-    else views[i].zero_();
+    if (grad.defined()) {
+      views[i].copy_(grad);
+      ++stats.gradients_copied;
+    } else {
+      views[i].zero_();
+    }
     grad = views[i];
+  }
+
+  void release_gradient_homes() {
+    for (const torch::Tensor& p : params) release_gradient_home(p);
   }
 
   void on_gradient_ready(std::size_t i) {
     if (!active || comm.size() == 1) return;  // a group of one has nothing to average
+    release_gradient_home(params[i]);  // its gradient is in: the next backward may write the home again
     if (!in_backward) {
       DAGR_ENFORCE(broken.empty(), Error, "DDP: cannot reduce gradients any more: ", broken);
       in_backward = true;
@@ -320,6 +332,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
   void abandon(std::int64_t of_generation) noexcept {
     if (!in_backward || of_generation != generation) return;
     in_backward = false;
+    release_gradient_homes();  // a layer may have claimed one for a gradient autograd never accumulated
     if (no_sync_depth > 0 || !broken.empty()) return;
     try {
       for (std::size_t k = next_bucket; k < buckets.size(); ++k) {
@@ -527,7 +540,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
   }
 }
 
-DistributedDataParallel::~DistributedDataParallel() { state_->active = false; }
+DistributedDataParallel::~DistributedDataParallel() {
+  state_->active = false;
+  for (std::size_t i = 0; i < state_->params.size(); ++i) clear_gradient_home(state_->params[i], state_->views[i]);
+}
 
 void DistributedDataParallel::join() { state_->join(*module_); }
 

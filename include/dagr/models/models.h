@@ -13,6 +13,8 @@ namespace dagr::models {
 //   (the pipeline benchmarks' model: depth hidden layers, depth + 1 Linear layers to cut into stages;
 //   the other models ignore depth)
 // InputError for any other name, a hidden size or depth below 1.
+// Their Linear layers are dagr::nn::Linear (linear.h): torch's layer, whose
+// gradients DDP need not copy into its buckets.
 constexpr int kDefaultDepth = 8;
 torch::nn::Sequential make_model(const std::string& name, int hidden = 256, int depth = kDefaultDepth);
 

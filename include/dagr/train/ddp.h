@@ -7,7 +7,10 @@
 //
 // At construction the parameters and buffers of rank 0 are broadcast. Every
 // parameter's gradient lives in a slice of a flat bucket ("bucket view": the
-// optimizer reads the bucket, no copy back); a tensor registered under several
+// optimizer reads the bucket, no copy back). A gradient autograd makes in a
+// fresh tensor is copied into its slice when it is ready; dagr::nn::Linear
+// writes its gradients straight into theirs (gradient_home.h), so a model of
+// those layers copies none (stats().gradients_copied). A tensor registered under several
 // names (tied weights) is one parameter, as in PyTorch. Parameters may be float32,
 // float64, float16 or bfloat16; a bucket holds one dtype. Buckets are filled
 // in reverse order of registration (roughly the order backward produces
@@ -77,6 +80,9 @@ struct DdpStats {
   std::int64_t steps = 0;
   std::int64_t buckets_overlapped = 0;  // started while some parameter's gradient was still to come
   double wait_seconds = 0;              // backward blocked on communication (the last bucket, and waits)
+  // Gradients autograd made in fresh tensors, which DDP then copied into their
+  // buckets; a layer that writes into the bucket itself (dagr::nn::Linear) adds none.
+  std::int64_t gradients_copied = 0;
 };
 
 class DistributedDataParallel {

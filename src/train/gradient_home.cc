@@ -1,0 +1,60 @@
+#include "dagr/train/gradient_home.h"
+
+#include <mutex>
+#include <unordered_map>
+
+#include "dagr/error.h"
+
+namespace dagr {
+namespace {
+
+struct Home {
+  torch::Tensor home;
+  bool claimed = false;
+};
+
+std::mutex mutex;
+std::unordered_map<const c10::TensorImpl*, Home>& homes() {
+  static auto* map = new std::unordered_map<const c10::TensorImpl*, Home>();  // outlives every static model
+  return *map;
+}
+
+}  // namespace
+
+void set_gradient_home(const torch::Tensor& param, const torch::Tensor& home) {
+  DAGR_ENFORCE(home.sizes() == param.sizes() && home.scalar_type() == param.scalar_type() && home.is_contiguous(),
+               InputError, "gradient home: needs a contiguous ", param.scalar_type(), " tensor of shape ",
+               param.sizes(), ", not ", home.scalar_type(), " ", home.sizes());
+  std::lock_guard lock(mutex);
+  homes()[param.unsafeGetTensorImpl()] = Home{home, false};
+}
+
+void clear_gradient_home(const torch::Tensor& param, const torch::Tensor& home) {
+  std::lock_guard lock(mutex);
+  auto it = homes().find(param.unsafeGetTensorImpl());
+  if (it != homes().end() && it->second.home.data_ptr() == home.data_ptr()) homes().erase(it);
+}
+
+torch::Tensor claim_gradient_home(const torch::Tensor& param) {
+  if (param.grad().defined()) return {};
+  std::lock_guard lock(mutex);
+  auto it = homes().find(param.unsafeGetTensorImpl());
+  if (it == homes().end() || it->second.claimed) return {};
+  it->second.claimed = true;
+  const torch::Tensor& h = it->second.home;
+  // A tensor of its own over the home's memory (not an autograd view).
+  return torch::empty({0}, h.options()).set_(h.storage(), h.storage_offset(), h.sizes(), h.strides());
+}
+
+void release_gradient_home(const torch::Tensor& param) {
+  std::lock_guard lock(mutex);
+  auto it = homes().find(param.unsafeGetTensorImpl());
+  if (it != homes().end()) it->second.claimed = false;
+}
+
+bool has_gradient_home(const torch::Tensor& param) {
+  std::lock_guard lock(mutex);
+  return homes().count(param.unsafeGetTensorImpl()) != 0;
+}
+
+}  // namespace dagr
