@@ -5,6 +5,9 @@
 // same bits as over torch's layers.
 #include <gtest/gtest.h>
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <mutex>
 
 #include "dagr/error.h"
@@ -170,6 +173,76 @@ TEST(Linear, AWeightUsedTwiceInOneForwardGetsTheSumOfItsGradients) {
   EXPECT_TRUE(torch::allclose(p.homed->bias.grad(), p.plain->bias.grad(), 1e-5, 1e-6));
   clear_gradient_home(p.homed->weight, w_home);
   clear_gradient_home(p.homed->bias, b_home);
+}
+
+// Where autograd would not adopt the gradient as .grad unchanged, no home is
+// written: a hook that keeps the gradient it sees, autograd::grad (which hands
+// its results to the caller), create_graph (a second-order graph over the
+// products), autocast (casts autograd must record). Each gives torch's results.
+TEST(Linear, NoHomeWhereAutogradWouldNotAdoptTheGradientAsItIs) {
+  Pair p(6, 4, true);
+  Homes homes(*p.homed);
+  torch::manual_seed(6);
+  const auto x = torch::randn({3, 6});
+  loss_of(p.plain(x)).backward();
+  const auto expected = p.plain->weight.grad().clone();
+  const auto& w = p.homed->weight;
+  const auto w_home = homes.homes[0].second;
+
+  {  // a hook that keeps what it sees
+    torch::Tensor kept;
+    const auto handle = w.register_hook([&](const torch::Tensor& g) { kept = g; });
+    homes.reset();
+    loss_of(p.homed(x)).backward();
+    EXPECT_NE(kept.data_ptr(), w_home.data_ptr());
+    EXPECT_TRUE(torch::equal(kept, expected));
+    w.remove_hook(handle);
+    torch::autograd::impl::clear_hooks(w);  // a removed hook leaves its slot behind
+  }
+  {  // autograd::grad with respect to the parameters
+    homes.reset();
+    const auto g = torch::autograd::grad({loss_of(p.homed(x))}, {w})[0];
+    EXPECT_NE(g.data_ptr(), w_home.data_ptr());
+    EXPECT_TRUE(torch::equal(g, expected));
+    EXPECT_FALSE(w.grad().defined());
+    loss_of(p.homed(x)).backward();  // the home was not left claimed
+    EXPECT_EQ(w.grad().data_ptr(), w_home.data_ptr());
+  }
+  {  // create_graph: the gradient's own graph, and a second derivative through it
+    homes.reset();
+    const auto xg = x.clone().requires_grad_();
+    const auto yg = p.homed(xg);
+    const auto gx = torch::autograd::grad({loss_of(yg)}, {xg}, {}, true, /*create_graph=*/true)[0];
+    gx.square().sum().backward();
+    const auto xr = x.clone().requires_grad_();
+    const auto gr = torch::autograd::grad({loss_of(p.plain(xr))}, {xr}, {}, true, true)[0];
+    p.plain->zero_grad();
+    gr.square().sum().backward();
+    EXPECT_TRUE(torch::allclose(w.grad(), p.plain->weight.grad(), 1e-5, 1e-6));
+
+    homes.reset();
+    loss_of(p.homed(x)).backward({}, /*retain_graph=*/false, /*create_graph=*/true);
+    EXPECT_NE(w.grad().data_ptr(), w_home.data_ptr());
+    EXPECT_TRUE(torch::equal(w.grad().detach(), expected));
+  }
+  {  // autocast: torch's linear, whose casts autograd records
+    homes.reset();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+#else
+    at::autocast::set_cpu_enabled(true);
+#endif
+    const auto y = p.homed(x);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+#else
+    at::autocast::set_cpu_enabled(false);
+#endif
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    loss_of(y.to(torch::kFloat32)).backward();
+    EXPECT_EQ(w.grad().scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::allclose(w.grad(), expected, 0.05, 0.05));
+  }
 }
 
 // The built-in MLP (dagr::nn::Linear) against the same MLP of torch's Linear,

@@ -1,5 +1,6 @@
 #include "dagr/models/linear.h"
 
+#include "dagr/torch/compat.h"
 #include "dagr/train/gradient_home.h"
 
 namespace dagr::nn {
@@ -12,7 +13,9 @@ using torch::autograd::variable_list;
 // Wᵀ); backward asks for each parameter's gradient home and, given one,
 // writes the product into it (mm_out / sum_out) instead of a fresh tensor.
 // The products are the ones autograd runs for torch's layer (∂W = ∂yᵀ·x, in
-// this order), so the gradients are the same bits.
+// this order; ∂x = ∂y·W for a row-major input), so those gradients are the
+// same bits. Under create_graph (grad mode on in backward) the products are
+// recorded as usual and no home is claimed.
 struct LinearFunction : torch::autograd::Function<LinearFunction> {
   // bias: none, or the layer's (autograd counts an undefined tensor as an input)
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& weight,
@@ -45,12 +48,14 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
 }  // namespace
 
 torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
-  // Without a home to write into (no DDP, or a group of one) or a graph to
-  // record, torch's own linear: the same results, autograd's own nodes.
+  // Without a home to write into (no DDP, or a group of one), a graph to
+  // record, or under autocast (whose casts autograd must record, and the
+  // function would not), torch's own linear: autograd's own nodes.
   const bool records = torch::GradMode::is_enabled() &&
                        (input.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
   const bool homed = has_gradient_home(weight) || (bias.defined() && has_gradient_home(bias));
-  if (!records || !homed || input.dim() == 0) return torch::nn::functional::linear(input, weight, bias);
+  if (!records || !homed || input.dim() == 0 || torch_compat::cpu_autocast_enabled())
+    return torch::nn::functional::linear(input, weight, bias);
   const auto b = bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
   if (input.dim() == 2) return LinearFunction::apply(input, weight, b);
   auto out_shape = input.sizes().vec();

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "dagr/error.h"
+#include "dagr/torch/compat.h"
 
 namespace dagr {
 namespace {
@@ -36,7 +37,13 @@ void clear_gradient_home(const torch::Tensor& param, const torch::Tensor& home) 
 }
 
 torch::Tensor claim_gradient_home(const torch::Tensor& param) {
-  if (param.grad().defined()) return {};
+  // Only where autograd would adopt the returned tensor as .grad as it is:
+  // nothing there yet, no hook that sees (and may keep) it first, no graph
+  // built of it (create_graph), and a plain backward (autograd::grad would
+  // hand the home itself to the caller).
+  if (param.grad().defined() || torch::GradMode::is_enabled() || !torch_compat::backward_accumulates_all() ||
+      torch_compat::has_tensor_hooks(param))
+    return {};
   std::lock_guard lock(mutex);
   auto it = homes().find(param.unsafeGetTensorImpl());
   if (it == homes().end() || it->second.claimed) return {};

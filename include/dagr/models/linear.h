@@ -7,10 +7,14 @@
 // A drop-in: it is a torch::nn::LinearImpl (same options, parameters, names,
 // initialisation and printout; module->as<torch::nn::Linear>() finds it), and
 // computes what torch's does with the same matrix products: y = x·Wᵀ + b,
-// ∂W = ∂yᵀ·x, ∂b = Σ ∂y over the rows, ∂x = ∂y·W. Inputs of any rank ≥ 1
-// (the last dimension is the features). Where neither parameter has a home
-// (no DDP, or a group of one) or under no_grad it runs torch's own linear; a
-// parameter that already holds a gradient gets autograd's usual sum.
+// ∂W = ∂yᵀ·x, ∂b = Σ ∂y over the rows, ∂x = ∂y·W (the same bits for 2-D
+// row-major inputs). Inputs of any rank ≥ 1 (the last dimension is the
+// features). Where neither parameter has a home (no DDP, or a group of one),
+// under no_grad or under autocast it runs torch's own linear. A gradient goes
+// into its home only where autograd would adopt it as .grad unchanged
+// (gradient_home.h): a parameter that already holds a gradient, has a hook, or
+// a backward with create_graph or through autograd::grad gets autograd's usual
+// tensors, and DDP copies as for any layer.
 #pragma once
 
 #include <torch/torch.h>

@@ -66,4 +66,18 @@ std::shared_ptr<void> on_gradient_accumulated(const torch::Tensor& param, std::f
 // engine callback queue); only valid while a backward pass runs.
 void at_end_of_backward(std::function<void()> callback);
 
+// Inside a backward pass: whether it runs for every leaf's .grad, as a plain
+// backward() does (not autograd::grad, nor backward(inputs=...), which compute
+// only what their inputs need, and grad() returns the tensors instead of
+// accumulating them). The current graph task's execution map is then empty.
+bool backward_accumulates_all();
+
+// Whether `t` has hooks registered on it (Tensor::register_hook), which see,
+// and may keep, its gradient before it is accumulated.
+bool has_tensor_hooks(const torch::Tensor& t);
+
+// Whether CPU autocast is on (at::autocast::is_cpu_enabled in 1.13, deprecated
+// for is_autocast_enabled(kCPU) in 2.4).
+bool cpu_autocast_enabled();
+
 }  // namespace dagr::torch_compat

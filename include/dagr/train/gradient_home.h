@@ -11,13 +11,16 @@
 // The protocol, for a layer's backward that produces param's gradient:
 //   torch::Tensor home = claim_gradient_home(param);   // undefined: none to use
 //   if (home.defined()) at::mm_out(home, ...); else grad = at::mm(...);
-// and return `home` (or grad) as the gradient. A home is handed out only while
-// the parameter holds no gradient (autograd will take the returned tensor as
-// the gradient, not add it to an older one) and only once until the owner
-// releases it after the gradient was accumulated: a weight used twice in one
-// forward gets its home in one backward call and a fresh tensor in the other,
-// which autograd adds. Each claim returns a new tensor sharing the home's
-// memory, so autograd owns it alone and adopts it as the gradient.
+// and return `home` (or grad) as the gradient. A home is handed out only where
+// autograd will adopt the returned tensor as .grad as it is: the parameter
+// holds no gradient (none to add it to) and has no register_hook hook (which
+// sees, and may keep, it first), the backward builds no graph (create_graph)
+// and is a plain backward() (autograd::grad would hand the home itself to its
+// caller). And only once until the owner releases it after the gradient was
+// accumulated: a weight used twice in one forward gets its home in one backward
+// call and a fresh tensor in the other, which autograd adds. Each claim returns
+// a new tensor sharing the home's memory, so autograd holds the only reference
+// and adopts it without a copy.
 //
 // The owner (DDP) sets homes, releases each after the parameter's gradient was
 // accumulated (or the backward was given up), and clears them when it goes.
@@ -33,8 +36,7 @@ namespace dagr {
 void set_gradient_home(const torch::Tensor& param, const torch::Tensor& home);
 // Forgets param's home if it is still `home` (a later owner's stays).
 void clear_gradient_home(const torch::Tensor& param, const torch::Tensor& home);
-// param's home, claimed, if it has one, holds no gradient and its home is not
-// claimed; else an undefined tensor.
+// param's home, claimed, where the above allows; else an undefined tensor.
 torch::Tensor claim_gradient_home(const torch::Tensor& param);
 // Makes param's home available again (no-op without a home).
 void release_gradient_home(const torch::Tensor& param);
