@@ -154,11 +154,7 @@ struct DistributedDataParallel::State : std::enable_shared_from_this<Distributed
       std::int64_t offset = 0;
       for (std::size_t i : made[k].members) {
         bucket_of[i] = k;
-        // Shares the bucket's storage without being an autograd view (which
-        // optimizers could not detach_ in zero_grad).
-        torch::Tensor view = torch::empty({0}, made[k].flat.options())
-                                 .set_(made[k].flat.storage(), offset, params[i].sizes(),
-                                       params[i].contiguous().strides());
+        torch::Tensor view = gradient_over(made[k].flat, offset, params[i].sizes());
         offset += params[i].numel();
         torch::Tensor& grad = params[i].mutable_grad();
         if (grad.defined()) view.copy_(grad);

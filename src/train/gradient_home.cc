@@ -1,5 +1,7 @@
 #include "dagr/train/gradient_home.h"
 
+#include <c10/util/strides.h>
+
 #include <mutex>
 #include <unordered_map>
 
@@ -49,8 +51,7 @@ torch::Tensor claim_gradient_home(const torch::Tensor& param) {
   if (it == homes().end() || it->second.claimed) return {};
   it->second.claimed = true;
   const torch::Tensor& h = it->second.home;
-  // A tensor of its own over the home's memory (not an autograd view).
-  return torch::empty({0}, h.options()).set_(h.storage(), h.storage_offset(), h.sizes(), h.strides());
+  return gradient_over(h, h.storage_offset(), h.sizes());
 }
 
 void release_gradient_home(const torch::Tensor& param) {
@@ -62,6 +63,10 @@ void release_gradient_home(const torch::Tensor& param) {
 bool has_gradient_home(const torch::Tensor& param) {
   std::lock_guard lock(mutex);
   return homes().count(param.unsafeGetTensorImpl()) != 0;
+}
+
+torch::Tensor gradient_over(const torch::Tensor& memory, std::int64_t offset, at::IntArrayRef sizes) {
+  return torch::empty({0}, memory.options()).set_(memory.storage(), offset, sizes, c10::contiguous_strides(sizes));
 }
 
 }  // namespace dagr

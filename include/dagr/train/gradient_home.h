@@ -43,4 +43,10 @@ void release_gradient_home(const torch::Tensor& param);
 // Whether param has a home (claimed or not).
 bool has_gradient_home(const torch::Tensor& param);
 
+// A contiguous tensor of `sizes` over `memory`'s storage from element `offset`,
+// of its own: not an autograd view (libtorch 1.13's zero_grad cannot detach_
+// one) and referenced by nobody else (autograd adopts it as .grad as it is).
+// What DDP points .grad at, and what a claim returns.
+torch::Tensor gradient_over(const torch::Tensor& memory, std::int64_t offset, at::IntArrayRef sizes);
+
 }  // namespace dagr
