@@ -124,6 +124,39 @@ TEST(CommHook, PowerSgdAtFullRankIsTheExactAverage) {
   });
 }
 
+// One hook and one bucket index, given buckets of another layout and other
+// memory from step to step (as DDP's rebuilt buckets and a given-up step's
+// stand-in zeros are): each step must be laid out for the bucket it gets. At
+// full rank each result is the exact average. Steps alternate between the
+// last bucket's path (collectives in the wait) and the others'.
+TEST(CommHook, PowerSgdFollowsABucketWhoseLayoutChanges) {
+  constexpr int kWorld = 2;
+  run_ranks(kWorld, [](Communicator& comm) {
+    auto hook = powersgd_hook({.rank = 6, .start_iter = 0, .min_compression_rate = 0});
+    const std::vector<std::vector<std::vector<std::int64_t>>> layouts = {{{4, 3}, {5}}, {{2, 6}, {3, 3}, {1}}};
+    for (int step = 0; step < 6; ++step) {
+      const auto& shapes = layouts[static_cast<std::size_t>(step % 2)];
+      GradBucket bucket;
+      bucket.last = step % 3 != 1;
+      bucket.shapes = shapes;
+      std::vector<torch::Tensor> mine, average;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        const int which = 10 * (step % 2) + static_cast<int>(i);  // the two layouts' parameters differ
+        bucket.parameters.push_back(static_cast<std::size_t>(which));
+        mine.push_back(rank_gradient(comm.rank() + step, which, shapes[i]).reshape({-1}));
+        torch::Tensor sum = torch::zeros_like(mine.back());
+        for (int r = 0; r < kWorld; ++r) sum += rank_gradient(r + step, which, shapes[i]).reshape({-1});
+        average.push_back(sum / kWorld);
+      }
+      bucket.buffer = torch::cat(mine);  // new memory every step
+      hook->run(comm, bucket).wait();
+      const torch::Tensor expected = torch::cat(average);
+      EXPECT_TRUE(torch::allclose(bucket.buffer, expected, 1e-4, 1e-5))
+          << "step " << step << " max diff " << (bucket.buffer - expected).abs().max().item<double>();
+    }
+  });
+}
+
 // Constant gradients C_r through rank-1 PowerSGD for K steps. With error
 // feedback what each step leaves out comes back later: the K approximations
 // plus the ranks' average error are exactly K times the average gradient, so
@@ -470,8 +503,9 @@ TEST(CommHook, TheLastBucketStartsInTheWait) {
         HookWork w1 = hook->run(comm, b1);
         EXPECT_FALSE(w0.deferred());
         EXPECT_EQ(w1.deferred(), deferred == 1);
-        if (deferred)
+        if (deferred) {
           EXPECT_TRUE(torch::equal(second, rank_gradient(comm.rank(), 1, {48}))) << "changed before wait()";
+        }
         w0.wait();
         w1.wait();
         EXPECT_FALSE(w1.deferred());
