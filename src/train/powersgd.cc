@@ -155,6 +155,7 @@ std::shared_ptr<Layout> lay_out(const GradBucket& bucket, const PowerSgdOptions&
     }
     offset += numel;
   }
+  if (l->matrices.empty()) return l;  // the bucket goes to the uncompressed hook whole: no buffers
   l->sent_first = torch::empty({l->plain_size + l->check + l->p_size}, options);
   l->p_all = l->sent_first.narrow(0, l->plain_size + l->check, l->p_size);
   l->q_all = torch::empty({l->q_size}, options);
@@ -245,6 +246,7 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
 
   // The bucket's layout: kept from its last step, unless that step is still
   // in flight (a continuation holds it) or the bucket changed.
+  DAGR_ENFORCE(bucket.buffer.is_contiguous(), InputError, "PowerSGD: the bucket's buffer must be contiguous");
   std::shared_ptr<Layout>& kept = s.layouts[bucket.index];
   if (!kept || kept.use_count() > 1 || !kept->fits(bucket)) kept = lay_out(bucket, o, s.error);
   auto job = std::make_shared<Job>(Job{kept, bucket.buffer, comm.size()});
