@@ -4,8 +4,11 @@
 # batch 64 per worker, one compute thread per worker) with 2 workers (each
 # bound to a core, dagr train's default, and unbound: --no-bind) and with 1,
 # and the single-process libtorch anchor (../shared/anchors/libtorch_single.sh,
-# the same models in plain libtorch), RUNS times interleaved. Prints the
-# medians in samples/s and the ratios to the anchor.
+# the same models in plain libtorch), RUNS times interleaved; and two anchors
+# at once, one on each core (their samples/s added up): what this machine's
+# two cores give two independent processes, against which dagr's 2 workers are
+# also set (on a shared host the second core is not always a whole core).
+# Prints the medians in samples/s and the ratios to the anchor.
 # Usage: scripts/perf_train.sh [RUNS=3] [DAGR=build/dagr] [ANCHORS=../shared/anchors]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +36,19 @@ for i in $(seq "$runs"); do
   train cnn_1w --workers 1 --model cnn --max-steps 220
   "$anchors/libtorch_single.sh" 1 > "$out/libtorch.log" 2>&1
   sed -n '/=== SUMMARY/,$ s/^libtorch_\(mlp\|cnn\)_sps \([0-9.e+]*\).*/libtorch_\1 \2/p' "$out/libtorch.log" >> "$out/values"
+  taskset -c 0 "$anchors/libtorch_single.sh" 1 > "$out/pair0.log" 2>&1 &
+  taskset -c 1 "$anchors/libtorch_single.sh" 1 > "$out/pair1.log" 2>&1
+  wait
+  for log in "$out/pair0.log" "$out/pair1.log"; do
+    sed -n '/=== SUMMARY/,$ s/^libtorch_\(mlp\|cnn\)_sps \([0-9.e+]*\).*/\1 \2/p' "$log"
+  done | awk '{ s[$1] += $2; n[$1]++ } END { for (m in s) if (n[m] == 2) print "pair_" m, s[m] }' >> "$out/values"
 done
 sort -k1,1 -k2,2g "$out/values" | awk '
   function flush() { if (name != "") M[name] = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
   $1 != name { flush(); name = $1; n = 0 } { v[++n] = $2; all[$1] = all[$1] " " int($2) } END { flush()
     split("mlp cnn", models, " ")
     for (k = 1; k <= 2; k++) { x = models[k]; a = M["libtorch_" x]
-      printf "%s: libtorch 1 process %.0f; dagr 1 worker %.0f (%.2fx); dagr 2 workers %.0f (%.2fx), unbound %.0f (%.2fx)   runs: 2w%s / unbound%s / anchor%s\n",
-        x, a, M[x "_1w"], M[x "_1w"] / a, M[x "_2w"], M[x "_2w"] / a, M[x "_2wu"], M[x "_2wu"] / a, all[x "_2w"],
-        all[x "_2wu"], all["libtorch_" x] } }'
+      printf "%s: libtorch 1 process %.0f; dagr 1 worker %.0f (%.2fx); dagr 2 workers %.0f (%.2fx), unbound %.0f (%.2fx); 2 libtorch processes at once %.0f (%.2fx), dagr 2 workers %.2f of it   runs: 2w%s / unbound%s / anchor%s / 2 anchors%s\n",
+        x, a, M[x "_1w"], M[x "_1w"] / a, M[x "_2w"], M[x "_2w"] / a, M[x "_2wu"], M[x "_2wu"] / a, M["pair_" x],
+        M["pair_" x] / a, M[x "_2w"] / M["pair_" x], all[x "_2w"], all[x "_2wu"], all["libtorch_" x], all["pair_" x] } }'
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg); BLAS: $("$dagr" --version | sed -n 's/.*, \(OpenBLAS.*kernels\).*/\1/p')"
