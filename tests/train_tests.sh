@@ -28,6 +28,13 @@ expect "every evaluation has an accuracy above 0.5" \
   test "$(grep -c '"step":.*"test_accuracy":0\.[5-9]' "$tmp/short/metrics.jsonl")" -eq 4
 expect "the lines' seconds increase" awk -F'"seconds":' 'NF > 1 { split($2, v, /[,}]/); if (v[1] + 0 <= last) exit 1; last = v[1] + 0 }' \
   "$tmp/short/metrics.jsonl"
+# Each rank's wait for the averages, gathered: the summary line names the
+# rank that waits least and the one that waits most, and the metrics' summary
+# holds one wait per rank.
+expect "the summary gives the waits over the ranks" \
+  grep -qE '^Blocked on gradient communication per step: [0-9.]+ ms \(rank [01]\) to [0-9.]+ ms \(rank [01]\) over 2 ranks;' "$tmp/out"
+expect "the metrics' summary has one wait per rank" \
+  grep -qE '"comm_wait_ms_by_rank":\[[0-9.e-]+,[0-9.e-]+\]' "$tmp/short/metrics.jsonl"
 expect "every epoch line has its samples/s" test "$(grep -c '"epoch":.*"samples_per_second":[1-9]' "$tmp/short/metrics.jsonl")" -eq 3
 expect "the progress shows the evaluations" test "$(grep -c '^Step [0-9]*: test accuracy 0\.[0-9]* (' "$tmp/out")" -eq 4
 # Stopped at step 250 and resumed from the checkpoint of step 200: every

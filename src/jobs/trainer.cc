@@ -20,6 +20,7 @@
 #include <span>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -29,6 +30,7 @@
 #include <fstream>
 #include <future>
 #include <random>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "dagr/data/fashion_mnist.h"
@@ -721,6 +723,12 @@ int run_training(const TrainOptions& o) {
   const double train_s = seconds_since(train_start);
   const DdpStats stats = ddp->stats();
   auto dense = net.dense();  // the whole model, gathered from the tensor group
+  // Every rank's wait per step for the gradients' averages, gathered (a
+  // collective over all ranks): a synchronous step goes at its slowest rank's
+  // pace, and that rank is the one that waits least; the others wait for it.
+  std::vector<double> waits(static_cast<std::size_t>(world), 0.0);
+  waits[static_cast<std::size_t>(rank)] = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
+  comm.allreduce(std::span<double>(waits), ReduceOp::sum);
   finish_writing();
   if (rank == 0) {
     save_atomically(dense, o.out + "/model.pt");
@@ -737,6 +745,12 @@ int run_training(const TrainOptions& o) {
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
                 static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp->bucket_count()));
+    if (groups.data.size() > 1) {  // DDP averaged over some group
+      const auto least = std::min_element(waits.begin(), waits.end()), most = std::max_element(waits.begin(), waits.end());
+      std::printf("Blocked on gradient communication per step: %.3f ms (rank %d) to %.3f ms (rank %d) over %d ranks; "
+                  "the rank that waits least is the one the others wait for\n",
+                  *least, static_cast<int>(least - waits.begin()), *most, static_cast<int>(most - waits.begin()), world);
+    }
     if (comm_hook) {
       const auto* power = dynamic_cast<const PowerSgdHook*>(comm_hook.get());
       std::printf("Communication hook %s: %s\n", comm_hook->name().c_str(),
@@ -750,7 +764,7 @@ int run_training(const TrainOptions& o) {
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
     metrics << nlohmann::json{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
                               {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
-                              {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}}.dump()
+                              {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}, {"comm_wait_ms_by_rank", waits}}.dump()
             << std::endl;
     metrics.close();
     std::filesystem::rename(partial_metrics_path, metrics_path);
