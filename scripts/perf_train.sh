@@ -19,6 +19,9 @@ out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 export ANCHORS_OUT=$out/anchors-build OPENBLAS_NUM_THREADS=1
 source scripts/lib/same_blas.sh
 same_blas_as "$dagr"
+anchor_sps() {  # LOG [PREFIX]: the anchor's summary as lines "PREFIXmlp samples/s", "PREFIXcnn samples/s"
+  sed -n '/=== SUMMARY/,$ s/^libtorch_\(mlp\|cnn\)_sps \([0-9.e+]*\).*/'"${2:-}"'\1 \2/p' "$1"
+}
 train() {  # name, then dagr train flags
   local name=$1; shift
   "$dagr" train --optimizer sgd --lr 0.1 --momentum 0.9 --schedule constant --batch-size 64 --threads 1 \
@@ -35,13 +38,11 @@ for i in $(seq "$runs"); do
   train cnn_2wu --workers 2 --model cnn --max-steps 220 --no-bind
   train cnn_1w --workers 1 --model cnn --max-steps 220
   "$anchors/libtorch_single.sh" 1 > "$out/libtorch.log" 2>&1
-  sed -n '/=== SUMMARY/,$ s/^libtorch_\(mlp\|cnn\)_sps \([0-9.e+]*\).*/libtorch_\1 \2/p' "$out/libtorch.log" >> "$out/values"
+  anchor_sps "$out/libtorch.log" libtorch_ >> "$out/values"
   taskset -c 0 "$anchors/libtorch_single.sh" 1 > "$out/pair0.log" 2>&1 &
   taskset -c 1 "$anchors/libtorch_single.sh" 1 > "$out/pair1.log" 2>&1
   wait
-  for log in "$out/pair0.log" "$out/pair1.log"; do
-    sed -n '/=== SUMMARY/,$ s/^libtorch_\(mlp\|cnn\)_sps \([0-9.e+]*\).*/\1 \2/p' "$log"
-  done | awk '{ s[$1] += $2; n[$1]++ } END { for (m in s) if (n[m] == 2) print "pair_" m, s[m] }' >> "$out/values"
+  { anchor_sps "$out/pair0.log"; anchor_sps "$out/pair1.log"; } | awk '{ s[$1] += $2; n[$1]++ } END { for (m in s) if (n[m] == 2) print "pair_" m, s[m] }' >> "$out/values"
 done
 sort -k1,1 -k2,2g "$out/values" | awk '
   function flush() { if (name != "") M[name] = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }

@@ -726,14 +726,14 @@ int run_training(const TrainOptions& o) {
   // Every rank's wait per step for the gradients' averages, gathered (a
   // collective over all ranks): a synchronous step goes at its slowest rank's
   // pace, and that rank is the one that waits least; the others wait for it.
+  const double wait_ms = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);  // this rank's
   std::vector<double> waits(static_cast<std::size_t>(world), 0.0);
-  waits[static_cast<std::size_t>(rank)] = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
+  waits[static_cast<std::size_t>(rank)] = wait_ms;
   comm.allreduce(std::span<double>(waits), ReduceOp::sum);
   finish_writing();
   if (rank == 0) {
     save_atomically(dense, o.out + "/model.pt");
     const double per_step_ms = 1e3 * compute_s / std::max<std::int64_t>(run_steps, 1);
-    const double wait_ms = 1e3 * stats.wait_seconds / std::max<std::int64_t>(stats.steps, 1);
     // Every data group trains its own samples (the ranks of a tensor group share theirs).
     const int groups_of_samples = groups.data.size();
     const double throughput = timed_s > 0    ? timed_samples * groups_of_samples / timed_s

@@ -191,8 +191,9 @@ template <class T>
 void unpack_plain(const Job& job) {
   const Layout& l = *job.layout;
   const T* from = l.sent_first.data_ptr<T>();
+  const bool same = l.bucket_type == l.type;
   for (const auto& slice : l.plain) {
-    if (l.bucket_type == l.type)
+    if (same)
       std::copy(from, from + slice.numel, at_offset<T>(job.buffer, slice.offset));
     else
       slice_of(job.buffer, slice.offset, slice.numel).copy_(l.sent_first.narrow(0, from - l.sent_first.data_ptr<T>(), slice.numel));
@@ -298,11 +299,11 @@ HookWork PowerSgdHook::run(Communicator& comm, GradBucket& bucket) {
         if (mat.copy.defined())  // back into the 16-bit gradient
           slice_of(job->buffer, mat.offset, mat.n * mat.cols).copy_(mat.copy.view({-1}));
         if (state->options.warm_start) {  // the state's own copy: the layout's Q is next step's to overwrite
-          torch::Tensor& kept = state->q[mat.param];
-          if (!kept.defined() || kept.sizes() != torch::IntArrayRef{mat.cols, mat.r} || kept.scalar_type() != l.type ||
-              !kept.is_contiguous())
-            kept = torch::empty({mat.cols, mat.r}, l.q_all.options());
-          std::copy_n(q, mat.cols * mat.r, kept.data_ptr<T>());
+          torch::Tensor& saved = state->q[mat.param];
+          if (!saved.defined() || saved.sizes() != torch::IntArrayRef{mat.cols, mat.r} || saved.scalar_type() != l.type ||
+              !saved.is_contiguous())
+            saved = torch::empty({mat.cols, mat.r}, l.q_all.options());
+          std::copy_n(q, mat.cols * mat.r, saved.data_ptr<T>());
         }
       }
     });
