@@ -1,6 +1,6 @@
 // The IDX reader against files made here (good, gzipped, truncated, wrong
 // magic, wrong size, missing, a header that claims far more than the file
-// holds) and the DistributedSampler's guarantees.
+// holds), the DistributedSampler's guarantees and the BatchBalancer's split.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -9,12 +9,14 @@
 #include <zlib.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #include "dagr/data/idx.h"
 #include "dagr/error.h"
+#include "dagr/train/batch_balancer.h"
 #include "dagr/train/sampler.h"
 
 namespace dagr {
@@ -268,6 +270,109 @@ TEST(Sampler, StepsOfAllRanksMakeTheSingleProcessBatch) {
     const auto whole = one.batch(step, world * b);
     EXPECT_EQ(ranks_union, std::set<std::int64_t>(whole.begin(), whole.end()));
   }
+}
+
+// The epoch's order for all ranks holds each rank's indices at its stride:
+// a step's window of the order is the equal split's samples of that step.
+TEST(Sampler, EpochOrderHoldsEveryRanksIndicesAtItsStride) {
+  for (const std::int64_t n : {240, 241, 7}) {
+    const int world = 3;
+    for (int r = 0; r < world; ++r) {
+      DistributedSampler s({.dataset_size = n, .rank = r, .world_size = world, .seed = 4});
+      s.set_epoch(1);
+      ASSERT_EQ(static_cast<std::int64_t>(s.epoch_order().size()), s.samples_per_rank() * world);
+      for (std::size_t i = 0; i < s.indices().size(); ++i)
+        EXPECT_EQ(s.indices()[i], s.epoch_order()[i * world + static_cast<std::size_t>(r)]) << "n " << n << " rank " << r;
+    }
+  }
+}
+
+// Every rank's slice, for every window: contiguous, in rank order, each at
+// least one sample, together exactly the window.
+void expect_slices_tile(const BatchBalancer& b, int world) {
+  for (std::int64_t window = world; window <= 300; ++window) {
+    std::int64_t next = 0;
+    for (int r = 0; r < world; ++r) {
+      const BatchBalancer::Slice s = b.slice(r, window);
+      EXPECT_EQ(s.begin, next) << "rank " << r << " window " << window;
+      EXPECT_GE(s.count, 1) << "rank " << r << " window " << window;
+      next = s.begin + s.count;
+    }
+    EXPECT_EQ(next, window);
+  }
+}
+
+TEST(BatchBalancer, StartsEqualAndTilesEveryWindow) {
+  BatchBalancer b(2);
+  EXPECT_EQ(b.slice(0, 128).begin, 0);
+  EXPECT_EQ(b.slice(0, 128).count, 64);
+  EXPECT_EQ(b.slice(1, 128).begin, 64);
+  EXPECT_EQ(b.slice(1, 128).count, 64);
+  EXPECT_DOUBLE_EQ(BatchBalancer::loss_weight(64, 128, 2), 1.0);
+  expect_slices_tile(b, 2);
+  BatchBalancer three(3);
+  expect_slices_tile(three, 3);
+  EXPECT_THROW(three.slice(0, 2), InputError);
+  EXPECT_THROW(three.slice(3, 30), InputError);
+}
+
+// Costs per sample of 1, 2 and 4 units: the shares go halfway to 4:2:1 at
+// each exchange; equal costs move nothing.
+TEST(BatchBalancer, GivesASlowerRankFewerSamples) {
+  BatchBalancer b(3);
+  const std::vector<double> costs{0, 1e-5, 0, 2e-5, 0, 4e-5};
+  b.rebalance(costs, 120);
+  EXPECT_NEAR(b.shares()[0], 0.5 / 3 + 0.5 * 4 / 7.0, 1e-12);
+  for (int i = 0; i < 30; ++i) b.rebalance(costs, 120);
+  EXPECT_NEAR(b.shares()[0], 4 / 7.0, 1e-6);
+  EXPECT_NEAR(b.shares()[1], 2 / 7.0, 1e-6);
+  EXPECT_NEAR(b.shares()[2], 1 / 7.0, 1e-6);
+  EXPECT_EQ(b.slice(0, 70).count, 40);
+  EXPECT_EQ(b.slice(2, 70).count, 10);
+  EXPECT_EQ(b.rebalances(), 31);
+  expect_slices_tile(b, 3);
+  BatchBalancer same(2);
+  for (int i = 0; i < 5; ++i) same.rebalance(std::vector<double>{1e-3, 3e-5, 1e-3, 3e-5}, 128);
+  EXPECT_EQ(same.slice(0, 128).count, 64);
+}
+
+// A fixed part weighs against the step's samples: rank 0 spends 0.5 ms a step
+// on its own, so of 128 samples at 10 µs each it takes (0.89 − 0.5) / 0.01 = 39
+// and rank 1 89 (both steps 0.89 ms).
+TEST(BatchBalancer, TakesTheFixedPartOfAStepIntoAccount) {
+  BatchBalancer b(2);
+  for (int i = 0; i < 40; ++i) b.rebalance(std::vector<double>{5e-4, 1e-5, 0, 1e-5}, 128);
+  EXPECT_EQ(b.slice(0, 128).count, 39);
+  EXPECT_EQ(b.slice(1, 128).count, 89);
+}
+
+// However slow a rank measures, its share is kept at a quarter of the equal
+// share before the shares are scaled to sum to 1 (here 0.125 / 1.125); a
+// measurement without a positive cost per sample changes nothing.
+TEST(BatchBalancer, KeepsAQuarterOfTheEqualShareAndIgnoresEmptyMeasurements) {
+  BatchBalancer b(2);
+  for (int i = 0; i < 40; ++i) b.rebalance(std::vector<double>{0, 1e-6, 0, 1.0}, 128);
+  EXPECT_NEAR(b.shares()[1], 0.125 / 1.125, 1e-6);
+  const std::vector<double> before = b.shares();
+  b.rebalance(std::vector<double>{0, 1e-6, 0, 0}, 128);
+  b.rebalance(std::vector<double>{0, std::nan(""), 0, 1e-6}, 128);
+  EXPECT_EQ(b.shares(), before);
+  EXPECT_THROW(b.rebalance(std::vector<double>{0, 1e-6}, 128), InputError);
+}
+
+// measurement(): the mean fixed part per step and the cost per sample since
+// the last one, then a fresh start; due() after `every` steps.
+TEST(BatchBalancer, MeasuresFixedPartPerStepAndCostPerSample) {
+  BatchBalancer b(2, 4);
+  for (int i = 0; i < 3; ++i) b.record(50, 5e-4, 1e-4);
+  EXPECT_FALSE(b.due());
+  b.record(150, 1.5e-3, 3e-4);
+  EXPECT_TRUE(b.due());
+  const auto m = b.measurement();
+  EXPECT_NEAR(m[0], 1.5e-4, 1e-15);
+  EXPECT_NEAR(m[1], 1e-5, 1e-15);
+  EXPECT_FALSE(b.due());
+  EXPECT_EQ(b.measurement()[1], 0.0);
 }
 
 }  // namespace

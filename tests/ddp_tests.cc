@@ -13,6 +13,7 @@
 
 #include "dagr/error.h"
 #include "dagr/models/models.h"
+#include "dagr/train/batch_balancer.h"
 #include "dagr/train/ddp.h"
 #include "rank_threads.h"
 
@@ -126,6 +127,58 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"mlp", 2, 0.0, 1}, Case{"mlp", 3, 0.0, 1}, Case{"mlp", 2, 0.9, 1}, Case{"mlp", 3, 0.9, 1},
                       Case{"cnn", 2, 0.0, 1}, Case{"cnn", 3, 0.9, 1}, Case{"mlp", 2, 0.9, 2}, Case{"mlp", 3, 0.0, 3},
                       Case{"cnn", 2, 0.9, 2}));
+
+// dagr train --balance-batch: the step's samples cut unequally by a
+// BatchBalancer (here 5, 3 and 1 of 9), each rank's mean loss weighted by its
+// BatchBalancer::loss_weight, train the same model as one process on the whole
+// batch; unweighted, the average of the three means would not be the mean.
+TEST(Ddp, UnequalSlicesWeightedByTheirShareTrainAsOneProcessWithTheWholeBatch) {
+  const Case c{"mlp", 3, 0.9, 1};
+  const Samples data(c);
+  BatchBalancer balancer(c.world);
+  const std::vector<double> costs{0, 1e-5, 0, 2e-5, 0, 4e-5};  // (fixed, per sample) of each rank
+  for (int i = 0; i < 20; ++i) balancer.rebalance(costs, c.world * kBatch);
+  const std::int64_t window = c.world * kBatch;
+  ASSERT_EQ(balancer.slice(0, window).count, 5);
+  ASSERT_EQ(balancer.slice(1, window).count, 3);
+  ASSERT_EQ(balancer.slice(2, window).count, 1);
+  torch::manual_seed(0);
+  auto reference = make(c.model);
+  auto initial = make(c.model);
+  copy_parameters(*reference, *initial);
+  {
+    torch::optim::SGD opt(reference->parameters(), torch::optim::SGDOptions(0.1).momentum(c.momentum));
+    for (int s = 0; s < kSteps; ++s)
+      train_step(reference, opt, data, s, c, 0, c.world * kBatch, [](auto f) { f(); });
+  }
+  std::mutex mutex, construct;
+  std::vector<std::vector<torch::Tensor>> results(c.world);
+  run_ranks(c.world, [&](Communicator& comm) {
+    torch::nn::Sequential model{nullptr};
+    {
+      std::lock_guard lock(construct);
+      model = make(c.model);
+    }
+    if (comm.rank() == 0) copy_parameters(*initial, *model);
+    DistributedDataParallel ddp(model.ptr(), comm);
+    torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.1).momentum(c.momentum));
+    const BatchBalancer::Slice mine = balancer.slice(comm.rank(), window);
+    for (int s = 0; s < kSteps; ++s) {
+      opt.zero_grad();
+      auto x = data.x[s][0].narrow(0, mine.begin, mine.count), y = data.y[s][0].narrow(0, mine.begin, mine.count);
+      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+      (loss * BatchBalancer::loss_weight(mine.count, window, c.world)).backward();
+      opt.step();
+    }
+    std::lock_guard lock(mutex);
+    for (auto& p : model->parameters()) results[comm.rank()].push_back(p.detach().clone());
+  });
+  auto expected = reference->parameters();
+  for (int r = 0; r < c.world; ++r)
+    for (std::size_t i = 0; i < expected.size(); ++i)
+      EXPECT_TRUE(torch::allclose(results[r][i], expected[i], 1e-4, 1e-5)) << "rank " << r << " parameter " << i
+          << " max diff " << (results[r][i] - expected[i]).abs().max().item<float>();
+}
 
 TEST(Ddp, SplitsIntoSeveralBucketsAndOverlapsThem) {
   run_ranks(2, [](Communicator& comm) {

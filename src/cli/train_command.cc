@@ -73,6 +73,9 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
       ->check(CLI::Range(0, 1000));
   app->add_flag("--elastic", o->elastic,
                 "When a worker fails, the others carry on without it from the last completed step (data parallel only)");
+  app->add_flag("--balance-batch", o->balance_batch,
+                "Split each step's global batch among the workers by their measured speed, so that a slower worker "
+                "takes fewer samples instead of making the others wait (results then vary from run to run)");
   app->add_option("--min-workers", o->min_workers,
                   "With --elastic: fewer workers left than this fails the job (or restarts it, with --max-restarts)")
       ->check(CLI::Range(1, 256));

@@ -1,6 +1,7 @@
 // One rank of `dagr train`, start to finish:
 //   join the group → load the data set → build the model, wrap it in DDP →
-//   each epoch: this rank's shard (DistributedSampler) in batches of b →
+//   each epoch: this rank's shard (DistributedSampler) in batches of b (with
+//   --balance-batch, its share of each step's D·b samples, BatchBalancer) →
 //   forward, loss, backward (DDP averages gradients as they are produced;
 //   with --dp-clip: forward with per-example clipping, this rank's share of
 //   the noise, and a backward that hands DDP the result, dagr/train/dp_sgd.h) →
@@ -37,6 +38,7 @@
 #include "dagr/launch/standby.h"
 #include "dagr/error.h"
 #include "dagr/train/accuracy.h"
+#include "dagr/train/batch_balancer.h"
 #include "dagr/train/checkpoint.h"
 #include "dagr/train/compute_threads.h"
 #include "dagr/train/ddp.h"
@@ -271,6 +273,13 @@ void check_options(const TrainOptions& o) {
     DAGR_ENFORCE(o.dp_noise < 0 && o.dp_epsilon == 0 && o.dp_noise_seed < 0, InputError,
                  "--dp-noise, --dp-epsilon and --dp-noise-seed need --dp-clip");
   }
+  if (o.balance_batch) {
+    DAGR_ENFORCE(o.mode == "ddp" && o.pipeline_parallel == 1 && o.tensor_parallel == 1, InputError,
+                 "--balance-batch needs data parallelism alone (--mode ddp, --tensor-parallel 1, --pipeline-parallel 1)");
+    DAGR_ENFORCE(o.dp_clip == 0 && o.secure_clip == 0, InputError,
+                 "--balance-batch cannot go with --dp-clip or --secure-aggregation (their noise and clipping assume "
+                 "equal shares of the batch)");
+  }
   check_pipeline_options(o);
   if (!o.timeline.empty()) {
     DAGR_ENFORCE(o.pipeline_parallel == 1, InputError,
@@ -358,6 +367,10 @@ int run_training(const TrainOptions& o) {
   std::int64_t batch = o.batch_size;
   const std::int64_t global_batch = o.batch_size * data_ranks;
   std::int64_t steps = sampler.steps_per_epoch(batch);
+  // --balance-batch: the step's samples (elements position·D to end·D of the
+  // epoch's order, as an equal split's) shared by measured speed.
+  std::optional<BatchBalancer> balancer;
+  if (o.balance_batch && data_ranks > 1) balancer.emplace(static_cast<int>(data_ranks));
 
   // DP-SGD: the same on every rank but the noise key. A batch of the global
   // sample order is taken as a sample at rate q = global batch / N (the
@@ -556,6 +569,8 @@ int run_training(const TrainOptions& o) {
     data_ranks = groups.data.size();
     batch = (global_batch + data_ranks - 1) / data_ranks;
     steps = sampler.steps_per_epoch(batch);
+    balancer.reset();
+    if (o.balance_batch && data_ranks > 1) balancer.emplace(static_cast<int>(data_ranks));
     if (progress.samples_in_epoch >= per_rank * data_ranks) {  // lost at the epoch's end: on to the next
       ++progress.epoch;
       progress.samples_in_epoch = 0;
@@ -587,7 +602,14 @@ int run_training(const TrainOptions& o) {
       const auto step_start = Clock::now();
       timeline::Span step_span("step");
       const std::int64_t end = std::min(per_rank, position + batch);
-      const auto idx = torch::from_blob(const_cast<std::int64_t*>(order.data() + position), {end - position}, torch::kInt64);
+      const std::int64_t equal_share = end - position;  // the step's samples over D
+      // This rank's samples of the step; balanced, they weigh n / window in DDP's average, not 1 / D.
+      const BatchBalancer::Slice mine =
+          balancer ? balancer->slice(groups.data.rank(), equal_share * data_ranks) : BatchBalancer::Slice{0, equal_share};
+      const std::int64_t* first = balancer ? sampler.epoch_order().data() + position * data_ranks + mine.begin
+                                           : order.data() + position;
+      const double waited_before = balancer ? ddp->stats().wait_seconds : 0;
+      const auto idx = torch::from_blob(const_cast<std::int64_t*>(first), {mine.count}, torch::kInt64);
       const auto x = data::normalize_images(train.images, idx);
       const auto y = train.labels.index_select(0, idx);
       apply_schedule(*optimizer, o, progress.steps, o.max_steps > 0 ? o.max_steps : steps * o.epochs);
@@ -612,16 +634,20 @@ int run_training(const TrainOptions& o) {
           loss = torch::nn::functional::cross_entropy(logits, y);
         }
         timeline::Span span("backward");
-        loss.backward();
+        (balancer ? loss * BatchBalancer::loss_weight(mine.count, equal_share * data_ranks, static_cast<int>(data_ranks))
+                  : loss).backward();
       }
+      const auto optimizer_start = Clock::now();
       {
         timeline::Span span("optimizer step");
         optimizer->step();
       }
+      const double optimizer_s = seconds_since(optimizer_start);
       const double l = loss.item<double>();
-      sums[0] += l * static_cast<double>(end - position);
+      sums[0] += l * static_cast<double>(mine.count);
       sums[1] += static_cast<double>(correct_predictions(logits, y));
-      sums[2] += static_cast<double>(end - position);
+      sums[2] += static_cast<double>(mine.count);
+      samples += equal_share;
       position = end;
       ++progress.steps;
       ++run_steps;
@@ -639,7 +665,19 @@ int run_training(const TrainOptions& o) {
       epoch_step_s += step_s;
       if (run_steps > kWarmup) {
         timed_s += step_s;
-        timed_samples += x.size(0);
+        timed_samples += equal_share;
+      }
+      if (balancer) {
+        // The step's time less its wait for the others and the optimizer's fixed
+        // part grows with the samples; every 20 steps the ranks agree on a new split.
+        const double waited = ddp->stats().wait_seconds - waited_before;
+        if (run_steps > 3) balancer->record(mine.count, step_s - waited - optimizer_s, optimizer_s);
+        if (balancer->due()) {
+          const std::array<double, 2> measured = balancer->measurement();
+          std::vector<double> everyone(2 * static_cast<std::size_t>(data_ranks));
+          groups.data.allgather(std::span<const double>(measured), std::span<double>(everyone));
+          balancer->rebalance(everyone, batch * data_ranks);  // a whole step's window
+        }
       }
       if (first_step_s < 0) {
         const double since_command = seconds_since_command_start();
@@ -676,7 +714,6 @@ int run_training(const TrainOptions& o) {
         return 0;
       }
     }
-    samples += static_cast<std::int64_t>(sums[2]);
     std::printf("Rank %d training loss: %.4f, training accuracy: %.4f\n", rank, sums[0] / std::max(sums[2], 1.0),
                 sums[1] / std::max(sums[2], 1.0));
     std::fflush(stdout);
@@ -751,6 +788,13 @@ int run_training(const TrainOptions& o) {
                   "the rank that waits least is the one the others wait for\n",
                   *least, static_cast<int>(least - waits.begin()), *most, static_cast<int>(most - waits.begin()), world);
     }
+    if (balancer) {
+      std::string shares;
+      for (std::size_t r = 0; r < balancer->shares().size(); ++r)
+        shares += detail::concat(r ? ", " : "", "rank ", r, " ", std::lround(1000 * balancer->shares()[r]) / 10.0, " %");
+      std::printf("Batch split by measured speed (--balance-batch): %s of each step's samples at the end, "
+                  "after %lld measurements\n", shares.c_str(), static_cast<long long>(balancer->rebalances()));
+    }
     if (comm_hook) {
       const auto* power = dynamic_cast<const PowerSgdHook*>(comm_hook.get());
       std::printf("Communication hook %s: %s\n", comm_hook->name().c_str(),
@@ -762,10 +806,11 @@ int run_training(const TrainOptions& o) {
                 static_cast<long long>(checkpoints),
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
-    metrics << nlohmann::json{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
-                              {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
-                              {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}, {"comm_wait_ms_by_rank", waits}}.dump()
-            << std::endl;
+    nlohmann::json summary{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
+                           {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
+                           {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}, {"comm_wait_ms_by_rank", waits}};
+    if (balancer) summary["batch_share_by_rank"] = balancer->shares();
+    metrics << summary.dump() << std::endl;
     metrics.close();
     std::filesystem::rename(partial_metrics_path, metrics_path);
   }

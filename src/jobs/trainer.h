@@ -66,6 +66,9 @@ struct TrainOptions {
   std::int64_t powersgd_start_iter = 1000;
   std::string powersgd_uncompressed = "none";  // how PowerSGD averages what it does not compress: "none", "fp16", "bf16"
   double bucket_cap_mb = 25;  // DDP's bucket size in MiB (the first bucket: at most 1 MiB), as PyTorch's bucket_cap_mb
+  // Split each step's global batch among the data-parallel ranks by their measured speed
+  // (dagr/train/batch_balancer.h) instead of equally: a slower rank takes fewer samples.
+  bool balance_batch = false;
   std::string timeline;       // non-empty: write a Chrome-trace timeline of the run here (dagr/train/timeline.h)
   std::function<void()> on_finished;  // run by rank 0 once metrics.jsonl is complete (dagr train draws its curves)
 };

@@ -19,7 +19,8 @@ DistributedSampler::DistributedSampler(const SamplerOptions& o) : options_(o) {
 }
 
 void DistributedSampler::set_epoch(std::int64_t epoch) {
-  std::vector<std::int64_t> all(static_cast<std::size_t>(options_.dataset_size));
+  std::vector<std::int64_t>& all = order_;
+  all.resize(static_cast<std::size_t>(options_.dataset_size));
   std::iota(all.begin(), all.end(), 0);
   if (options_.shuffle) {
     // Fisher-Yates with our own index draw: the same order with every standard library.
@@ -28,6 +29,7 @@ void DistributedSampler::set_epoch(std::int64_t epoch) {
   }
   const std::size_t total = static_cast<std::size_t>(per_rank_ * options_.world_size);
   for (std::size_t i = all.size(); i < total; ++i) all.push_back(all[i - static_cast<std::size_t>(options_.dataset_size)]);
+  all.resize(total);
   indices_.clear();
   for (std::size_t i = static_cast<std::size_t>(options_.rank); i < total; i += static_cast<std::size_t>(options_.world_size))
     indices_.push_back(all[i]);
