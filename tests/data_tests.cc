@@ -316,63 +316,118 @@ TEST(BatchBalancer, StartsEqualAndTilesEveryWindow) {
   EXPECT_THROW(three.slice(3, 30), InputError);
 }
 
-// Costs per sample of 1, 2 and 4 units: the shares go halfway to 4:2:1 at
-// each exchange; equal costs move nothing.
-TEST(BatchBalancer, GivesASlowerRankFewerSamples) {
-  BatchBalancer b(3);
-  const std::vector<double> costs{0, 1e-5, 0, 2e-5, 0, 4e-5};
-  b.rebalance(costs, 120);
-  EXPECT_NEAR(b.shares()[0], 0.5 / 3 + 0.5 * 4 / 7.0, 1e-12);
-  for (int i = 0; i < 30; ++i) b.rebalance(costs, 120);
-  EXPECT_NEAR(b.shares()[0], 4 / 7.0, 1e-6);
-  EXPECT_NEAR(b.shares()[1], 2 / 7.0, 1e-6);
-  EXPECT_NEAR(b.shares()[2], 1 / 7.0, 1e-6);
-  EXPECT_EQ(b.slice(0, 70).count, 40);
-  EXPECT_EQ(b.slice(2, 70).count, 10);
-  EXPECT_EQ(b.rebalances(), 31);
-  expect_slices_tile(b, 3);
-  BatchBalancer same(2);
-  for (int i = 0; i < 5; ++i) same.rebalance(std::vector<double>{1e-3, 3e-5, 1e-3, 3e-5}, 128);
-  EXPECT_EQ(same.slice(0, 128).count, 64);
+// The model: costs per sample of 1, 2 and 4 units give 4:2:1; a fixed part
+// weighs against the step's samples (rank 0 spends 0.5 ms a step on its own,
+// so of 128 samples at 10 µs each it takes (0.89 − 0.5) / 0.01 = 39, rank 1
+// 89: both steps 0.89 ms); however slow a rank, its share is raised to a
+// quarter of the equal one before all are scaled to sum to 1; a rank without
+// a positive cost per sample gives no split.
+TEST(BatchBalancer, ModelGivesEachRankTheSamplesThatEqualiseTheSteps) {
+  const auto split = BatchBalancer::model_split(std::vector<double>{0, 1e-5, 0, 2e-5, 0, 4e-5}, 120);
+  ASSERT_EQ(split.size(), 3u);
+  EXPECT_NEAR(split[0], 4 / 7.0, 1e-12);
+  EXPECT_NEAR(split[1], 2 / 7.0, 1e-12);
+  EXPECT_NEAR(split[2], 1 / 7.0, 1e-12);
+  const auto fixed = BatchBalancer::model_split(std::vector<double>{5e-4, 1e-5, 0, 1e-5}, 128);
+  EXPECT_NEAR(fixed[0] * 128, 39, 1e-9);
+  EXPECT_NEAR(fixed[1] * 128, 89, 1e-9);
+  EXPECT_NEAR(BatchBalancer::model_split(std::vector<double>{0, 1e-6, 0, 1.0}, 128)[1], 0.125 / 1.125, 1e-6);
+  EXPECT_TRUE(BatchBalancer::model_split(std::vector<double>{0, 1e-6, 0, 0}, 128).empty());
+  EXPECT_TRUE(BatchBalancer::model_split(std::vector<double>{0, std::nan(""), 0, 1e-6}, 128).empty());
 }
 
-// A fixed part weighs against the step's samples: rank 0 spends 0.5 ms a step
-// on its own, so of 128 samples at 10 µs each it takes (0.89 − 0.5) / 0.01 = 39
-// and rank 1 89 (both steps 0.89 ms).
-TEST(BatchBalancer, TakesTheFixedPartOfAStepIntoAccount) {
+// One measurement period of rank 0 (steps of `step_s`, window 128) to its
+// end, then rank 0's decision, adopted; returns it.
+std::vector<double> period(BatchBalancer& b, double step_s, std::span<const double> costs) {
+  for (int i = 0; i < 100000 && !b.due(); ++i) b.record(64, 128, step_s / 2, 0, step_s);
+  EXPECT_TRUE(b.due());
+  b.measurement();
+  std::vector<double> decision = b.decide(costs, 128);
+  b.adopt(decision);
+  return decision;
+}
+
+// Rank 1 costs twice as much per sample: each period a trial moves rank 0's
+// share 0.05 towards the model's 2/3, and is kept while the steps get faster.
+TEST(BatchBalancer, TriesStepsTowardsTheModelAndKeepsTheFasterOnes) {
   BatchBalancer b(2);
-  for (int i = 0; i < 40; ++i) b.rebalance(std::vector<double>{5e-4, 1e-5, 0, 1e-5}, 128);
-  EXPECT_EQ(b.slice(0, 128).count, 39);
-  EXPECT_EQ(b.slice(1, 128).count, 89);
+  const std::vector<double> costs{0, 1e-5, 0, 2e-5};
+  for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(64, 128, 1, 1, 1);  // warm-up: left out
+  double step_s = 2e-3;
+  for (const double expected : {0.55, 0.60, 0.65, 2 / 3.0}) {
+    period(b, step_s, costs);
+    EXPECT_NEAR(b.shares()[0], expected, 1e-9);
+    step_s *= 0.95;  // each trial faster
+  }
+  EXPECT_EQ(b.trials(), 4);
+  EXPECT_EQ(b.undone(), 0);
+  period(b, step_s, costs);  // at the model's split: no further trial
+  EXPECT_EQ(b.trials(), 4);
+  EXPECT_EQ(b.slice(0, 120).count, 80);
+  expect_slices_tile(b, 2);
 }
 
-// However slow a rank measures, its share is kept at a quarter of the equal
-// share before the shares are scaled to sum to 1 (here 0.125 / 1.125); a
-// measurement without a positive cost per sample changes nothing.
-TEST(BatchBalancer, KeepsAQuarterOfTheEqualShareAndIgnoresEmptyMeasurements) {
+// A trial that makes the steps slower is undone, and the next trial waits 2
+// periods, then 4 after another slower one; a faster one resets the wait.
+TEST(BatchBalancer, UndoesASlowerSplitAndWaitsLongerBeforeTheNextTrial) {
   BatchBalancer b(2);
-  for (int i = 0; i < 40; ++i) b.rebalance(std::vector<double>{0, 1e-6, 0, 1.0}, 128);
-  EXPECT_NEAR(b.shares()[1], 0.125 / 1.125, 1e-6);
-  const std::vector<double> before = b.shares();
-  b.rebalance(std::vector<double>{0, 1e-6, 0, 0}, 128);
-  b.rebalance(std::vector<double>{0, std::nan(""), 0, 1e-6}, 128);
-  EXPECT_EQ(b.shares(), before);
-  EXPECT_THROW(b.rebalance(std::vector<double>{0, 1e-6}, 128), InputError);
+  const std::vector<double> costs{0, 1e-5, 0, 2e-5};
+  for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(64, 128, 1, 1, 1);
+  period(b, 1e-3, costs);
+  EXPECT_NEAR(b.shares()[0], 0.55, 1e-9);  // trying
+  period(b, 2e-3, costs);  // slower: undone
+  EXPECT_EQ(b.shares()[0], 0.5);
+  EXPECT_EQ(b.undone(), 1);
+  for (int i = 0; i < 2; ++i) {
+    period(b, 1e-3, costs);  // waiting, at the split it kept
+    EXPECT_EQ(b.shares()[0], 0.5);
+  }
+  period(b, 1e-3, costs);
+  EXPECT_NEAR(b.shares()[0], 0.55, 1e-9);  // the next trial
+  period(b, 2e-3, costs);           // slower again: undone, wait 4
+  EXPECT_EQ(b.undone(), 2);
+  for (int i = 0; i < 4; ++i) period(b, 1e-3, costs);
+  EXPECT_EQ(b.shares()[0], 0.5);
+  EXPECT_EQ(b.trials(), 2);
+  period(b, 1e-3, costs);
+  EXPECT_EQ(b.trials(), 3);
 }
 
-// measurement(): the mean fixed part per step and the cost per sample since
-// the last one, then a fresh start; due() after `every` steps.
-TEST(BatchBalancer, MeasuresFixedPartPerStepAndCostPerSample) {
+// A period lasts about kPeriodSeconds of rank 0's steps, and at least 20
+// steps; measurement(): the mean fixed part per step and the cost per sample.
+TEST(BatchBalancer, MeasuresAboutHalfASecondEachPeriod) {
   BatchBalancer b(2, 4);
-  for (int i = 0; i < 3; ++i) b.record(50, 5e-4, 1e-4);
+  for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(1, 2, 1.0, 1.0, 1.0);  // warm-up: left out
+  for (int i = 0; i < 3; ++i) b.record(50, 100, 5e-4, 1e-4, 1e-3);
   EXPECT_FALSE(b.due());
-  b.record(150, 1.5e-3, 3e-4);
+  b.record(150, 300, 1.5e-3, 3e-4, 1e-3);
   EXPECT_TRUE(b.due());
   const auto m = b.measurement();
   EXPECT_NEAR(m[0], 1.5e-4, 1e-15);
   EXPECT_NEAR(m[1], 1e-5, 1e-15);
   EXPECT_FALSE(b.due());
-  EXPECT_EQ(b.measurement()[1], 0.0);
+  EXPECT_EQ(b.decide(std::vector<double>{1.5e-4, 1e-5, 1.5e-4, 1e-5}, 128).back(), 500);  // 0.5 s of 1 ms steps
+  for (int i = 0; i < 4; ++i) b.record(64, 128, 0.04, 0, 0.05);
+  b.measurement();
+  EXPECT_EQ(b.decide(std::vector<double>{0, 1e-5, 0, 1e-5}, 128).back(), 20);  // 50 ms steps: the least
+}
+
+// adopt(): rank 0's shares and period cut every rank's windows alike; malformed ones are refused.
+TEST(BatchBalancer, AdoptsRankZerosDecisionAndRefusesMalformedOnes) {
+  BatchBalancer b(2);
+  b.adopt(std::vector<double>{0.75, 0.25, 30});
+  EXPECT_EQ(b.slice(0, 100).count, 75);
+  EXPECT_EQ(b.slice(1, 100).begin, 75);
+  for (int i = 0; i < 29 + BatchBalancer::kSkipped; ++i) b.record(1, 2, 0, 0, 0);
+  EXPECT_FALSE(b.due());
+  b.record(1, 2, 0, 0, 0);
+  EXPECT_TRUE(b.due());
+  EXPECT_THROW(b.adopt(std::vector<double>{1.0, 20}), InputError);
+  EXPECT_THROW(b.adopt(std::vector<double>{0.5, 0.6, 20}), InputError);
+  EXPECT_THROW(b.adopt(std::vector<double>{1.0, 0.0, 20}), InputError);
+  EXPECT_THROW(b.adopt(std::vector<double>{std::nan(""), 0.5, 20}), InputError);
+  EXPECT_THROW(b.adopt(std::vector<double>{0.5, 0.5, 0}), InputError);
+  EXPECT_EQ(b.shares(), (std::vector<double>{0.75, 0.25}));
 }
 
 }  // namespace

@@ -71,13 +71,18 @@ std::string script(const std::string& png, const std::vector<Chart>& charts, int
     s += chart.log_x ? "set logscale x 2\n" + byte_tics(chart.series) : "unset logscale x\n";
     s += chart.log_y ? "set logscale y\n" : "unset logscale y\n";
     if (!chart.log_x) s += chart.x_tic > 0 ? fmt::format("set xtics {}\n", chart.x_tic) : "set xtics autofreq\n";
-    // One x value (a one-epoch run): a range around it, which gnuplot would
-    // otherwise widen itself with a warning on the user's terminal.
-    double low = INFINITY, high = -INFINITY;
-    for (const Series& series : chart.series)
-      for (double x : series.x) low = std::min(low, x), high = std::max(high, x);
-    s += low == high && !chart.log_x ? fmt::format("set xrange [{:.9g}:{:.9g}]\n", low - 1, high + 1)
-                                     : "set xrange [*:*]\n";
+    // One x value (a one-epoch run) or one y value (one worker's loss, also the
+    // global one): a range around it, which gnuplot would otherwise widen
+    // itself with a warning on the user's terminal.
+    s += "set xrange [*:*]\nset yrange [*:*]\n";
+    for (const char* axis : {"x", "y"}) {
+      double low = INFINITY, high = -INFINITY;
+      for (const Series& series : chart.series)
+        for (double v : axis[0] == 'x' ? series.x : series.y) low = std::min(low, v), high = std::max(high, v);
+      const double pad = axis[0] == 'x' ? 1 : std::max(std::abs(low) * 0.01, 1e-9);
+      if (low == high && !(axis[0] == 'x' ? chart.log_x : chart.log_y))
+        s += fmt::format("set {}range [{:.9g}:{:.9g}]\n", axis, low - pad, high + pad);
+    }
     std::string plot;
     for (std::size_t k = 0; k < chart.series.size(); ++k)
       plot += fmt::format("{}$d{}_{} using 1:2 with {} lw 2 title {}", k ? ", " : "plot ", c, k,

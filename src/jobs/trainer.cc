@@ -597,6 +597,7 @@ int run_training(const TrainOptions& o) {
     const std::vector<std::int64_t>& order = sampler.indices();
     double sums[3] = {0, 0, 0};  // this rank's loss·samples, correct, samples this epoch
     double epoch_step_s = 0;     // this epoch's time in training steps on this rank
+    std::int64_t epoch_samples = 0;  // the epoch's samples so far over D (each rank's with an equal split)
     std::int64_t position = epoch == first_epoch ? first_position : 0;
     while (position < per_rank && !reached_max_steps()) {
       const auto step_start = Clock::now();
@@ -663,20 +664,26 @@ int run_training(const TrainOptions& o) {
       const double step_s = seconds_since(step_start);
       compute_s += step_s;
       epoch_step_s += step_s;
+      epoch_samples += equal_share;
       if (run_steps > kWarmup) {
         timed_s += step_s;
         timed_samples += equal_share;
       }
       if (balancer) {
         // The step's time less its wait for the others and the optimizer's fixed
-        // part grows with the samples; every 20 steps the ranks agree on a new split.
+        // part grows with the samples. At the end of each measurement period
+        // rank 0 decides the next split from everyone's costs and its own step
+        // time, and broadcasts it (one rounding for all, whatever each rank's build).
         const double waited = ddp->stats().wait_seconds - waited_before;
-        if (run_steps > 3) balancer->record(mine.count, step_s - waited - optimizer_s, optimizer_s);
+        balancer->record(mine.count, equal_share * data_ranks, step_s - waited - optimizer_s, optimizer_s, step_s);
         if (balancer->due()) {
           const std::array<double, 2> measured = balancer->measurement();
           std::vector<double> everyone(2 * static_cast<std::size_t>(data_ranks));
           groups.data.allgather(std::span<const double>(measured), std::span<double>(everyone));
-          balancer->rebalance(everyone, batch * data_ranks);  // a whole step's window
+          std::vector<double> decision(static_cast<std::size_t>(data_ranks) + 1);
+          if (groups.data.rank() == 0) decision = balancer->decide(everyone, batch * data_ranks);  // a whole step's window
+          groups.data.broadcast(std::span<double>(decision), 0);
+          balancer->adopt(decision);
         }
       }
       if (first_step_s < 0) {
@@ -732,7 +739,7 @@ int run_training(const TrainOptions& o) {
                         {"rank_train_loss", rank_loss}, {"seconds", training_seconds()}};
     // This epoch's throughput in training steps (as the summary's, but per epoch: after a
     // hook's warm-up, say), from this rank's step times; every data group trains its own samples.
-    if (epoch_step_s > 0) line["samples_per_second"] = sums[2] * groups.data.size() / epoch_step_s;
+    if (epoch_step_s > 0) line["samples_per_second"] = static_cast<double>(epoch_samples * groups.data.size()) / epoch_step_s;
     if (dp) line["dp_epsilon"] = dp_spent();
     progress.metrics.push_back(line.dump());
     if (rank == 0) {
@@ -792,8 +799,9 @@ int run_training(const TrainOptions& o) {
       std::string shares;
       for (std::size_t r = 0; r < balancer->shares().size(); ++r)
         shares += detail::concat(r ? ", " : "", "rank ", r, " ", std::lround(1000 * balancer->shares()[r]) / 10.0, " %");
-      std::printf("Batch split by measured speed (--balance-batch): %s of each step's samples at the end, "
-                  "after %lld measurements\n", shares.c_str(), static_cast<long long>(balancer->rebalances()));
+      std::printf("Batch split by measured speed (--balance-batch): %s of each step's samples at the end; "
+                  "%lld splits tried, %lld of them undone as slower\n", shares.c_str(),
+                  static_cast<long long>(balancer->trials()), static_cast<long long>(balancer->undone()));
     }
     if (comm_hook) {
       const auto* power = dynamic_cast<const PowerSgdHook*>(comm_hook.get());

@@ -46,47 +46,120 @@ BatchBalancer::Slice BatchBalancer::slice(int rank, std::int64_t window) const {
   return {std::accumulate(counts.begin(), counts.begin() + static_cast<std::ptrdiff_t>(r), std::int64_t{0}), counts[r]};
 }
 
-void BatchBalancer::record(std::int64_t samples, double compute_s, double fixed_s) {
+void BatchBalancer::record(std::int64_t samples, std::int64_t window, double compute_s, double fixed_s,
+                           double step_s) {
+  if (skipped_ < kSkipped) {
+    ++skipped_;
+    return;
+  }
   ++steps_;
   samples_ += samples;
+  window_samples_ += window;
   compute_s_ += std::max(compute_s, 0.0);
   fixed_s_ += std::max(fixed_s, 0.0);
+  step_s_ += std::max(step_s, 0.0);
 }
 
 std::array<double, 2> BatchBalancer::measurement() {
   const std::array<double, 2> m{steps_ > 0 ? fixed_s_ / static_cast<double>(steps_) : 0.0,
                                 samples_ > 0 ? compute_s_ / static_cast<double>(samples_) : 0.0};
-  steps_ = samples_ = 0;
-  compute_s_ = fixed_s_ = 0;
+  period_cost_ = window_samples_ > 0 ? step_s_ / static_cast<double>(window_samples_) : 0.0;
+  period_step_s_ = steps_ > 0 ? step_s_ / static_cast<double>(steps_) : 0.0;
+  steps_ = samples_ = window_samples_ = 0;
+  compute_s_ = fixed_s_ = step_s_ = 0;
   return m;
 }
 
-// T = (W + Σ a_r/c_r) / Σ 1/c_r and n_r = (T − a_r)/c_r (the header's model).
-// A measurement without a positive cost per sample (a rank that took no step
-// since the last exchange) leaves the shares as they are.
-void BatchBalancer::rebalance(std::span<const double> measurements, std::int64_t window) {
-  const std::size_t world = shares_.size();
-  DAGR_ENFORCE(measurements.size() == 2 * world, InputError, "batch balancer: ", measurements.size(),
-               " measurements for ", world, " ranks");
+// T = (W + Σ a_r/c_r) / Σ 1/c_r and n_r = (T − a_r)/c_r (the header's model);
+// empty when some rank has no positive cost per sample (it took no measured step).
+std::vector<double> BatchBalancer::model_split(std::span<const double> measurements, std::int64_t window) {
+  DAGR_ENFORCE(measurements.size() >= 2 && measurements.size() % 2 == 0, InputError, "batch balancer: ",
+               measurements.size(), " measurements");
   DAGR_ENFORCE(window >= 1, InputError, "batch balancer: a window of ", window, " samples");
+  const std::size_t world = measurements.size() / 2;
   double inverse_sum = 0, fixed_sum = 0;
   for (std::size_t r = 0; r < world; ++r) {
     const double a = measurements[2 * r], c = measurements[2 * r + 1];
-    if (!(std::isfinite(a) && std::isfinite(c) && a >= 0 && c > 0)) return;
+    if (!(std::isfinite(a) && std::isfinite(c) && a >= 0 && c > 0)) return {};
     inverse_sum += 1 / c;
     fixed_sum += a / c;
   }
   const double w = static_cast<double>(window), time = (w + fixed_sum) / inverse_sum;
   const double floor_share = 0.25 / static_cast<double>(world);
-  std::vector<double> target(world);
+  std::vector<double> split(world);
   double sum = 0;
   for (std::size_t r = 0; r < world; ++r) {
-    const double a = measurements[2 * r], c = measurements[2 * r + 1];
-    target[r] = std::max((time - a) / c / w, floor_share);
-    sum += target[r];
+    split[r] = std::max((time - measurements[2 * r]) / measurements[2 * r + 1] / w, floor_share);
+    sum += split[r];
   }
-  for (std::size_t r = 0; r < world; ++r) shares_[r] = 0.5 * shares_[r] + 0.5 * target[r] / sum;
-  ++rebalances_;
+  for (double& share : split) share /= sum;
+  return split;
+}
+
+// Rank 0's trial and error (the header): judge the period that ended by its
+// time per sample, keep or undo, then perhaps try a step towards the model.
+std::vector<double> BatchBalancer::decide(std::span<const double> measurements, std::int64_t window) {
+  const std::size_t world = shares_.size();
+  DAGR_ENFORCE(measurements.size() == 2 * world, InputError, "batch balancer: ", measurements.size(),
+               " measurements for ", world, " ranks");
+  std::int64_t next_every = every_;
+  if (period_step_s_ > 0)
+    next_every = std::max<std::int64_t>(20, static_cast<std::int64_t>(std::ceil(kPeriodSeconds / period_step_s_)));
+  const auto decision = [&] {
+    std::vector<double> d = shares_;
+    d.push_back(static_cast<double>(next_every));
+    return d;
+  };
+  if (!(period_cost_ > 0 && std::isfinite(period_cost_))) return decision();
+  if (trying_ && period_cost_ > kept_cost_) {  // slower: back to the split it left, and wait longer
+    shares_ = kept_;
+    trying_ = false;
+    ++undone_;
+    backoff_ = std::min(2 * backoff_, kMaxBackoff);
+    wait_ = backoff_;
+    return decision();
+  }
+  if (trying_) backoff_ = 1;
+  kept_ = shares_;
+  kept_cost_ = period_cost_;
+  trying_ = false;
+  if (wait_ > 0) {
+    --wait_;
+    return decision();
+  }
+  const std::vector<double> target = model_split(measurements, window);
+  if (target.empty()) return decision();
+  std::vector<double> next(world);
+  double sum = 0, moved = 0;
+  for (std::size_t r = 0; r < world; ++r) {
+    next[r] = shares_[r] + std::clamp(target[r] - shares_[r], -kMaxMove, kMaxMove);
+    sum += next[r];
+  }
+  for (std::size_t r = 0; r < world; ++r) {
+    next[r] /= sum;
+    moved = std::max(moved, std::abs(next[r] - shares_[r]));
+  }
+  if (moved < kMinMove) return decision();  // as good as balanced already
+  shares_ = next;
+  trying_ = true;
+  ++trials_;
+  return decision();
+}
+
+void BatchBalancer::adopt(std::span<const double> decision) {
+  const std::size_t world = shares_.size();
+  DAGR_ENFORCE(decision.size() == world + 1, InputError, "batch balancer: a decision of ", decision.size(),
+               " numbers for ", world, " ranks");
+  double sum = 0;
+  for (std::size_t r = 0; r < world; ++r) {
+    DAGR_ENFORCE(std::isfinite(decision[r]) && decision[r] > 0, InputError, "batch balancer: a share of ", decision[r]);
+    sum += decision[r];
+  }
+  DAGR_ENFORCE(std::abs(sum - 1) < 1e-9, InputError, "batch balancer: shares summing to ", sum);
+  DAGR_ENFORCE(decision[world] >= 1 && decision[world] <= 1e6, InputError, "batch balancer: a period of ",
+               decision[world], " steps");
+  shares_.assign(decision.begin(), decision.begin() + static_cast<std::ptrdiff_t>(world));
+  every_ = static_cast<int>(decision[world]);
 }
 
 }  // namespace dagr
