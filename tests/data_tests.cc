@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -347,32 +348,55 @@ std::vector<double> period(BatchBalancer& b, double step_s, std::span<const doub
   return decision;
 }
 
-// Rank 1 costs twice as much per sample: each period a trial moves rank 0's
-// share 0.05 towards the model's 2/3, and is kept while the steps get faster.
+// Rank 1 costs twice as much per sample: the first period only sizes the
+// next; then each period a trial moves rank 0's share 0.05 towards the
+// model's 2/3, and is kept while the steps get faster.
 TEST(BatchBalancer, TriesStepsTowardsTheModelAndKeepsTheFasterOnes) {
   BatchBalancer b(2);
   const std::vector<double> costs{0, 1e-5, 0, 2e-5};
   for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(64, 128, 1, 1, 1);  // warm-up: left out
   double step_s = 2e-3;
-  for (const double expected : {0.55, 0.60, 0.65, 2 / 3.0}) {
+  const std::vector<std::array<double, 2>> expected{{0.5, 0.5}, {0.55, 0.5}, {0.6, 0.55}, {0.65, 0.6}, {2 / 3.0, 0.65}};
+  for (const auto& [trying, kept] : expected) {
     period(b, step_s, costs);
-    EXPECT_NEAR(b.shares()[0], expected, 1e-9);
+    EXPECT_NEAR(b.shares()[0], trying, 1e-9);
+    EXPECT_NEAR(b.kept_shares()[0], kept, 1e-9);  // a trial is not kept before it is judged
     step_s *= 0.95;  // each trial faster
   }
   EXPECT_EQ(b.trials(), 4);
   EXPECT_EQ(b.undone(), 0);
-  period(b, step_s, costs);  // at the model's split: no further trial
+  period(b, step_s, costs);  // at the model's split: kept, no further trial
   EXPECT_EQ(b.trials(), 4);
+  EXPECT_NEAR(b.kept_shares()[0], 2 / 3.0, 1e-9);
   EXPECT_EQ(b.slice(0, 120).count, 80);
   expect_slices_tile(b, 2);
 }
 
-// A trial that makes the steps slower is undone, and the next trial waits 2
-// periods, then 4 after another slower one; a faster one resets the wait.
+// With 3 ranks the shares move along the line to the model's split (3:1:1
+// here), the largest move 0.05, and still sum to 1.
+TEST(BatchBalancer, MovesAllSharesAlongTheLineToTheModelsSplit) {
+  BatchBalancer b(3);
+  const std::vector<double> costs{0, 1e-5, 0, 3e-5, 0, 3e-5};
+  for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(64, 192, 1, 1, 1);
+  period(b, 1e-3, costs);  // sizing
+  period(b, 1e-3, costs);
+  const double t = 0.05 / (0.6 - 1 / 3.0);
+  EXPECT_NEAR(b.shares()[0], 1 / 3.0 + t * (0.6 - 1 / 3.0), 1e-12);
+  EXPECT_NEAR(b.shares()[1], 1 / 3.0 + t * (0.2 - 1 / 3.0), 1e-12);
+  EXPECT_NEAR(b.shares()[0] + b.shares()[1] + b.shares()[2], 1.0, 1e-12);
+  for (int i = 0; i < 10; ++i) period(b, 1e-3, costs);  // never slower: on to the model's split
+  EXPECT_NEAR(b.shares()[0], 0.6, 1e-9);
+  expect_slices_tile(b, 3);
+}
+
+// A trial that makes the steps slower is undone; the kept split then runs 2
+// more periods and a baseline before the next trial, 4 and a baseline after
+// another slower one; a kept trial resets the wait to 2.
 TEST(BatchBalancer, UndoesASlowerSplitAndWaitsLongerBeforeTheNextTrial) {
   BatchBalancer b(2);
   const std::vector<double> costs{0, 1e-5, 0, 2e-5};
   for (int i = 0; i < BatchBalancer::kSkipped; ++i) b.record(64, 128, 1, 1, 1);
+  period(b, 1e-3, costs);  // sizing
   period(b, 1e-3, costs);
   EXPECT_NEAR(b.shares()[0], 0.55, 1e-9);  // trying
   period(b, 2e-3, costs);  // slower: undone
@@ -384,13 +408,48 @@ TEST(BatchBalancer, UndoesASlowerSplitAndWaitsLongerBeforeTheNextTrial) {
   }
   period(b, 1e-3, costs);
   EXPECT_NEAR(b.shares()[0], 0.55, 1e-9);  // the next trial
-  period(b, 2e-3, costs);           // slower again: undone, wait 4
+  period(b, 2e-3, costs);  // slower again: undone, wait 4
   EXPECT_EQ(b.undone(), 2);
   for (int i = 0; i < 4; ++i) period(b, 1e-3, costs);
   EXPECT_EQ(b.shares()[0], 0.5);
   EXPECT_EQ(b.trials(), 2);
   period(b, 1e-3, costs);
   EXPECT_EQ(b.trials(), 3);
+  period(b, 0.9e-3, costs);  // faster: kept (the wait back to 2), and the next trial
+  EXPECT_EQ(b.trials(), 4);
+  period(b, 2e-3, costs);  // slower: undone
+  EXPECT_EQ(b.undone(), 3);
+  for (int i = 0; i < 2; ++i) period(b, 1e-3, costs);
+  EXPECT_EQ(b.trials(), 4);
+  period(b, 1e-3, costs);
+  EXPECT_EQ(b.trials(), 5);
+}
+
+// Rank 0 decides, every rank adopts: a rank that only adopts ends its
+// periods at the same steps as rank 0 and holds the same shares, through
+// trials kept and undone (a mismatch here is a collective called by one rank
+// and not the other).
+TEST(BatchBalancer, RanksThatOnlyAdoptKeepStepWithRankZero) {
+  BatchBalancer zero(2), one(2);
+  const std::vector<double> costs{0, 1e-5, 0, 2e-5};
+  int periods = 0;
+  for (int step = 0; step < 5000; ++step) {
+    const double step_s = (periods % 3 == 2) ? 2e-3 : 1e-3;  // every third period slower: undone trials too
+    zero.record(64, 128, step_s / 2, 0, step_s);
+    one.record(64, 128, step_s / 2, 0, step_s);
+    ASSERT_EQ(zero.due(), one.due()) << "step " << step;
+    if (!zero.due()) continue;
+    zero.measurement();
+    one.measurement();
+    const std::vector<double> decision = zero.decide(costs, 128);
+    zero.adopt(decision);
+    one.adopt(decision);
+    ASSERT_EQ(zero.shares(), one.shares());
+    ++periods;
+  }
+  EXPECT_GT(periods, 8);
+  EXPECT_GT(zero.trials(), 2);
+  EXPECT_GT(zero.undone(), 0);
 }
 
 // A period lasts about kPeriodSeconds of rank 0's steps, and at least 20

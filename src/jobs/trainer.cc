@@ -797,9 +797,10 @@ int run_training(const TrainOptions& o) {
     }
     if (balancer) {
       std::string shares;
-      for (std::size_t r = 0; r < balancer->shares().size(); ++r)
-        shares += detail::concat(r ? ", " : "", "rank ", r, " ", std::lround(1000 * balancer->shares()[r]) / 10.0, " %");
-      std::printf("Batch split by measured speed (--balance-batch): %s of each step's samples at the end; "
+      const std::vector<double>& kept = balancer->kept_shares();  // rank 0's: a trial in flight is not counted
+      for (std::size_t r = 0; r < kept.size(); ++r)
+        shares += detail::concat(r ? ", " : "", "rank ", r, " ", std::lround(1000 * kept[r]) / 10.0, " %");
+      std::printf("Batch split by measured speed (--balance-batch): %s of each step's samples, the last split kept; "
                   "%lld splits tried, %lld of them undone as slower\n", shares.c_str(),
                   static_cast<long long>(balancer->trials()), static_cast<long long>(balancer->undone()));
     }
@@ -817,7 +818,7 @@ int run_training(const TrainOptions& o) {
     nlohmann::json summary{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
                            {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
                            {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}, {"comm_wait_ms_by_rank", waits}};
-    if (balancer) summary["batch_share_by_rank"] = balancer->shares();
+    if (balancer) summary["batch_share_by_rank"] = balancer->kept_shares();
     metrics << summary.dump() << std::endl;
     metrics.close();
     std::filesystem::rename(partial_metrics_path, metrics_path);

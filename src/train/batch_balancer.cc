@@ -98,26 +98,31 @@ std::vector<double> BatchBalancer::model_split(std::span<const double> measureme
 
 // Rank 0's trial and error (the header): judge the period that ended by its
 // time per sample, keep or undo, then perhaps try a step towards the model.
+// After an undo the kept split runs `wait_` more periods, then one that is
+// the next trial's baseline.
 std::vector<double> BatchBalancer::decide(std::span<const double> measurements, std::int64_t window) {
   const std::size_t world = shares_.size();
   DAGR_ENFORCE(measurements.size() == 2 * world, InputError, "batch balancer: ", measurements.size(),
                " measurements for ", world, " ranks");
   std::int64_t next_every = every_;
   if (period_step_s_ > 0)
-    next_every = std::max<std::int64_t>(20, static_cast<std::int64_t>(std::ceil(kPeriodSeconds / period_step_s_)));
-  const auto decision = [&] {
-    std::vector<double> d = shares_;
-    d.push_back(static_cast<double>(next_every));
-    return d;
+    next_every = static_cast<std::int64_t>(std::clamp(std::ceil(kPeriodSeconds / period_step_s_), 20.0, 1e6));
+  // The split every rank adopts (rank 0 too: adopt() changes shares_ alike everywhere).
+  const auto decision = [&](std::vector<double> split) {
+    split.push_back(static_cast<double>(next_every));
+    return split;
   };
-  if (!(period_cost_ > 0 && std::isfinite(period_cost_))) return decision();
+  if (!(period_cost_ > 0 && std::isfinite(period_cost_))) return decision(shares_);
+  if (first_) {  // 20 steps just after the start: long enough to size the periods, too short to judge by
+    first_ = false;
+    return decision(shares_);
+  }
   if (trying_ && period_cost_ > kept_cost_) {  // slower: back to the split it left, and wait longer
-    shares_ = kept_;
     trying_ = false;
     ++undone_;
     backoff_ = std::min(2 * backoff_, kMaxBackoff);
     wait_ = backoff_;
-    return decision();
+    return decision(kept_);
   }
   if (trying_) backoff_ = 1;
   kept_ = shares_;
@@ -125,25 +130,21 @@ std::vector<double> BatchBalancer::decide(std::span<const double> measurements, 
   trying_ = false;
   if (wait_ > 0) {
     --wait_;
-    return decision();
+    return decision(shares_);
   }
   const std::vector<double> target = model_split(measurements, window);
-  if (target.empty()) return decision();
-  std::vector<double> next(world);
-  double sum = 0, moved = 0;
-  for (std::size_t r = 0; r < world; ++r) {
-    next[r] = shares_[r] + std::clamp(target[r] - shares_[r], -kMaxMove, kMaxMove);
-    sum += next[r];
-  }
-  for (std::size_t r = 0; r < world; ++r) {
-    next[r] /= sum;
-    moved = std::max(moved, std::abs(next[r] - shares_[r]));
-  }
-  if (moved < kMinMove) return decision();  // as good as balanced already
-  shares_ = next;
+  if (target.empty()) return decision(shares_);
+  // Along the line to the model's split, no share moving more than kMaxMove:
+  // both ends sum to 1, so every point between them does, and none overshoots.
+  double distance = 0;
+  for (std::size_t r = 0; r < world; ++r) distance = std::max(distance, std::abs(target[r] - shares_[r]));
+  if (distance * static_cast<double>(window) < 1) return decision(shares_);  // not a whole sample from balanced already
+  const double t = std::min(1.0, kMaxMove / distance);
+  std::vector<double> trial = shares_;
+  for (std::size_t r = 0; r < world; ++r) trial[r] += t * (target[r] - shares_[r]);
   trying_ = true;
   ++trials_;
-  return decision();
+  return decision(std::move(trial));
 }
 
 void BatchBalancer::adopt(std::span<const double> decision) {
@@ -158,6 +159,8 @@ void BatchBalancer::adopt(std::span<const double> decision) {
   DAGR_ENFORCE(std::abs(sum - 1) < 1e-9, InputError, "batch balancer: shares summing to ", sum);
   DAGR_ENFORCE(decision[world] >= 1 && decision[world] <= 1e6, InputError, "batch balancer: a period of ",
                decision[world], " steps");
+  // A new split's first step (new shapes: allocations) is left out of the measurement.
+  if (!std::equal(shares_.begin(), shares_.end(), decision.begin())) skipped_ = std::min(skipped_, kSkipped - 1);
   shares_.assign(decision.begin(), decision.begin() + static_cast<std::ptrdiff_t>(world));
   every_ = static_cast<int>(decision[world]);
 }

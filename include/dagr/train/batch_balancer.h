@@ -23,16 +23,18 @@
 // each new split is a trial, judged by what counts: rank 0's step time per
 // sample of the global batch, over a measurement period. A trial at least as
 // fast as the split it left is kept (and the next one tried); a slower one is
-// undone, and the next trial waits 2, 4, … 16 periods. Each trial moves every
-// share by at most 0.05 towards the model's split, so a wrong move costs
-// little before it is undone.
+// undone, and the next trial comes 3, 5, 9, … 17 periods later. Each trial
+// moves the shares along the line to the model's split, none by more than
+// 0.05, so a wrong move costs little before it is undone; a split less than a
+// sample of the window away is no trial.
 //
-// A period is `every` steps (20 at first; after the first, as many steps as
-// make about 0.5 s of rank 0's time, at least 20). At its end every rank sends
+// A period is `every` steps (20 at first, which only size the next: as many
+// steps as make about 0.5 s of rank 0's time, at least 20). At its end every rank sends
 // rank 0 its (a_r, c_r) (an allgather), rank 0 decides() and broadcasts the
 // shares and the next period's length, and every rank adopts() them: one
 // rounding for all, whatever each rank's build. Each balancer skips its first
-// 3 steps (allocations, DDP's bucket rebuild after its first step). A window of
+// 3 steps (allocations, DDP's bucket rebuild after its first step), and the
+// first step of every new split (new shapes). A window of
 // W samples is cut into whole numbers by largest remainders, each rank at
 // least one sample: the same cut on every rank, and the windows' union is
 // exactly the step's samples.
@@ -84,12 +86,12 @@ class BatchBalancer {
   static std::vector<double> model_split(std::span<const double> measurements, std::int64_t window);
 
   const std::vector<double>& shares() const { return shares_; }
+  // Rank 0: the split last kept (not a trial still being judged).
+  const std::vector<double>& kept_shares() const { return trying_ ? kept_ : shares_; }
   std::int64_t trials() const { return trials_; }
   std::int64_t undone() const { return undone_; }
 
-  // A trial moves a share by at most kMaxMove; the model's split within
-  // kMinMove of the current one is no trial.
-  static constexpr double kMaxMove = 0.05, kMinMove = 0.002, kPeriodSeconds = 0.5;
+  static constexpr double kMaxMove = 0.05, kPeriodSeconds = 0.5;  // a trial's largest move; a period's length
   static constexpr int kMaxBackoff = 16;
 
  private:
@@ -98,7 +100,7 @@ class BatchBalancer {
   // Rank 0's trial: the split it left and that split's time per sample.
   std::vector<double> kept_;
   double kept_cost_ = 0;
-  bool trying_ = false;
+  bool first_ = true, trying_ = false;
   int backoff_ = 1, wait_ = 0;
   std::int64_t trials_ = 0, undone_ = 0;
   // The period so far.
