@@ -76,20 +76,25 @@ void train_step(torch::nn::Sequential& model, torch::optim::SGD& opt, const Samp
   opt.step();
 }
 
+// The model every rank starts from, and what one process makes of it with the
+// whole batch of N·b samples in kSteps steps.
+struct Reference {
+  torch::nn::Sequential initial{nullptr}, trained{nullptr};
+};
+Reference one_process(const Case& c, const Samples& data) {
+  torch::manual_seed(0);
+  Reference r{make(c.model), make(c.model)};
+  copy_parameters(*r.initial, *r.trained);
+  torch::optim::SGD opt(r.trained->parameters(), torch::optim::SGDOptions(0.1).momentum(c.momentum));
+  for (int s = 0; s < kSteps; ++s) train_step(r.trained, opt, data, s, c, 0, c.world * kBatch, [](auto f) { f(); });
+  return r;
+}
+
 void check_equivalence(const Case& c) {
   SCOPED_TRACE(::testing::Message() << c.model << " world " << c.world << " momentum " << c.momentum
                                     << " micro-batches " << c.micro_batches);
   const Samples data(c);
-  torch::manual_seed(0);
-  auto reference = make(c.model);
-  auto initial = make(c.model);
-  copy_parameters(*reference, *initial);
-  // One process, batch N·b.
-  {
-    torch::optim::SGD opt(reference->parameters(), torch::optim::SGDOptions(0.1).momentum(c.momentum));
-    for (int s = 0; s < kSteps; ++s)
-      train_step(reference, opt, data, s, c, 0, c.world * kBatch, [](auto f) { f(); });
-  }
+  auto [initial, reference] = one_process(c, data);
   std::mutex mutex;
   std::vector<std::vector<torch::Tensor>> results(c.world);
   std::mutex construct;  // torch's generator is global: build the models one at a time
@@ -141,15 +146,7 @@ TEST(Ddp, UnequalSlicesWeightedByTheirShareTrainAsOneProcessWithTheWholeBatch) {
   ASSERT_EQ(balancer.slice(0, window).count, 5);
   ASSERT_EQ(balancer.slice(1, window).count, 3);
   ASSERT_EQ(balancer.slice(2, window).count, 1);
-  torch::manual_seed(0);
-  auto reference = make(c.model);
-  auto initial = make(c.model);
-  copy_parameters(*reference, *initial);
-  {
-    torch::optim::SGD opt(reference->parameters(), torch::optim::SGDOptions(0.1).momentum(c.momentum));
-    for (int s = 0; s < kSteps; ++s)
-      train_step(reference, opt, data, s, c, 0, c.world * kBatch, [](auto f) { f(); });
-  }
+  auto [initial, reference] = one_process(c, data);
   std::mutex mutex, construct;
   std::vector<std::vector<torch::Tensor>> results(c.world);
   run_ranks(c.world, [&](Communicator& comm) {

@@ -370,7 +370,11 @@ int run_training(const TrainOptions& o) {
   // --balance-batch: the step's samples (elements position·D to end·D of the
   // epoch's order, as an equal split's) shared by measured speed.
   std::optional<BatchBalancer> balancer;
-  if (o.balance_batch && data_ranks > 1) balancer.emplace(static_cast<int>(data_ranks));
+  auto make_balancer = [&] {  // anew for each group (elastic recovery makes a smaller one)
+    balancer.reset();
+    if (o.balance_batch && data_ranks > 1) balancer.emplace(static_cast<int>(data_ranks));
+  };
+  make_balancer();
 
   // DP-SGD: the same on every rank but the noise key. A batch of the global
   // sample order is taken as a sample at rate q = global batch / N (the
@@ -569,8 +573,7 @@ int run_training(const TrainOptions& o) {
     data_ranks = groups.data.size();
     batch = (global_batch + data_ranks - 1) / data_ranks;
     steps = sampler.steps_per_epoch(batch);
-    balancer.reset();
-    if (o.balance_batch && data_ranks > 1) balancer.emplace(static_cast<int>(data_ranks));
+    make_balancer();
     if (progress.samples_in_epoch >= per_rank * data_ranks) {  // lost at the epoch's end: on to the next
       ++progress.epoch;
       progress.samples_in_epoch = 0;
@@ -603,10 +606,10 @@ int run_training(const TrainOptions& o) {
       const auto step_start = Clock::now();
       timeline::Span step_span("step");
       const std::int64_t end = std::min(per_rank, position + batch);
-      const std::int64_t equal_share = end - position;  // the step's samples over D
+      const std::int64_t equal_share = end - position, window = equal_share * data_ranks;  // the step's samples, over D and all
       // This rank's samples of the step; balanced, they weigh n / window in DDP's average, not 1 / D.
       const BatchBalancer::Slice mine =
-          balancer ? balancer->slice(groups.data.rank(), equal_share * data_ranks) : BatchBalancer::Slice{0, equal_share};
+          balancer ? balancer->slice(groups.data.rank(), window) : BatchBalancer::Slice{0, equal_share};
       const std::int64_t* first = balancer ? sampler.epoch_order().data() + position * data_ranks + mine.begin
                                            : order.data() + position;
       const double waited_before = balancer ? ddp->stats().wait_seconds : 0;
@@ -635,8 +638,7 @@ int run_training(const TrainOptions& o) {
           loss = torch::nn::functional::cross_entropy(logits, y);
         }
         timeline::Span span("backward");
-        (balancer ? loss * BatchBalancer::loss_weight(mine.count, equal_share * data_ranks, static_cast<int>(data_ranks))
-                  : loss).backward();
+        (balancer ? loss * BatchBalancer::loss_weight(mine.count, window, static_cast<int>(data_ranks)) : loss).backward();
       }
       const auto optimizer_start = Clock::now();
       {
@@ -675,7 +677,7 @@ int run_training(const TrainOptions& o) {
         // rank 0 decides the next split from everyone's costs and its own step
         // time, and broadcasts it (one rounding for all, whatever each rank's build).
         const double waited = ddp->stats().wait_seconds - waited_before;
-        balancer->record(mine.count, equal_share * data_ranks, step_s - waited - optimizer_s, optimizer_s, step_s);
+        balancer->record(mine.count, window, step_s - waited - optimizer_s, optimizer_s, step_s);
         if (balancer->due()) {
           const std::array<double, 2> measured = balancer->measurement();
           std::vector<double> everyone(2 * static_cast<std::size_t>(data_ranks));
