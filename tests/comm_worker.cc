@@ -7,6 +7,9 @@
 //                             "split") for S seconds; an error is not caught, so it aborts the process as
 //                             in a program that does not catch it
 //   comm_worker print-sleep-print  prints a line, sleeps a second, prints another (stdio's own buffering)
+//   comm_worker exit-late     every rank joins and meets the others in a barrier; the last rank then
+//                             sleeps a second and exits with status 3, the others exit 0 at once
+//   comm_worker die-unjoined  the last rank kills itself before it joins; the others join and wait in a barrier
 //   comm_worker secure        secure aggregation: sums equal the fixed-point sum bitwise (1 to 300000 floats:
 //                             the one-step and the pipelined paths); a NaN is an InputError on every rank
 //   comm_worker secure-scan   rank 0 scans the shared memory for rank 1's plain contribution (must not find it)
@@ -391,7 +394,20 @@ int main(int argc, char** argv) {
   if (scenario == "print-sleep-print") return print_sleep_print();
   try {
     if (scenario == "standby") return standby(argc > 2 ? argv[2] : "");
+    if (scenario == "die-unjoined" && std::getenv("RANK") && std::getenv("WORLD_SIZE") &&
+        std::atoi(std::getenv("RANK")) == std::atoi(std::getenv("WORLD_SIZE")) - 1)
+      raise(SIGKILL);
     Communicator comm = Communicator::from_env();
+    if (scenario == "die-unjoined") {
+      comm.barrier();  // waits for the rank that never joins, until the launcher stops it
+      return 0;
+    }
+    if (scenario == "exit-late") {
+      comm.barrier();
+      if (comm.rank() != comm.size() - 1) return 0;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      return 3;
+    }
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "mismatch") return mismatch(comm);
     if (scenario == "die") return die(comm);
@@ -402,6 +418,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "comm_worker: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|steps SECONDS [split]|print-sleep-print|standby [die]|secure|secure-scan|secure-wrong-key\n");
+  std::fprintf(stderr, "usage: comm_worker collectives|mismatch|die|exit-late|die-unjoined|steps SECONDS [split]|print-sleep-print|standby [die]|secure|secure-scan|secure-wrong-key\n");
   return 2;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real processes through `dagr launch`: collectives on 4 and 8 ranks (2 cores),
-# mismatches, a killed rank and a stopped one (named right), restarts, live
+# mismatches, a killed rank and a stopped one (named right), elastic losses, restarts, live
 # output, Ctrl-C, output prefixes, bad input, no leftovers.
 # Usage: launch_tests.sh DAGR COMM_WORKER
 set -uo pipefail
@@ -26,6 +26,20 @@ expect "a killed rank fails the launch" test "$status" -ne 0 -a "$status" -ne 12
 expect "the launcher names the rank and the signal" grep -q "rank 2 was killed by signal 9" "$tmp/err"
 expect "the job ends within seconds" test $(( $(date +%s) - start )) -lt 20
 expect "the launcher removes what the killed job left" test "$(leftovers "$job")" -eq 0
+
+# Elastic: a rank that fails after the others finished well is a loss, not the job's failure, in whichever
+# order the exits are reaped; a rank lost before the whole group joined fails the attempt, named as the cause.
+timeout 60 "$dagr" launch -n 3 --elastic -- "$worker" exit-late > "$tmp/out" 2> "$tmp/err"
+status=$?
+expect "elastic: a rank failing after the others finished well leaves the job a success (status $status)" test "$status" -eq 0
+expect "elastic: that rank is reported lost" grep -q "rank 2 exited with status 3; 2 workers carry on" "$tmp/err"
+job=lt-unjoined-$$
+DAGR_TIMEOUT_S=3 timeout 60 "$dagr" launch -n 3 --elastic --job-id "$job" -- "$worker" die-unjoined > "$tmp/out" 2> "$tmp/err"
+status=$?
+expect "elastic: a rank lost before the group joined fails the job (status $status)" test "$status" -ne 0 -a "$status" -ne 124
+expect "elastic: nobody is said to carry on" sh -c '! grep -q "carry on" "$0"' "$tmp/err"
+expect "elastic: the lost rank is named as the cause" grep -q "rank 2 was killed by signal 9 (Killed); stopped all workers" "$tmp/err"
+expect "elastic: nothing of it left in /dev/shm" test "$(leftovers "$job")" -eq 0
 
 timeout 30 "$dagr" launch -n 2 -- sh -c 'echo "hello $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE"; echo oops >&2' > "$tmp/out" 2> "$tmp/err"
 expect "output lines carry the rank" grep -qx "\[1\] hello 1 2 1 2" "$tmp/out"

@@ -22,8 +22,9 @@
 //   reap      on SIGCHLD, waitpid; after the first failure the others have
 //             `settle` to fail on their own and say why, then get SIGTERM (and
 //             SIGCONT, for a stopped one), then SIGKILL after `grace`. In
-//             elastic mode a failure is only reported while at least
-//             min_workers run, and a worker reported silent is killed
+//             elastic mode, once every worker has joined, a failure is only
+//             reported when fewer than min_workers others still run or have
+//             finished well, and a worker reported silent is killed
 //   forward   SIGINT/SIGTERM go to every worker; a second one, or the grace
 //             period running out, is SIGKILL
 //   clean     once all have exited and the output is drained, name the cause
@@ -39,6 +40,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fmt/format.h>
@@ -403,7 +405,7 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
 
   Attempt attempt;
   std::vector<WorkerExit> exits;
-  int running = o.workers;
+  int running = o.workers, finished = 0;  // workers still running; workers that exited with status 0
   constexpr Clock::time_point kNever = Clock::time_point::max();
   Clock::time_point term_at = kNever, kill_at = kNever;
   bool stopping = false;
@@ -475,13 +477,26 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
         exits.push_back({static_cast<int>(r), pid, status, Clock::now(), stopping});
         DAGR_LOG_INFO("job {} attempt {}: {} (pid {})", job, restart,
                       launch_detail::describe_exit(static_cast<int>(r), status), pid);
-        if (!launch_detail::failed(status) || attempt.failed_at != Clock::time_point{}) continue;
-        if (o.elastic && !stopping && running >= o.min_workers) {
+        if (!launch_detail::failed(status)) {
+          ++finished;
+          continue;
+        }
+        if (attempt.failed_at != Clock::time_point{}) continue;
+        // Elastic: the others carry on, if enough of them still run or have
+        // finished well (the order in which exits are reaped decides nothing),
+        // and only once the whole group has joined: before that the survivors
+        // cannot shrink a group that never formed, and wait for the lost rank
+        // until they time out, so the loss fails the attempt (a restart with
+        // --max-restarts) and is named as the cause.
+        faults.drain();
+        const bool formed = std::all_of(pids.begin(), pids.end(), [&](pid_t p) { return faults.joined.count(p) > 0; });
+        if (o.elastic && !stopping && formed && running + finished >= o.min_workers) {
           const std::string what = workers[r].killed_silent
                                        ? fmt::format("rank {} stopped responding and was killed", r)
                                        : launch_detail::describe_exit(static_cast<int>(r), status);
+          const int others = running + finished;
           attempt.lost.push_back(fmt::format("{}; {} carry on", what,
-                                             running == 1 ? "1 worker" : fmt::format("{} workers", running)));
+                                             others == 1 ? "1 worker" : fmt::format("{} workers", others)));
           if (o.on_lost) o.on_lost(attempt.lost.back());
           continue;
         }

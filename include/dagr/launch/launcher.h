@@ -15,7 +15,8 @@
 // others' errors name as dead or silent (see failure_cause.h). With
 // max_restarts > 0 the whole group is then started again, up to that many
 // times (from spares started ahead, with `standby`: standby.h). In elastic
-// mode the others carry on instead while at least min_workers are left. Afterwards any shared memory of the job left in
+// mode the others carry on instead while at least min_workers are left (once
+// the whole group has joined). Afterwards any shared memory of the job left in
 // /dev/shm is removed. With cores_per_worker, each rank is bound to CPUs of its own.
 #pragma once
 
@@ -49,8 +50,11 @@ struct LaunchOptions {
   std::function<void(const RestartEvent&)> on_restart;  // told before each restart
   // Elastic: a failed worker does not stop the others (they shrink their group
   // and carry on, see Communicator::shrink); a worker the others report silent
-  // is killed so that they can; only when fewer than `min_workers` are left is
-  // it a failure of the group (stopped, and restarted while restarts are left).
+  // is killed so that they can; only when fewer than `min_workers` others are
+  // left (running, or finished with status 0), or when a worker is lost before
+  // every worker has joined the group (the others cannot shrink a group that
+  // never formed), is it a failure of the group (stopped, and restarted while
+  // restarts are left).
   bool elastic = false;
   int min_workers = 1;
   std::function<void(const std::string&)> on_lost;  // told of each worker lost in elastic mode
