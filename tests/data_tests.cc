@@ -1,6 +1,6 @@
 // The IDX reader against files made here (good, gzipped, truncated, wrong
 // magic, wrong size, missing, a header that claims far more than the file
-// holds), the DistributedSampler's guarantees and the BatchBalancer's split.
+// holds), the plain copies kept of gzipped files, the DistributedSampler's guarantees and the BatchBalancer's split.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -13,9 +13,11 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include "dagr/data/idx.h"
+#include "dagr/data/idx_cache.h"
 #include "dagr/error.h"
 #include "dagr/train/batch_balancer.h"
 #include "dagr/train/sampler.h"
@@ -177,6 +179,86 @@ TEST_F(Idx, AFileThatHoldsItsClaimIsReadUnderTheSameLimit) {
     const std::string path = write(gz ? "real.gz" : "real", idx_bytes({3000, 28, 28}, 3000 * 28 * 28), gz);
     EXPECT_EQ(read_idx_bounded(path, std::size_t{64} << 20, std::chrono::seconds(20)), "no error") << path;
   }
+}
+
+// DAGR_CACHE_DIR for one test, restored (or unset) after it.
+class CacheDir {
+ public:
+  explicit CacheDir(const std::string& dir) {
+    if (const char* v = std::getenv("DAGR_CACHE_DIR")) old_ = v;
+    setenv("DAGR_CACHE_DIR", dir.c_str(), 1);
+  }
+  ~CacheDir() { old_ ? setenv("DAGR_CACHE_DIR", old_->c_str(), 1) : unsetenv("DAGR_CACHE_DIR"); }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST_F(Idx, KeepsAPlainCopyOfAGzippedFileAndReadsItTheNextTime) {
+  const CacheDir cache((dir / "cache").string());
+  const std::string gz = write("c.gz", idx_bytes({4, 3}, 12), true);
+  const std::string copy = data::idx_cache_path(gz);
+  ASSERT_NE(copy, "");
+  EXPECT_EQ(fs::path(copy).parent_path(), dir / "cache");
+  EXPECT_FALSE(fs::exists(copy));
+  const auto first = data::read_idx_cached(gz);
+  EXPECT_EQ(first.dims, (std::vector<std::int64_t>{4, 3}));
+  EXPECT_EQ(first.data, data::read_idx(gz).data);
+  ASSERT_TRUE(fs::exists(copy));
+  EXPECT_EQ(fs::file_size(copy), 4u + 2 * 4 + 12);  // plain IDX: magic, two dimensions, the bytes
+  EXPECT_EQ(data::read_idx(copy).data, first.data);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "cache"), fs::directory_iterator()), 1);  // no temporary left
+
+  // The next read takes the copy: a byte changed in it shows.
+  auto changed = idx_bytes({4, 3}, 12);
+  changed.back() = 200;
+  std::ofstream(copy, std::ios::binary).write(reinterpret_cast<const char*>(changed.data()), changed.size());
+  EXPECT_EQ(data::read_idx_cached(gz).data.back(), 200);
+
+  // A changed source gets a copy of its own.
+  write("c.gz", idx_bytes({2, 3}, 6), true);
+  fs::last_write_time(gz, fs::last_write_time(gz) + std::chrono::seconds(5));
+  EXPECT_NE(data::idx_cache_path(gz), copy);
+  EXPECT_EQ(data::read_idx_cached(gz).dims, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_TRUE(fs::exists(data::idx_cache_path(gz)));
+}
+
+TEST_F(Idx, ABrokenCopyIsWrittenAgainAndABadSourceIsNeverCopied) {
+  const CacheDir cache((dir / "cache").string());
+  const std::string gz = write("d.gz", idx_bytes({5, 2}, 10), true);
+  const auto good = data::read_idx_cached(gz);
+  const std::string copy = data::idx_cache_path(gz);
+  fs::resize_file(copy, 9);  // cut short: fails read_idx's checks
+  EXPECT_EQ(data::read_idx_cached(gz).data, good.data);
+  EXPECT_EQ(fs::file_size(copy), 4u + 2 * 4 + 10);
+
+  // A gzipped file that fails is an error naming it, as without the cache, and leaves no copy.
+  const std::string bad = write("bad.gz", idx_bytes({10, 4}, 12), true);
+  try {
+    data::read_idx_cached(bad);
+    ADD_FAILURE() << "no error for " << bad;
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(data::idx_cache_path(bad)));
+
+  // Plain files are read as they are; nothing is copied.
+  EXPECT_EQ(data::idx_cache_path(write("plain", idx_bytes({3}, 3))), "");
+}
+
+TEST_F(Idx, NoCacheFolderOnlyMeansNoCopy) {
+  const std::string gz = write("e.gz", idx_bytes({3, 3}, 9), true);
+  {
+    const CacheDir off("");
+    EXPECT_EQ(data::idx_cache_path(gz), "");
+    EXPECT_EQ(data::read_idx_cached(gz).data.size(), 9u);
+  }
+  write("file", {1});
+  const CacheDir unwritable((dir / "file" / "cache").string());  // under a regular file: cannot be made
+  EXPECT_NE(data::idx_cache_path(gz), "");
+  EXPECT_EQ(data::read_idx_cached(gz).data.size(), 9u);
+  EXPECT_FALSE(fs::exists(data::idx_cache_path(gz)));
 }
 
 TEST(Sampler, RanksTakeEqualStepsAndTogetherCoverTheDataSet) {

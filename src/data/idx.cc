@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "dagr/error.h"
+#include "huge_pages.h"
 
 namespace dagr::data {
 
@@ -66,6 +67,7 @@ IdxArray read_idx(const std::string& path) {
   std::size_t got = 0;
   for (;;) {
     out.data.reserve(piece);  // exactly this much: resize alone may double past the claim
+    advise_huge_pages(out.data.data(), piece);
     out.data.resize(piece);
     got += read(out.data.data() + got, piece - got);
     if (got < piece || piece == total) break;
