@@ -140,6 +140,17 @@ TEST(Checkpoint, AFlippedByteIsSkippedWithAWarningNamingIt) {
       "checksum");
 }
 
+TEST(Checkpoint, AFolderNamedLikeACheckpointIsPassedOver) {
+  TempDir dir;
+  dagr::write_checkpoint(dir.path, at(1, 64));
+  fs::create_directory(fs::path(dir.path) / "checkpoint-000009-000000000000.dagr");  // sorts last
+  EXPECT_EQ(dagr::read_latest_checkpoint(dir.path)->samples_in_epoch, 64);
+  dagr::write_checkpoint(dir.path, at(1, 128));
+  dagr::write_checkpoint(dir.path, at(1, 192));
+  EXPECT_TRUE(fs::is_directory(fs::path(dir.path) / "checkpoint-000009-000000000000.dagr"));
+  EXPECT_EQ(dagr::read_latest_checkpoint(dir.path)->samples_in_epoch, 192);
+}
+
 TEST(Checkpoint, NoneWhenTheFolderHasNone) {
   TempDir dir;
   EXPECT_FALSE(dagr::read_latest_checkpoint(dir.path));

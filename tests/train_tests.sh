@@ -268,5 +268,6 @@ expect "a balanced run's checkpoint resumes unbalanced at its sample" \
 expect "and trains to 0.8 ($(accuracy "$tmp/balance-mlp"))" at_least "$(accuracy "$tmp/balance-mlp")" 0.8
 bad "--balance-batch with tensor parallelism" --workers 2 --tensor-parallel 2 --balance-batch
 bad "--balance-batch with DP-SGD" --workers 2 --dp-clip 1 --dp-noise 1 --balance-batch
+bad "--min-workers above --workers" --workers 2 --elastic --min-workers 3
 
 finish

@@ -141,6 +141,8 @@ Command add_train(CLI::App& root, const std::vector<std::string>& argv) {
             recovery.max_restarts = o->max_restarts;
             recovery.standby = o->max_restarts > 0;  // run_training waits for its rank after loading the data
             recovery.elastic = o->elastic;
+            DAGR_ENFORCE(!o->elastic || !job_launcher().empty() || o->min_workers <= *workers, InputError,
+                         "--min-workers ", o->min_workers, " is more than the ", *workers, " workers");
             recovery.min_workers = std::min(o->min_workers, *workers);
             recovery.cores_per_worker = *bind ? o->threads : 0;
             if (o->mode == "ps" && job_launcher().empty()) {

@@ -40,13 +40,16 @@ std::uint32_t crc_of(const std::uint8_t* data, std::size_t size) {
   return static_cast<std::uint32_t>(crc);
 }
 
-// The checkpoint files in `dir`, oldest first (the names sort by position).
+// The checkpoint files in `dir`, oldest first (the names sort by position);
+// anything else named like one (a folder) is neither read nor removed.
 std::vector<fs::path> checkpoint_files(const std::string& dir) {
   std::vector<fs::path> files;
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
-    if (name.starts_with(kPrefix) && name.ends_with(kSuffix)) files.push_back(entry.path());
+    std::error_code type_error;
+    if (name.starts_with(kPrefix) && name.ends_with(kSuffix) && entry.is_regular_file(type_error))
+      files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
   return files;
