@@ -389,13 +389,15 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
     pids.push_back(workers.back().pid);
   }
   faults.joined.clear();
+  // Whether every worker of this attempt has said it joined the group.
+  auto all_joined = [&] {
+    return std::all_of(pids.begin(), pids.end(), [&](pid_t p) { return faults.joined.count(p) > 0; });
+  };
   // With standby, spares for the next restart start once every worker has
   // joined, so that they do not slow the group's own start-up.
   bool want_spares = o.standby && restart < o.max_restarts;
   auto start_spares_when_joined = [&] {
-    if (!want_spares) return;
-    for (pid_t pid : pids)
-      if (!faults.joined.count(pid)) return;
+    if (!want_spares || !all_joined()) return;
     want_spares = false;
     for (int r = 0; r < o.workers; ++r) {
       spares.push_back(start_process(spawn, -1, restart, out_sink, err_sink));
@@ -489,12 +491,11 @@ Attempt run_group(const Spawn& spawn, int restart, FaultPipe& faults, std::vecto
         // until they time out, so the loss fails the attempt (a restart with
         // --max-restarts) and is named as the cause.
         faults.drain();
-        const bool formed = std::all_of(pids.begin(), pids.end(), [&](pid_t p) { return faults.joined.count(p) > 0; });
-        if (o.elastic && !stopping && formed && running + finished >= o.min_workers) {
+        const int others = running + finished;
+        if (o.elastic && !stopping && all_joined() && others >= o.min_workers) {
           const std::string what = workers[r].killed_silent
                                        ? fmt::format("rank {} stopped responding and was killed", r)
                                        : launch_detail::describe_exit(static_cast<int>(r), status);
-          const int others = running + finished;
           attempt.lost.push_back(fmt::format("{}; {} carry on", what,
                                              others == 1 ? "1 worker" : fmt::format("{} workers", others)));
           if (o.on_lost) o.on_lost(attempt.lost.back());
