@@ -195,6 +195,10 @@ for c in allgather broadcast reduce_scatter; do
 done
 timeout 120 "$dagr" bench linear -n 2 --features 515 --batch 7 --iters 3 > "$tmp/out" 2>&1
 expect "bench linear compares dense and tensor-parallel" test $? -eq 0 -a "$(grep -c 'speed-up' "$tmp/out")" -eq 2
+timeout 120 "$dagr" bench maxpool --batch 3 --iters 3 > "$tmp/out" 2>&1
+expect "bench maxpool times both poolings both ways" test $? -eq 0 -a "$(grep -c 'torch .* dagr .* speed-up' "$tmp/out")" -eq 4
+timeout 120 "$dagr" bench maxpool --batch 3 --iters 3 --json > "$tmp/out" 2>&1
+expect "bench maxpool --json: a row per pooling" test $? -eq 0 -a "$(grep -c '"dagr_backward_ms":.*"dagr_forward_ms":.*"torch_backward_ms":.*"torch_forward_ms"' "$tmp/out")" -eq 2
 timeout 10 "$dagr" bench allreduce --max 12Q 2> "$tmp/err"
 expect "a bad size is rejected" grep -q "not a size" "$tmp/err"
 

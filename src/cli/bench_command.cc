@@ -1,5 +1,6 @@
 // `dagr bench COLLECTIVE -n N`: the nccl-tests table for one collective over a
-// range of sizes (doubling from --min to --max), or JSON lines with --json.
+// range of sizes (doubling from --min to --max), or JSON lines with --json;
+// `dagr bench linear` and `dagr bench maxpool`: one layer, two ways.
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include "commands.h"
 #include "dagr/error.h"
 #include "linear_bench.h"
+#include "pool_bench.h"
 #include "self_launch.h"
 
 namespace dagr::cli {
@@ -46,6 +48,8 @@ struct BenchArgs {
 };
 
 int run_bench(const BenchArgs& a, const std::vector<std::string>& argv) {
+  if (a.collective == "maxpool")
+    return bench_maxpool({.batch = a.batch, .iters = a.iters > 0 ? a.iters : 50}, a.json);
   if (a.collective == "linear") {
     if (auto status = run_as_workers(a.workers, argv)) return *status;
     return bench_linear({.features = a.features, .batch = a.batch, .iters = a.iters > 0 ? a.iters : 20}, a.json);
@@ -124,10 +128,11 @@ Command add_bench(CLI::App& root, const std::vector<std::string>& argv) {
   auto* app = root.add_subcommand("bench", "Benchmark a collective (the nccl-tests table)");
   auto a = std::make_shared<BenchArgs>();
   app->add_option("collective", a->collective,
-                  "allreduce | allgather | broadcast | reduce_scatter, or linear (a tensor-parallel layer)")
-      ->check(CLI::IsMember({"allreduce", "allgather", "broadcast", "reduce_scatter", "linear"}));
+                  "allreduce | allgather | broadcast | reduce_scatter, or linear (a tensor-parallel layer), "
+                  "or maxpool (the CNN's poolings, torch's and dagr's)")
+      ->check(CLI::IsMember({"allreduce", "allgather", "broadcast", "reduce_scatter", "linear", "maxpool"}));
   app->add_option("--features", a->features, "linear: the layer is features × features")->check(CLI::Range(1, 1 << 16));
-  app->add_option("--batch", a->batch, "linear: rows of the input")->check(CLI::Range(1, 1 << 16));
+  app->add_option("--batch", a->batch, "linear: rows of the input; maxpool: images")->check(CLI::Range(1, 1 << 16));
   app->add_option("-n,--workers", a->workers, "Ranks to start (ignored inside a launched job)")
       ->check(CLI::Range(1, 256));
   app->add_option("--min", a->min, "Smallest size in bytes (K, M, G suffixes)");

