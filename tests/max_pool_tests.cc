@@ -8,6 +8,8 @@
 #include <limits>
 #include <sstream>
 
+#include <torch/csrc/autograd/forward_grad.h>
+
 #include "dagr/models/max_pool.h"
 #include "dagr/models/models.h"
 
@@ -92,6 +94,31 @@ TEST(MaxPool2d, OtherOptionsAndInputsRunTorchs) {
   // too small a plane: torch's error
   EXPECT_THROW(nn::MaxPool2d(2)->forward(torch::zeros({1, 1, 1, 4})), c10::Error);
   EXPECT_THROW(nn::MaxPool2d(2)->forward(torch::zeros({4})), c10::Error);
+}
+
+// Tensors not in plain row-major memory go to torch's pooling, and come out
+// as torch's do. (Found by an adversarial review: each of these failed or
+// differed before.)
+TEST(MaxPool2d, TensorsNotInPlainMemoryAsTorchs) {
+  // an MKL-DNN tensor has no data pointer
+  const auto mkldnn = torch::randn({2, 3, 8, 8}).to_mkldnn();
+  EXPECT_TRUE(same_bits(nn::MaxPool2d(2)->forward(mkldnn).to_dense(), torch::nn::MaxPool2d(2)->forward(mkldnn).to_dense()));
+  // a 1-channel NHWC batch is contiguous either way; torch keeps it NHWC
+  expect_as_torch(torch::nn::MaxPool2dOptions(2), torch::randn({8, 28, 28, 1}).permute({0, 3, 1, 2}));
+  const auto nhwc = torch::randn({8, 28, 28, 1}).permute({0, 3, 1, 2});
+  EXPECT_EQ(nn::MaxPool2d(2)->forward(nhwc).strides(), torch::nn::MaxPool2d(2)->forward(nhwc).strides());
+  // sgn()'s backward sends a zero tensor with no storage
+  auto x = torch::randn({1, 2, 4, 4}).requires_grad_(true);
+  nn::MaxPool2d(2)->forward(x).sgn().sum().backward();
+  EXPECT_TRUE(x.grad().equal(torch::zeros_like(x)));
+  // a forward-mode tangent is carried through
+  const auto level = torch::autograd::ForwardADLevel::get_next_idx();
+  const auto dual = at::_make_dual(torch::randn({1, 2, 4, 4}), torch::randn({1, 2, 4, 4}), level);
+  const auto ours = std::get<1>(at::_unpack_dual(nn::MaxPool2d(2)->forward(dual), level));
+  const auto torchs = std::get<1>(at::_unpack_dual(torch::nn::MaxPool2d(2)->forward(dual), level));
+  torch::autograd::ForwardADLevel::release_idx(level);
+  ASSERT_TRUE(ours.defined());
+  EXPECT_TRUE(same_bits(ours, torchs));
 }
 
 TEST(MaxPool2d, WithoutGradientsTheSameMaxima) {

@@ -114,13 +114,19 @@ void unpool_plane(const T* grad, const std::uint8_t* which, int64_t H, int64_t W
       grad_in[2 * oh * W + 2 * w + offset[which[oh * OW + w]]] += grad[oh * OW + w];
 }
 
-// Whether dagr's loops take this input: see the header.
+// Whether dagr's loops take this input: see the header. Plain memory only: a
+// strided, row-major (NCHW, also as torch suggests the layout: a 1-channel
+// NHWC batch is contiguous both ways, and torch keeps it NHWC), unnamed tensor
+// with its values in its storage (no negative or zero view) and no
+// forward-mode tangent; anything else is torch's to pool.
 bool tiles(const torch::Tensor& input) {
+  if (!input.defined() || input.layout() != torch::kStrided || !input.device().is_cpu()) return false;
   const auto dim = input.dim();
-  return input.defined() && input.device().is_cpu() &&
-         (input.scalar_type() == torch::kFloat || input.scalar_type() == torch::kDouble) &&
-         (dim == 3 || dim == 4) && input.numel() > 0 && input.is_contiguous() && input.size(-2) >= 2 &&
-         input.size(-1) >= 2;
+  return (input.scalar_type() == torch::kFloat || input.scalar_type() == torch::kDouble) && (dim == 3 || dim == 4) &&
+         input.numel() > 0 && input.is_contiguous() &&
+         input.suggest_memory_format() == at::MemoryFormat::Contiguous && input.size(-2) >= 2 &&
+         input.size(-1) >= 2 && !input.has_names() && !input.is_neg() && !input._is_zerotensor() &&
+         !input._fw_grad(/*level=*/0).defined();
 }
 
 int64_t planes(const torch::Tensor& t) { return t.dim() == 4 ? t.size(0) * t.size(1) : t.size(0); }
@@ -183,6 +189,7 @@ struct MaxPoolFunction : torch::autograd::Function<MaxPoolFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &input = saved[0], &which = saved[1];
+    if (grads[0]._is_zerotensor()) return {at::zeros_like(input)};  // as from sgn(): no storage to read
     const auto grad = grads[0].contiguous();
     if (torch::GradMode::is_enabled())  // create_graph: a backward autograd can differentiate again
       return {at::max_pool2d_with_indices_backward(grad, input, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false,

@@ -11,8 +11,9 @@
 // gradient sent to the same element of each window (the first maximum in
 // row-major order; a NaN wins, the last one if several), +0 elsewhere.
 // dagr's loops take 2 × 2 windows with stride 2 (padding 0, dilation 1, floor
-// mode) over a contiguous float or double CPU input of 3 or 4 dimensions;
-// anything else runs torch's max_pool2d. They keep, per output, which element
+// mode) over a contiguous (NCHW) float or double CPU input of 3 or 4
+// dimensions in plain memory (not MKL-DNN, named, a negative view or carrying
+// a forward-mode tangent); anything else runs torch's max_pool2d. They keep, per output, which element
 // of its window won (one byte, where torch keeps an int64 index); backward
 // is libtorch's algorithm (zeros, each window's gradient added at its winner).
 // Under create_graph, backward runs torch's differentiable
