@@ -167,4 +167,36 @@ TEST(Checkpoint, AModelOfAnotherShapeIsAnInputError) {
   EXPECT_THROW(dagr::load_module_state(*other, dagr::read_latest_checkpoint(dir.path)->model), dagr::InputError);
 }
 
+// Another optimizer's state would be dropped: Adam's moments by SGD, SGD's
+// momentum buffers by Adam. A state with nothing per element loads anywhere.
+TEST(Checkpoint, AnotherOptimizersStateIsAnInputErrorNamingBoth) {
+  torch::manual_seed(3);
+  auto a = model();
+  torch::optim::Adam adam(a->parameters(), torch::optim::AdamOptions(1e-2));
+  torch::optim::SGD momentum(a->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  torch::optim::SGD plain(a->parameters(), torch::optim::SGDOptions(0.1));
+  train(a, adam, 1);
+  train(a, momentum, 1);
+  train(a, plain, 1);
+  const auto named = a->named_parameters();
+  const auto adams = dagr::optimizer_state(adam, named), momentums = dagr::optimizer_state(momentum, named),
+             plains = dagr::optimizer_state(plain, named);
+  auto message = [&](torch::optim::Optimizer& into, const std::map<std::string, torch::Tensor>& state) {
+    try {
+      dagr::load_optimizer_state(into, named, state);
+    } catch (const dagr::InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string sgd_from_adam = message(plain, adams), adam_from_sgd = message(adam, momentums);
+  EXPECT_NE(sgd_from_adam.find("holds Adam's optimizer state and this run's optimizer is SGD"), std::string::npos)
+      << sgd_from_adam;
+  EXPECT_NE(adam_from_sgd.find("holds SGD's optimizer state and this run's optimizer is Adam"), std::string::npos)
+      << adam_from_sgd;
+  EXPECT_EQ(message(adam, plains), "no error");
+  EXPECT_EQ(message(plain, plains), "no error");
+  EXPECT_EQ(message(momentum, momentums), "no error");
+}
+
 }  // namespace

@@ -45,6 +45,15 @@ timeout 30 "$dagr" launch -n 2 -- sh -c 'echo "hello $RANK $WORLD_SIZE $LOCAL_RA
 expect "output lines carry the rank" grep -qx "\[1\] hello 1 2 1 2" "$tmp/out"
 expect "stderr lines carry the rank" grep -qx "\[0\] oops" "$tmp/err"
 
+# A bad DAGR_TIMEOUT_S is the job's error, found before any worker starts:
+# one line, exit 2, no rank blamed.
+for bad in abc 0 ""; do
+  DAGR_TIMEOUT_S=$bad timeout 30 "$dagr" launch -n 2 -- sh -c 'echo started' > "$tmp/out" 2> "$tmp/err"
+  status=$?
+  expect "DAGR_TIMEOUT_S='$bad' is refused before any worker starts (exit 2, one line)" \
+    test "$status" -eq 2 -a ! -s "$tmp/out" -a "$(wc -l < "$tmp/err")" -eq 1
+  expect "... naming the variable, not a rank" grep -q "DAGR_TIMEOUT_S.*\(not a whole number\|is empty\)" "$tmp/err"
+done
 timeout 30 "$dagr" launch -n 2 -- sh -c 'exit 3' 2> "$tmp/err"
 status=$?
 expect "a failing worker's status is the launcher's" test "$status" -eq 3

@@ -221,6 +221,14 @@ expect "and the one before is used (end of epoch 1)" grep -q "continuing at epoc
 diff=$("$compare_models" mlp "$tmp/full/model.pt" "$tmp/part/model.pt" 0)
 expect "stopped twice and resumed: bitwise the uninterrupted model ($diff)" test $? -eq 0
 expect "metrics hold each epoch once and a summary" test "$(wc -l < "$tmp/part/metrics.jsonl")" -eq 3
+# Resuming with another optimizer would drop the checkpoint's state (Adam's
+# moments): refused, one message, exit 2, with or without --zero.
+cp -r "$tmp/full" "$tmp/otheropt"
+for z in "" "--zero 1"; do
+  timeout 120 "$dagr" train --workers 2 $ck $z --optimizer sgd --out "$tmp/otheropt" --resume > "$tmp/out" 2>&1
+  expect "resuming Adam's checkpoint with SGD ${z:+($z) }is refused (exit 2)" test $? -eq 2
+  expect "naming both optimizers ${z:+($z)}" grep -q "holds Adam's optimizer state and this run's optimizer is SGD" "$tmp/out"
+done
 
 tp="--epochs 1 --batch-size 256 --checkpoint-every 40 --tensor-parallel 2 --seed 5"
 timeout 120 "$dagr" train --workers 2 $tp --out "$tmp/tpfull" > /dev/null 2>&1

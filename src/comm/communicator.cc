@@ -12,6 +12,7 @@
 #include "backend.h"
 #include "dagr/comm/shared_buffer.h"
 #include "dagr/error.h"
+#include "env_timeout.h"
 #include "executor.h"
 #include "log.h"
 #include "shm/shm_backend.h"
@@ -102,7 +103,9 @@ namespace {
 
 long parse_env_int(const char* name, long min, long max) {
   const char* text = std::getenv(name);
-  DAGR_ENFORCE(text && *text, InputError, "environment variable ", name, " is not set");
+  DAGR_ENFORCE(text, InputError, "environment variable ", name, " is not set");
+  DAGR_ENFORCE(*text, InputError, "environment variable ", name, " is empty (a whole number in [", min, ", ", max,
+               "])");
   char* end = nullptr;
   const long v = std::strtol(text, &end, 10);
   DAGR_ENFORCE(*end == '\0' && v >= min && v <= max, InputError, "environment variable ", name,
@@ -153,12 +156,12 @@ std::string chosen_backend() {
   return "shm";
 }
 
-std::chrono::milliseconds timeout_from_env() {
+}  // namespace
+
+std::chrono::milliseconds detail::timeout_from_env() {
   if (!std::getenv("DAGR_TIMEOUT_S")) return std::chrono::minutes(5);
   return std::chrono::seconds(parse_env_int("DAGR_TIMEOUT_S", 1, 86400 * 7));
 }
-
-}  // namespace
 
 bool Communicator::mpi_available() {
 #ifdef DAGR_HAVE_MPI
@@ -171,7 +174,7 @@ bool Communicator::mpi_available() {
 Communicator Communicator::from_env() {
   log::configure_from_env();
   const std::string backend = chosen_backend();
-  const auto timeout = timeout_from_env();
+  const auto timeout = detail::timeout_from_env();
   if (backend != "shm") {
 #ifdef DAGR_HAVE_MPI
     std::unique_ptr<detail::Backend> world =

@@ -48,6 +48,7 @@
 #include <set>
 
 #include "dagr/error.h"
+#include "comm/env_timeout.h"
 #include "comm/log.h"
 #include "dagr/launch/launcher.h"
 #include "launch/cpu_binding.h"
@@ -540,6 +541,7 @@ LaunchResult launch(const LaunchOptions& o) {
   DAGR_ENFORCE(o.min_workers >= 1 && o.min_workers <= o.workers, InputError, "min_workers must be in [1, ",
                o.workers, "], not ", o.min_workers);
   log::configure_from_env();  // DAGR_LOG_LEVEL=info: each worker's start and exit, each restart
+  if (!o.comm_timeout) detail::timeout_from_env();  // a bad DAGR_TIMEOUT_S: the job's error, before any worker
   log::set_role("launch");
   const std::string job = o.job_id.empty() ? fresh_job_id() : o.job_id;
   const std::string secret = fresh_job_secret();  // fresh for every job, even one with a given id

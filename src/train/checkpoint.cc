@@ -274,6 +274,16 @@ std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& op
   return out;
 }
 
+void check_optimizer_state_kind(const std::map<std::string, torch::Tensor>& state, const std::string& optimizer) {
+  const auto holds = [&](std::string_view suffix) {
+    return std::any_of(state.begin(), state.end(), [&](const auto& kv) { return kv.first.ends_with(suffix); });
+  };
+  const char* held = holds("/exp_avg") ? "Adam" : holds("/momentum_buffer") ? "SGD" : nullptr;
+  DAGR_ENFORCE(held == nullptr || optimizer == held, InputError, "the checkpoint holds ", held,
+               "'s optimizer state and this run's optimizer is ", optimizer,
+               ": loading would drop that state (resume with the optimizer that wrote it)");
+}
+
 void load_optimizer_state(torch::optim::Optimizer& optimizer,
                           const torch::OrderedDict<std::string, torch::Tensor>& params,
                           const std::map<std::string, torch::Tensor>& in) {
@@ -281,6 +291,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer,
   const bool sgd = dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr;
   const bool adam = dynamic_cast<torch::optim::Adam*>(&optimizer) != nullptr;
   DAGR_ENFORCE(sgd || adam, InputError, "checkpoints hold the state of SGD and Adam only");
+  check_optimizer_state_kind(in, sgd ? "SGD" : "Adam");
   const auto get = [&](const std::string& key, const torch::Tensor& like) -> torch::Tensor {
     const auto it = in.find(key);
     if (it == in.end()) return {};

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "dagr/error.h"
+#include "dagr/train/checkpoint.h"
 #include "dagr/train/comm_hook.h"
 #include "dagr/torch/compat.h"
 #include "dagr/torch/tensor.h"
@@ -203,6 +204,7 @@ struct ZeroOptimizer::Impl {
     const bool sgd = dynamic_cast<torch::optim::SGD*>(inner.get()) != nullptr;
     const bool adam = dynamic_cast<torch::optim::Adam*>(inner.get()) != nullptr;
     DAGR_ENFORCE(sgd || adam, InputError, "ZeRO: dense optimizer state is SGD's or Adam's only");
+    check_optimizer_state_kind(state, sgd ? "SGD" : "Adam");
     const auto names = names_of(named);
     std::optional<std::int64_t> step;
     if (adam && !names.empty() && !names.front().empty())

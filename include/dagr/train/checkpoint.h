@@ -86,9 +86,15 @@ void load_module_state(torch::nn::Module& module, const std::map<std::string, to
 // is then collective over the DDP's ranks.
 std::map<std::string, torch::Tensor> optimizer_state(torch::optim::Optimizer& optimizer,
                                                      const torch::OrderedDict<std::string, torch::Tensor>& params);
+// load_optimizer_state refuses (InputError) a state another optimizer wrote —
+// Adam's moments into SGD, SGD's momentum buffers into Adam — which it would
+// otherwise drop; a state with no per-element entries (SGD without momentum,
+// no step taken) loads into either.
 void load_optimizer_state(torch::optim::Optimizer& optimizer,
                           const torch::OrderedDict<std::string, torch::Tensor>& params,
                           const std::map<std::string, torch::Tensor>& state);
+// The same check on its own: `optimizer` is "SGD" or "Adam".
+void check_optimizer_state_kind(const std::map<std::string, torch::Tensor>& state, const std::string& optimizer);
 
 // For moving optimizer state between a split model and its dense form: each
 // kind of state kept per element of a parameter (momentum_buffer, exp_avg,
