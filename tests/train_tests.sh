@@ -221,6 +221,12 @@ expect "and the one before is used (end of epoch 1)" grep -q "continuing at epoc
 diff=$("$compare_models" mlp "$tmp/full/model.pt" "$tmp/part/model.pt" 0)
 expect "stopped twice and resumed: bitwise the uninterrupted model ($diff)" test $? -eq 0
 expect "metrics hold each epoch once and a summary" test "$(wc -l < "$tmp/part/metrics.jsonl")" -eq 3
+# Resuming a run that had finished takes no step, and says so.
+timeout 120 "$dagr" train --workers 2 --max-steps 20 --checkpoint-every 10 --out "$tmp/done" > /dev/null 2>&1
+timeout 120 "$dagr" train --workers 2 --max-steps 20 --checkpoint-every 10 --out "$tmp/done" --resume > "$tmp/out" 2>&1
+expect "resuming a finished run succeeds" test $? -eq 0
+expect "its summary says it took no step" grep -q "no training step in this run" "$tmp/out"
+expect "and its metrics give no first-step time" grep -q '"first_step_seconds":null' "$tmp/done/metrics.jsonl"
 # Resuming with another optimizer would drop the checkpoint's state (Adam's
 # moments): refused, one message, exit 2, with or without --zero.
 cp -r "$tmp/full" "$tmp/otheropt"

@@ -785,9 +785,11 @@ int run_training(const TrainOptions& o) {
     const double throughput = timed_s > 0    ? timed_samples * groups_of_samples / timed_s
                               : compute_s > 0 ? samples * groups_of_samples / compute_s
                                               : 0;
+    // A resumed run that had already finished takes no step.
+    char first_step[64] = "no training step in this run";
+    if (first_step_s >= 0) std::snprintf(first_step, sizeof first_step, "first step after %.2f s", first_step_s);
     std::printf("Summary: %.2f s training (evaluation included), %.0f samples/s in training steps over %d workers, "
-                "first step after %.2f s, test accuracy %.4f\n", train_s, throughput, world, first_step_s,
-                progress.test_accuracy);
+                "%s, test accuracy %.4f\n", train_s, throughput, world, first_step, progress.test_accuracy);
     std::printf("Per step (rank 0): %.3f ms, of which %.3f ms blocked on gradient communication; "
                 "%lld of %lld buckets started during backward\n", per_step_ms, wait_ms,
                 static_cast<long long>(stats.buckets_overlapped), static_cast<long long>(stats.steps * ddp->bucket_count()));
@@ -818,7 +820,8 @@ int run_training(const TrainOptions& o) {
                 1e3 * checkpoint_s / std::max<std::int64_t>(checkpoints, 1));
     std::printf("Model saved to %s/model.pt, metrics in %s/metrics.jsonl\n", o.out.c_str(), o.out.c_str());
     nlohmann::json summary{{"summary", true}, {"seconds", train_s}, {"samples_per_second", throughput},
-                           {"first_step_seconds", first_step_s}, {"test_accuracy", progress.test_accuracy},
+                           {"first_step_seconds", first_step_s >= 0 ? nlohmann::json(first_step_s) : nlohmann::json()},
+                           {"test_accuracy", progress.test_accuracy},
                            {"step_ms", per_step_ms}, {"comm_wait_ms", wait_ms}, {"comm_wait_ms_by_rank", waits}};
     if (balancer) summary["batch_share_by_rank"] = balancer->kept_shares();
     metrics << summary.dump() << std::endl;
