@@ -140,6 +140,28 @@ TEST(Checkpoint, AFlippedByteIsSkippedWithAWarningNamingIt) {
       "checksum");
 }
 
+// A resumed run goes back past an unreadable newest checkpoint; its next
+// checkpoint, named before that one, must not count it among the two kept (it
+// pushed the last good one out, leaving one good checkpoint and a torn one).
+TEST(Checkpoint, ACheckpointLeftAheadOfAResumedRunIsRemovedNotKept) {
+  TempDir dir;
+  dagr::write_checkpoint(dir.path, at(1, 100));
+  dagr::write_checkpoint(dir.path, at(1, 200));
+  const std::string torn = dagr::write_checkpoint(dir.path, at(1, 300));
+  fs::resize_file(torn, fs::file_size(torn) - 10);
+  ::testing::internal::CaptureStderr();
+  const auto resumed = dagr::read_latest_checkpoint(dir.path);
+  ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(resumed);
+  EXPECT_EQ(resumed->samples_in_epoch, 200);
+  const std::string next = dagr::write_checkpoint(dir.path, at(1, 250));  // the resumed run's next one
+  const auto files = files_in(dir.path);
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].filename(), "checkpoint-000001-000000000200.dagr");
+  EXPECT_EQ(files[1].string(), next);
+  EXPECT_EQ(dagr::read_latest_checkpoint(dir.path)->samples_in_epoch, 250);
+}
+
 TEST(Checkpoint, AFolderNamedLikeACheckpointIsPassedOver) {
   TempDir dir;
   dagr::write_checkpoint(dir.path, at(1, 64));

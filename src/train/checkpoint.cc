@@ -149,8 +149,15 @@ std::string write_checkpoint(const std::string& dir, const TrainingCheckpoint& c
   fs::rename(tmp, path);
   fsync_path(dir, O_RDONLY | O_DIRECTORY);
 
-  // Keep the two newest; a .tmp left by a writer that died is removed too.
-  auto files = checkpoint_files(dir);
+  // Keep this one and the one before it. Any named after this one belong to
+  // a timeline the run went back from, which --resume does only past
+  // unreadable ones: counted among the two, they would push out the last good
+  // one. A .tmp left by a writer that died is removed too.
+  auto files = checkpoint_files(dir);  // in name order: oldest first
+  if (const auto mine = std::find(files.begin(), files.end(), fs::path(path)); mine != files.end()) {
+    for (auto later = mine + 1; later != files.end(); ++later) fs::remove(*later);
+    files.erase(mine + 1, files.end());
+  }
   for (std::size_t i = 0; i + 2 < files.size(); ++i) fs::remove(files[i]);
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(dir, error)) {

@@ -52,7 +52,9 @@ struct TrainingCheckpoint {
 };
 
 // Writes DIR/checkpoint-<epoch>-<samples_in_epoch>.dagr as described above and
-// keeps the two newest; returns its path. Call it on one rank.
+// keeps it and the one before it: older ones are removed, and so are any named
+// after it (left by a run that resumed behind them because they were
+// unreadable); returns its path. Call it on one rank.
 std::string write_checkpoint(const std::string& dir, const TrainingCheckpoint& checkpoint);
 
 // The newest checkpoint in `dir` that is whole, or nullopt when there is none.
