@@ -20,7 +20,9 @@
 // payload length, then the payload (a torch::serialize archive). It is written
 // to NAME.tmp, fsynced, renamed to NAME, and the folder fsynced: a crash leaves
 // the previous checkpoint or the new one, never a torn one under its name.
-// After a write the two newest are kept and older ones removed. Reading checks
+// After a write it and the one before it are kept; older ones are removed, and
+// so are any named after it (left ahead of a run that resumed behind them
+// because they were unreadable). Reading checks
 // magic, length and checksum; a bad file is skipped with a warning naming it,
 // and the one before is used.
 #pragma once
